@@ -1,0 +1,723 @@
+/**
+ * VHD semantics on top of the format layer and a byte source: open fixed, dynamic and
+ * differencing disks, validate their structures, resolve parents, read any virtual range and
+ * list allocated extents. No node:* imports: parents are opened through a SourceResolver.
+ */
+import { ErrorCodes, findingFrom, type Finding, VhdError } from '../errors.js';
+import { batByteSize, BAT_UNUSED, countAllocated, decodeBat, forEachAllocatedRun } from '../format/bat.js';
+import { bitmapByteSize, forEachBitRun } from '../format/bitmap.js';
+import { decodeFooter, type DiskTypeName, diskTypeName, type Footer, FOOTER_SIZE } from '../format/footer.js';
+import { decodeHeader, decodeParentName, type DynamicHeader, HEADER_SIZE, isUnusedLocator } from '../format/header.js';
+import { equalBytes, printableTag, toSafeNumber } from '../format/layout.js';
+import {
+  baseName,
+  decodeLocatorPath,
+  isAbsoluteSlashPath,
+  isRelativeCode,
+  KNOWN_PLATFORMS,
+  locatorSpaceBytes,
+  toSlashPath,
+} from '../format/locator.js';
+import { uuidToString } from '../format/uuid.js';
+import type { ByteSource, SourceResolver } from '../io/types.js';
+import { type Range, normalizeRanges } from './ranges.js';
+import { severityOf } from './policy.js';
+
+export interface OpenOptions {
+  /** Opens parents of differencing disks. Without one, a differencing disk is opened alone. */
+  resolver?: SourceResolver;
+  /** Resolve and open the parent chain (default true when a resolver is given). */
+  resolveParents?: boolean;
+  /** Refuse the disk when any finding (error or warning) is made. */
+  strict?: boolean;
+  /** Longest chain accepted, this disk included (default 64). */
+  maxDepth?: number;
+  /** Called for every finding, as it is made. */
+  onFinding?: (finding: Finding) => void;
+}
+
+export interface ParentLocatorInfo {
+  index: number;
+  platformCode: string;
+  /** Byte offset of the locator's data. */
+  dataOffset: number;
+  dataLength: number;
+  /** Bytes reserved, whatever unit the writer used for `platformDataSpace`. */
+  dataSpaceBytes: number;
+  path?: string;
+}
+
+/** The largest BAT vhdkit will hold in memory: 2^28 entries (1 GiB) — 512 TiB of 2 MiB blocks. */
+const MAX_BAT_ENTRIES = 1 << 28;
+const DEFAULT_MAX_DEPTH = 64;
+/** Bitmaps cached per image (512 bytes each for 2 MiB blocks): 8 MiB at most. */
+const BITMAP_CACHE_BYTES = 8 * 1024 * 1024;
+
+export class VhdImage {
+  readonly type: DiskTypeName;
+  readonly virtualSize: number;
+  /** The footer in force (the trailing one, or the copy at offset 0 when the trailing one is missing or bad). */
+  readonly footer: Footer;
+  readonly footerOffset: number;
+  readonly header?: DynamicHeader;
+  readonly headerOffset?: number;
+  readonly bat?: Uint32Array;
+  readonly blockSize: number;
+  readonly bitmapSize: number;
+  readonly locators: ParentLocatorInfo[] = [];
+  /** Findings made while opening this file (not its parents). */
+  readonly findings: Finding[] = [];
+  parent?: VhdImage;
+  /** Identity of this file as the resolver names it (a real path for files). */
+  id: string;
+  private readonly bitmapCache = new Map<number, Uint8Array>();
+  private readonly badBlocks = new Map<number, VhdError>();
+  private dataEnd = 0;
+
+  private constructor(
+    readonly source: ByteSource,
+    init: {
+      type: DiskTypeName;
+      footer: Footer;
+      footerOffset: number;
+      header?: DynamicHeader;
+      headerOffset?: number;
+      bat?: Uint32Array;
+    },
+  ) {
+    this.id = source.name;
+    this.type = init.type;
+    this.footer = init.footer;
+    this.footerOffset = init.footerOffset;
+    this.header = init.header;
+    this.headerOffset = init.headerOffset;
+    this.bat = init.bat;
+    this.virtualSize = Number(init.footer.currentSize);
+    this.blockSize = init.header?.blockSize ?? 0;
+    this.bitmapSize = init.header ? bitmapByteSize(init.header.blockSize) : 0;
+  }
+
+  get name(): string {
+    return this.source.name;
+  }
+
+  get uuid(): string {
+    return uuidToString(this.footer.uniqueId);
+  }
+
+  get parentUuid(): string | undefined {
+    return this.header && this.type === 'differencing' ? uuidToString(this.header.parentUniqueId) : undefined;
+  }
+
+  get parentName(): string | undefined {
+    return this.header && this.type === 'differencing' ? decodeParentName(this.header.parentUnicodeName) : undefined;
+  }
+
+  get allocatedBlocks(): number {
+    return this.bat ? countAllocated(this.bat) : 0;
+  }
+
+  /** Every disk from this one to the base, this one first. */
+  get chain(): VhdImage[] {
+    const out: VhdImage[] = [];
+    for (let d: VhdImage | undefined = this; d; d = d.parent) out.push(d);
+    return out;
+  }
+
+  /** Findings of the whole chain, this disk first. */
+  get allFindings(): Finding[] {
+    return this.chain.flatMap((d) => d.findings);
+  }
+
+  /**
+   * Opens a VHD from a byte source. Unusable structures throw a VhdError; recoverable problems
+   * become findings (thrown instead with `strict`).
+   */
+  static async open(source: ByteSource, options: OpenOptions = {}): Promise<VhdImage> {
+    const image = await VhdImage.openOne(source, options);
+    try {
+      const resolve = options.resolveParents ?? options.resolver !== undefined;
+      if (image.type === 'differencing' && resolve && options.resolver) {
+        await image.resolveChain(options.resolver, options, [image.id], options.maxDepth ?? DEFAULT_MAX_DEPTH);
+      }
+      return image;
+    } catch (e) {
+      await image.close();
+      throw e;
+    }
+  }
+
+  /** Opens this one file: footer, header, BAT, locators; no parent. */
+  private static async openOne(source: ByteSource, options: OpenOptions): Promise<VhdImage> {
+    const file = source.name;
+    const findings: Finding[] = [];
+    const report = (e: VhdError) => {
+      e.inFile(file);
+      const severity = severityOf(e.code);
+      const finding = findingFrom(e, severity);
+      if (options.strict) throw e;
+      findings.push(finding);
+      options.onFinding?.(finding);
+    };
+    try {
+      const image = await VhdImage.decode(source, report);
+      image.findings.push(...findings);
+      return image;
+    } catch (e) {
+      if (e instanceof VhdError) e.inFile(file);
+      throw e;
+    }
+  }
+
+  private static async decode(source: ByteSource, report: (e: VhdError) => void): Promise<VhdImage> {
+    const size = source.size;
+    if (size < 511) {
+      throw new VhdError(ErrorCodes.FILE_TOO_SMALL, `${size} bytes is too small to be a VHD (a footer alone is 512 bytes)`, {
+        structure: 'file',
+      });
+    }
+    // One read of the head (footer copy and dynamic header), one of the tail (footer, 511-byte footer).
+    const head = new Uint8Array(Math.min(size, FOOTER_SIZE + HEADER_SIZE));
+    await source.read(head, 0);
+    const tailLength = Math.min(size, 1024);
+    const tail = new Uint8Array(tailLength);
+    await source.read(tail, size - tailLength);
+
+    const hasCookie = (b: Uint8Array, at: number) =>
+      at >= 0 && at + 8 <= b.length && String.fromCharCode(...b.subarray(at, at + 8)) === 'conectix';
+
+    // The trailing footer: 512 bytes at the end, or 511 (old Virtual PC) when the file size says so.
+    let trailing: { bytes: Uint8Array; offset: number } | undefined;
+    if (hasCookie(tail, tailLength - 512)) {
+      trailing = { bytes: tail.slice(tailLength - 512), offset: size - 512 };
+    } else if (hasCookie(tail, tailLength - 511)) {
+      const bytes = new Uint8Array(512);
+      bytes.set(tail.subarray(tailLength - 511));
+      trailing = { bytes, offset: size - 511 };
+      report(
+        new VhdError(ErrorCodes.FOOTER_511, 'the footer is 511 bytes long (as old Virtual PC wrote it); read with a zero last byte', {
+          structure: 'footer',
+          offset: size - 511,
+        }),
+      );
+    }
+    const copyAt0 = hasCookie(head, 0) && size >= 1024 ? head.slice(0, 512) : undefined;
+
+    if (!trailing && !copyAt0) {
+      throw new VhdError(ErrorCodes.NOT_VHD, 'not a VHD: no footer (cookie "conectix") at the start or at the end of the file', {
+        structure: 'file',
+      });
+    }
+
+    // Decode the candidates; remember which one holds.
+    const decodeWith = (bytes: Uint8Array, offset: number) => {
+      const local: VhdError[] = [];
+      const footer = decodeFooter(bytes, offset, (e) => local.push(e));
+      return { footer, local, checksumOk: !local.some((e) => e.code === ErrorCodes.FOOTER_CHECKSUM) };
+    };
+    let main: ReturnType<typeof decodeWith> | undefined;
+    let mainOffset = 0;
+    let trailingError: VhdError | undefined;
+    if (trailing) {
+      try {
+        main = decodeWith(trailing.bytes, trailing.offset);
+        mainOffset = trailing.offset;
+      } catch (e) {
+        if (!(e instanceof VhdError) || !copyAt0) throw e;
+        trailingError = e;
+      }
+    }
+    // A fixed disk's content may start with "conectix" by chance; only a dynamic footer counts at 0.
+    let copy: ReturnType<typeof decodeWith> | undefined;
+    if (copyAt0) {
+      try {
+        const c = decodeWith(copyAt0, 0);
+        if (c.footer.diskType !== 2) copy = c;
+      } catch (e) {
+        if (!main) throw e;
+      }
+    }
+    if (!main && !copy) {
+      if (trailingError) throw trailingError;
+      throw new VhdError(ErrorCodes.NOT_VHD, 'not a VHD: no usable footer at the start or the end of the file', { structure: 'file' });
+    }
+    if (main && main.footer.diskType !== 2 && copy) {
+      if (!equalBytes(trailing!.bytes, copyAt0!)) {
+        report(
+          new VhdError(ErrorCodes.FOOTER_COPY_MISMATCH, 'the footer copy at offset 0 differs from the footer at the end of the file', {
+            structure: 'footer copy',
+            offset: 0,
+          }),
+        );
+        // Prefer whichever copy has a valid checksum; the trailing one when both do.
+        if (!main.checksumOk && copy.checksumOk) {
+          main = copy;
+          mainOffset = 0;
+        }
+      }
+    } else if (!main && copy) {
+      // No trailing footer: the file was cut short, or its end overwritten (an interrupted writer).
+      report(
+        new VhdError(
+          ErrorCodes.FILE_TRUNCATED,
+          `no footer at the end of the file (${size} bytes); using the copy at offset 0`,
+          { structure: 'footer', offset: Math.max(0, size - 512) },
+        ),
+      );
+      main = copy;
+      mainOffset = 0;
+    } else if (main && main.footer.diskType !== 2 && !copy) {
+      report(
+        new VhdError(ErrorCodes.FOOTER_COPY_MISMATCH, 'a dynamic disk must start with a copy of its footer; offset 0 holds none', {
+          structure: 'footer copy',
+          offset: 0,
+        }),
+      );
+    }
+    for (const e of main!.local) report(e);
+    const footer = main!.footer;
+    const type = diskTypeName(footer.diskType)!;
+    const virtualSize = Number(footer.currentSize);
+
+    if (type === 'fixed') {
+      const dataEnd = mainOffset;
+      if (virtualSize > dataEnd) {
+        throw new VhdError(
+          ErrorCodes.FOOTER_SIZE,
+          `current size ${virtualSize} does not fit before the footer: the fixed disk holds ${dataEnd} bytes of data`,
+          { structure: 'footer', offset: mainOffset + 48, field: 'currentSize' },
+        );
+      }
+      const image = new VhdImage(source, { type, footer, footerOffset: mainOffset });
+      image.dataEnd = dataEnd;
+      return image;
+    }
+
+    // Dynamic and differencing: the dynamic header.
+    const headerOffset = toSafeNumber(footer.dataOffset, ErrorCodes.FOOTER_DATA_OFFSET, 'footer', 'data offset', mainOffset + 16);
+    if (headerOffset % 512 !== 0 || headerOffset + HEADER_SIZE > size) {
+      throw new VhdError(
+        ErrorCodes.HEADER_PAST_EOF,
+        `the footer places the dynamic header at ${headerOffset}, ${headerOffset % 512 !== 0 ? 'not sector aligned' : `past the end of the file (${size} bytes)`}`,
+        { structure: 'footer', offset: mainOffset + 16, field: 'dataOffset' },
+      );
+    }
+    let headerBytes: Uint8Array;
+    if (headerOffset + HEADER_SIZE <= head.length) headerBytes = head.subarray(headerOffset, headerOffset + HEADER_SIZE);
+    else {
+      headerBytes = new Uint8Array(HEADER_SIZE);
+      await source.read(headerBytes, headerOffset);
+    }
+    const header = decodeHeader(headerBytes, headerOffset, report);
+    const dataEnd = mainOffset === 0 ? size : mainOffset;
+
+    // The BAT: bound every number before it allocates or seeks.
+    const tableOffset = toSafeNumber(header.tableOffset, ErrorCodes.HEADER_TABLE_OFFSET, 'dynamic header', 'table offset', headerOffset + 16);
+    if (tableOffset >= size) {
+      throw new VhdError(ErrorCodes.HEADER_TABLE_OFFSET, `BAT offset ${tableOffset} is past the end of the file (${size} bytes)`, {
+        structure: 'dynamic header',
+        offset: headerOffset + 16,
+        field: 'tableOffset',
+      });
+    }
+    const needed = Math.ceil(virtualSize / header.blockSize);
+    const declared = header.maxTableEntries;
+    if (declared < needed) {
+      throw new VhdError(
+        ErrorCodes.BAT_TOO_SMALL,
+        `BAT has ${declared} entries but a ${virtualSize}-byte disk with ${header.blockSize}-byte blocks needs ${needed}`,
+        { structure: 'dynamic header', offset: headerOffset + 28, field: 'maxTableEntries', expected: needed, actual: declared },
+      );
+    }
+    if (declared * 4 > size - tableOffset || declared > MAX_BAT_ENTRIES) {
+      throw new VhdError(
+        declared > needed ? ErrorCodes.BAT_TOO_LARGE : ErrorCodes.BAT_PAST_EOF,
+        `BAT of ${declared} entries (${declared * 4} bytes at offset ${tableOffset}) does not fit in the file (${size} bytes); the disk needs ${needed}`,
+        { structure: 'dynamic header', offset: headerOffset + 28, field: 'maxTableEntries', expected: needed, actual: declared },
+      );
+    }
+    if (declared > needed) {
+      report(
+        new VhdError(ErrorCodes.BAT_TOO_LARGE, `BAT has ${declared} entries; the virtual size needs only ${needed}`, {
+          structure: 'dynamic header',
+          offset: headerOffset + 28,
+          field: 'maxTableEntries',
+        }),
+      );
+    }
+    const batBytes = new Uint8Array(needed * 4);
+    await source.read(batBytes, tableOffset);
+    const bat = decodeBat(batBytes, needed);
+
+    const image = new VhdImage(source, { type, footer, footerOffset: mainOffset, header, headerOffset, bat });
+    image.dataEnd = dataEnd;
+    if (type === 'differencing') await image.readLocators(report);
+    image.validateBlocks(report, [
+      [0, 512, 'footer copy'],
+      [headerOffset, headerOffset + HEADER_SIZE, 'dynamic header'],
+      [tableOffset, tableOffset + batByteSize(declared), 'BAT'],
+      ...image.locators.map((l) => [l.dataOffset, l.dataOffset + Math.max(l.dataLength, 1), `parent locator ${l.index}`] as [number, number, string]),
+    ]);
+    return image;
+  }
+
+  /** Checks every allocated block lies inside the file and overlaps neither another block nor metadata. */
+  private validateBlocks(report: (e: VhdError) => void, metadata: Array<[number, number, string]>): void {
+    const bat = this.bat!;
+    const span = this.bitmapSize + this.blockSize;
+    const tableOffset = Number(this.header!.tableOffset);
+    const allocated: number[] = [];
+    for (let i = 0; i < bat.length; i++) {
+      const sector = bat[i];
+      if (sector === BAT_UNUSED) continue;
+      const start = sector * 512;
+      if (start + span > this.dataEnd) {
+        const e = new VhdError(
+          ErrorCodes.BAT_ENTRY_PAST_EOF,
+          `points to sector ${sector}; the block ends at ${start + span}, past the end of the data (${this.dataEnd} bytes)`,
+          { structure: `BAT entry ${i}`, offset: tableOffset + i * 4, file: this.name },
+        );
+        this.badBlocks.set(i, e);
+        report(e);
+        continue;
+      }
+      for (const [a, b, what] of metadata) {
+        if (start < b && start + span > a) {
+          report(
+            new VhdError(ErrorCodes.BAT_ENTRY_OVERLAPS_METADATA, `block at sector ${sector} (bytes ${start}–${start + span}) overlaps the ${what} (bytes ${a}–${b})`, {
+              structure: `BAT entry ${i}`,
+              offset: tableOffset + i * 4,
+            }),
+          );
+        }
+      }
+      allocated.push(i);
+    }
+    // Overlaps between blocks: sort by position, compare neighbours.
+    const order = Uint32Array.from(allocated).sort((x, y) => bat[x] - bat[y]);
+    for (let k = 1; k < order.length; k++) {
+      const prev = order[k - 1];
+      const cur = order[k];
+      if (bat[cur] * 512 < bat[prev] * 512 + span) {
+        report(
+          new VhdError(ErrorCodes.BAT_ENTRY_OVERLAP, `block ${cur} at sector ${bat[cur]} overlaps block ${prev} at sector ${bat[prev]}`, {
+            structure: `BAT entry ${cur}`,
+            offset: tableOffset + cur * 4,
+          }),
+        );
+      }
+    }
+  }
+
+  private async readLocators(report: (e: VhdError) => void): Promise<void> {
+    const header = this.header!;
+    const size = this.source.size;
+    header.parentLocators.forEach((entry, index) => {
+      if (isUnusedLocator(entry)) return;
+      const entryOffset = this.headerOffset! + 576 + index * 24;
+      if (!KNOWN_PLATFORMS.includes(entry.platformCode)) {
+        report(
+          new VhdError(ErrorCodes.LOCATOR_UNKNOWN_PLATFORM, `unknown platform code "${printableTag(entry.platformCode)}"; ignored`, {
+            structure: `parent locator ${index}`,
+            offset: entryOffset,
+          }),
+        );
+        return;
+      }
+      const dataOffset = Number(entry.platformDataOffset);
+      this.locators.push({
+        index,
+        platformCode: entry.platformCode,
+        dataOffset,
+        dataLength: entry.platformDataLength,
+        dataSpaceBytes: locatorSpaceBytes(entry.platformDataSpace),
+      });
+    });
+    for (const loc of this.locators) {
+      const entryOffset = this.headerOffset! + 576 + loc.index * 24;
+      const structure = `parent locator ${loc.index} (${loc.platformCode})`;
+      if (loc.dataLength === 0 || loc.dataLength > 65536) {
+        report(new VhdError(ErrorCodes.LOCATOR_INVALID, `data length ${loc.dataLength} is not a plausible path length`, { structure, offset: entryOffset }));
+        continue;
+      }
+      if (loc.dataOffset + loc.dataLength > size) {
+        report(
+          new VhdError(ErrorCodes.LOCATOR_PAST_EOF, `data at ${loc.dataOffset} (${loc.dataLength} bytes) runs past the end of the file (${size} bytes)`, {
+            structure,
+            offset: entryOffset,
+          }),
+        );
+        continue;
+      }
+      if (loc.dataLength > loc.dataSpaceBytes) {
+        report(
+          new VhdError(ErrorCodes.LOCATOR_INVALID, `data length ${loc.dataLength} exceeds the space reserved (${loc.dataSpaceBytes} bytes)`, {
+            structure,
+            offset: entryOffset,
+          }),
+        );
+      }
+      const data = new Uint8Array(loc.dataLength);
+      await this.source.read(data, loc.dataOffset);
+      try {
+        const path = decodeLocatorPath(loc.platformCode, data);
+        if (path === undefined || path === '') continue;
+        loc.path = path;
+      } catch {
+        report(new VhdError(ErrorCodes.LOCATOR_INVALID, 'data is not a valid path in its encoding', { structure, offset: loc.dataOffset }));
+      }
+    }
+    // Overlapping locator areas.
+    const areas = this.locators.filter((l) => l.path !== undefined).sort((a, b) => a.dataOffset - b.dataOffset);
+    for (let k = 1; k < areas.length; k++) {
+      if (areas[k].dataOffset < areas[k - 1].dataOffset + areas[k - 1].dataLength) {
+        report(
+          new VhdError(ErrorCodes.LOCATOR_OVERLAP, `data overlaps that of parent locator ${areas[k - 1].index}`, {
+            structure: `parent locator ${areas[k].index}`,
+            offset: areas[k].dataOffset,
+          }),
+        );
+      }
+    }
+    const name = this.parentName ?? '';
+    if (this.locators.length === 0) {
+      report(
+        new VhdError(ErrorCodes.LOCATOR_NONE, `no parent locators; the parent can only be found by its name "${name}" next to the child`, {
+          structure: 'dynamic header',
+          offset: this.headerOffset! + 576,
+        }),
+      );
+    }
+    for (const loc of this.locators) {
+      if (loc.path !== undefined && name !== '' && baseName(loc.path).toLowerCase() !== baseName(name).toLowerCase()) {
+        report(
+          new VhdError(ErrorCodes.LOCATOR_NAME_MISMATCH, `names "${loc.path}" but the header's parent name is "${name}"`, {
+            structure: `parent locator ${loc.index} (${loc.platformCode})`,
+            offset: loc.dataOffset,
+          }),
+        );
+      }
+    }
+  }
+
+  /** Candidate parent paths in the order they are tried: relative locators, absolute ones, then the header's name. */
+  parentCandidates(): string[] {
+    const out: string[] = [];
+    const add = (p: string | undefined) => {
+      if (p === undefined || p === '') return;
+      const slash = toSlashPath(p);
+      if (!out.includes(slash)) out.push(slash);
+    };
+    const withPaths = this.locators.filter((l) => l.path !== undefined);
+    for (const l of withPaths) if (isRelativeCode(l.platformCode) || !isAbsoluteSlashPath(toSlashPath(l.path!))) add(l.path);
+    for (const l of withPaths) if (!isRelativeCode(l.platformCode) && isAbsoluteSlashPath(toSlashPath(l.path!))) add(l.path);
+    const name = this.parentName;
+    if (name) add(baseName(name));
+    return out;
+  }
+
+  private async resolveChain(resolver: SourceResolver, options: OpenOptions, seen: string[], depthLeft: number): Promise<void> {
+    if (this.type !== 'differencing') return;
+    if (depthLeft <= 1) {
+      throw new VhdError(ErrorCodes.CHAIN_TOO_DEEP, `the chain is deeper than ${options.maxDepth ?? DEFAULT_MAX_DEPTH} disks`, {
+        file: this.name,
+        structure: 'chain',
+      });
+    }
+    const want = this.header!.parentUniqueId;
+    const candidates = this.parentCandidates();
+    const mismatched: string[] = [];
+    for (const candidate of candidates) {
+      const found = await resolver.open(this.name, candidate);
+      if (!found) continue;
+      if (seen.includes(found.id)) {
+        await found.source.close();
+        throw new VhdError(ErrorCodes.CHAIN_CYCLE, `the parent chain loops back to ${found.id}`, {
+          file: this.name,
+          structure: 'chain',
+        });
+      }
+      let parent: VhdImage;
+      try {
+        parent = await VhdImage.openOne(found.source, options);
+      } catch (e) {
+        await found.source.close();
+        throw e;
+      }
+      parent.id = found.id;
+      if (!equalBytes(parent.footer.uniqueId, want)) {
+        mismatched.push(`${found.source.name} (UUID ${parent.uuid})`);
+        await parent.close();
+        continue;
+      }
+      this.parent = parent;
+      if (parent.virtualSize !== this.virtualSize) {
+        const e = new VhdError(
+          ErrorCodes.PARENT_SIZE_MISMATCH,
+          `the parent ${parent.name} is ${parent.virtualSize} bytes, the child ${this.virtualSize}`,
+          { file: this.name, structure: 'chain' },
+        );
+        if (options.strict) throw e;
+        const f = findingFrom(e, severityOf(e.code));
+        this.findings.push(f);
+        options.onFinding?.(f);
+      }
+      await parent.resolveChain(resolver, options, [...seen, found.id], depthLeft - 1);
+      return;
+    }
+    const expected = uuidToString(want);
+    if (mismatched.length > 0) {
+      throw new VhdError(
+        ErrorCodes.PARENT_UUID_MISMATCH,
+        `parent UUID ${expected} does not match ${mismatched.join(', ')}`,
+        { file: this.name, structure: 'dynamic header', offset: this.headerOffset! + 40, expected, actual: mismatched },
+      );
+    }
+    throw new VhdError(
+      ErrorCodes.PARENT_MISSING,
+      `parent ${expected} not found (tried ${candidates.length > 0 ? candidates.join(', ') : 'no names: no locators and no parent name'})`,
+      { file: this.name, structure: 'dynamic header', offset: this.headerOffset! + 40, expected },
+    );
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Reading
+
+  /**
+   * Reads virtual bytes [position, position + into.length) of this disk's chain into `into`.
+   */
+  async read(into: Uint8Array, position: number): Promise<void> {
+    if (position < 0 || position + into.length > this.virtualSize) {
+      throw new VhdError(ErrorCodes.RANGE, `read of ${into.length} bytes at ${position} is outside the virtual disk (${this.virtualSize} bytes)`, {
+        file: this.name,
+      });
+    }
+    if (into.length === 0) return;
+    if (this.type === 'fixed') return this.source.read(into, position);
+    const bs = this.blockSize;
+    let done = 0;
+    while (done < into.length) {
+      const pos = position + done;
+      const block = Math.floor(pos / bs);
+      const inBlock = pos - block * bs;
+      const n = Math.min(bs - inBlock, into.length - done);
+      await this.readInBlock(into.subarray(done, done + n), block, inBlock);
+      done += n;
+    }
+  }
+
+  private async readInBlock(into: Uint8Array, block: number, inBlock: number): Promise<void> {
+    const sector = this.bat![block];
+    if (sector === BAT_UNUSED) {
+      if (this.type === 'differencing') return this.readParent(into, block * this.blockSize + inBlock);
+      into.fill(0);
+      return;
+    }
+    const bad = this.badBlocks.get(block);
+    if (bad) throw bad;
+    const dataStart = sector * 512 + this.bitmapSize;
+    if (this.type === 'dynamic') return this.source.read(into, dataStart + inBlock);
+    // Differencing: set bits come from this file, clear ones from the parent, one read per run.
+    const bitmap = await this.bitmap(block);
+    const first = Math.floor(inBlock / 512);
+    const last = Math.ceil((inBlock + into.length) / 512);
+    const reads: Promise<void>[] = [];
+    forEachBitRun(bitmap, first, last, (s, e, present) => {
+      const a = Math.max(inBlock, s * 512);
+      const b = Math.min(inBlock + into.length, e * 512);
+      const part = into.subarray(a - inBlock, b - inBlock);
+      reads.push(present ? this.source.read(part, dataStart + a) : this.readParent(part, block * this.blockSize + a));
+    });
+    await Promise.all(reads);
+  }
+
+  private async readParent(into: Uint8Array, position: number): Promise<void> {
+    const parent = this.parent;
+    if (!parent) {
+      throw new VhdError(ErrorCodes.PARENT_MISSING, `sectors at ${position} come from the parent ${this.parentUuid}, which is not open`, {
+        file: this.name,
+        structure: 'chain',
+      });
+    }
+    // A parent smaller than the child reads as zeros past its end.
+    const inside = Math.max(0, Math.min(into.length, parent.virtualSize - position));
+    if (inside > 0) await parent.read(into.subarray(0, inside), position);
+    if (inside < into.length) into.fill(0, inside);
+  }
+
+  /** The sector bitmap of an allocated block (cached). */
+  async bitmap(block: number): Promise<Uint8Array> {
+    const cached = this.bitmapCache.get(block);
+    if (cached) return cached;
+    const sector = this.bat![block];
+    const bad = this.badBlocks.get(block);
+    if (bad) throw bad;
+    const bitmap = new Uint8Array(this.bitmapSize);
+    await this.source.read(bitmap, sector * 512);
+    if ((this.bitmapCache.size + 1) * this.bitmapSize > BITMAP_CACHE_BYTES) this.bitmapCache.clear();
+    this.bitmapCache.set(block, bitmap);
+    return bitmap;
+  }
+
+  /** File offset of an allocated block's data, or undefined when the block is not in this file. */
+  blockDataOffset(block: number): number | undefined {
+    const sector = this.bat?.[block];
+    if (sector === undefined || sector === BAT_UNUSED) return undefined;
+    return sector * 512 + this.bitmapSize;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Extents
+
+  /**
+   * Virtual byte ranges this file itself holds, at block granularity (the whole disk for a fixed
+   * disk). Cost follows the BAT, not the virtual size.
+   */
+  ownBlockRanges(): Range[] {
+    if (this.type === 'fixed') return this.virtualSize > 0 ? [[0, this.virtualSize]] : [];
+    const out: Range[] = [];
+    const bs = this.blockSize;
+    forEachAllocatedRun(this.bat!, (first, end) => {
+      out.push([first * bs, Math.min(end * bs, this.virtualSize)]);
+    });
+    return out;
+  }
+
+  /**
+   * Virtual byte ranges this file holds, exact to the sector: for a differencing disk, the sectors
+   * whose bitmap bit is set; otherwise the same as ownBlockRanges.
+   */
+  async ownSectorRanges(): Promise<Range[]> {
+    if (this.type !== 'differencing') return this.ownBlockRanges();
+    const out: Range[] = [];
+    const bs = this.blockSize;
+    const sectorsPerBlock = bs / 512;
+    const bat = this.bat!;
+    for (let block = 0; block < bat.length; block++) {
+      if (bat[block] === BAT_UNUSED) continue;
+      const bitmap = await this.bitmap(block);
+      const base = block * bs;
+      forEachBitRun(bitmap, 0, sectorsPerBlock, (s, e, present) => {
+        if (present) out.push([base + s * 512, Math.min(base + e * 512, this.virtualSize)]);
+      });
+    }
+    return normalizeRanges(out);
+  }
+
+  /**
+   * Where the chain may hold data: the union of every layer's block ranges, clipped to this disk's
+   * virtual size. Everything outside reads as zeros.
+   */
+  dataRanges(): Range[] {
+    const all: Range[] = [];
+    for (const d of this.chain) for (const r of d.ownBlockRanges()) all.push([r[0], Math.min(r[1], this.virtualSize)]);
+    return normalizeRanges(all);
+  }
+
+  async close(): Promise<void> {
+    const parent = this.parent;
+    this.parent = undefined;
+    await this.source.close();
+    if (parent) await parent.close();
+  }
+}

@@ -1,0 +1,24 @@
+/**
+ * Lenient versus strict, as a table rather than scattered ifs. Each recoverable finding has a
+ * severity: an error means the file breaks the specification in a way that can lose or misplace
+ * data (`check` fails); a warning means it is unusual but readable (`check --strict` fails).
+ * Reading commands go on past both, printing them, unless `--strict`.
+ */
+import { ErrorCodes, type ErrorCode } from '../errors.js';
+
+const WARNINGS: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  ErrorCodes.FOOTER_511,
+  ErrorCodes.FOOTER_VERSION,
+  ErrorCodes.FOOTER_SAVED_STATE,
+  ErrorCodes.FOOTER_DATA_OFFSET,
+  ErrorCodes.HEADER_VERSION,
+  ErrorCodes.BAT_TOO_LARGE,
+  ErrorCodes.LOCATOR_NAME_MISMATCH,
+  ErrorCodes.LOCATOR_UNKNOWN_PLATFORM,
+  ErrorCodes.LOCATOR_NONE,
+  ErrorCodes.PARENT_SIZE_MISMATCH,
+]);
+
+export function severityOf(code: ErrorCode): 'error' | 'warning' {
+  return WARNINGS.has(code) ? 'warning' : 'error';
+}

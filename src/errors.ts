@@ -1,0 +1,159 @@
+/**
+ * One root error class for everything vhdkit reports. Each error carries a stable string `code`
+ * (scripts match on it), the structure and offset that explain it, and optionally the field,
+ * the expected and actual values and a `cause`.
+ *
+ * Messages are built from that context so that every error reads as one line:
+ *   "disk.vhd: BAT entry 17 at offset 1604: points to sector 81920, past the end of the file (40960 sectors)"
+ */
+
+/** Stable error and finding codes. Never rename one: scripts and tests depend on them. */
+export const ErrorCodes = {
+  // not a VHD / cannot be read at all
+  NOT_VHD: 'NOT_VHD',
+  FILE_TOO_SMALL: 'FILE_TOO_SMALL',
+  FILE_TRUNCATED: 'FILE_TRUNCATED',
+  SHORT_READ: 'SHORT_READ',
+  IO: 'IO',
+  // footer
+  FOOTER_COOKIE: 'FOOTER_COOKIE',
+  FOOTER_CHECKSUM: 'FOOTER_CHECKSUM',
+  FOOTER_VERSION: 'FOOTER_VERSION',
+  FOOTER_DISK_TYPE: 'FOOTER_DISK_TYPE',
+  FOOTER_DATA_OFFSET: 'FOOTER_DATA_OFFSET',
+  FOOTER_SIZE: 'FOOTER_SIZE',
+  FOOTER_COPY_MISMATCH: 'FOOTER_COPY_MISMATCH',
+  FOOTER_511: 'FOOTER_511',
+  FOOTER_SAVED_STATE: 'FOOTER_SAVED_STATE',
+  // dynamic header
+  HEADER_COOKIE: 'HEADER_COOKIE',
+  HEADER_CHECKSUM: 'HEADER_CHECKSUM',
+  HEADER_VERSION: 'HEADER_VERSION',
+  HEADER_BLOCK_SIZE: 'HEADER_BLOCK_SIZE',
+  HEADER_TABLE_OFFSET: 'HEADER_TABLE_OFFSET',
+  HEADER_PAST_EOF: 'HEADER_PAST_EOF',
+  // block allocation table
+  BAT_TOO_SMALL: 'BAT_TOO_SMALL',
+  BAT_TOO_LARGE: 'BAT_TOO_LARGE',
+  BAT_PAST_EOF: 'BAT_PAST_EOF',
+  BAT_ENTRY_PAST_EOF: 'BAT_ENTRY_PAST_EOF',
+  BAT_ENTRY_OVERLAP: 'BAT_ENTRY_OVERLAP',
+  BAT_ENTRY_OVERLAPS_METADATA: 'BAT_ENTRY_OVERLAPS_METADATA',
+  // parent locators and chains
+  LOCATOR_PAST_EOF: 'LOCATOR_PAST_EOF',
+  LOCATOR_OVERLAP: 'LOCATOR_OVERLAP',
+  LOCATOR_INVALID: 'LOCATOR_INVALID',
+  LOCATOR_NAME_MISMATCH: 'LOCATOR_NAME_MISMATCH',
+  LOCATOR_UNKNOWN_PLATFORM: 'LOCATOR_UNKNOWN_PLATFORM',
+  LOCATOR_NONE: 'LOCATOR_NONE',
+  PARENT_MISSING: 'PARENT_MISSING',
+  PARENT_UUID_MISMATCH: 'PARENT_UUID_MISMATCH',
+  PARENT_TIMESTAMP_MISMATCH: 'PARENT_TIMESTAMP_MISMATCH',
+  PARENT_SIZE_MISMATCH: 'PARENT_SIZE_MISMATCH',
+  PARENT_NOT_ALLOWED: 'PARENT_NOT_ALLOWED',
+  CHAIN_CYCLE: 'CHAIN_CYCLE',
+  CHAIN_TOO_DEEP: 'CHAIN_TOO_DEEP',
+  // writing, conversion, usage
+  USAGE: 'USAGE',
+  SIZE_INVALID: 'SIZE_INVALID',
+  AZURE_LIMIT: 'AZURE_LIMIT',
+  OUTPUT_EXISTS: 'OUTPUT_EXISTS',
+  RANGE: 'RANGE',
+  ABORTED: 'ABORTED',
+} as const;
+
+export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
+
+export interface VhdErrorContext {
+  /** The file (or blob, or "memory") the error is about. Attached by the layer that knows it. */
+  file?: string;
+  /** The structure: "footer", "dynamic header", "BAT entry 17", "parent locator 2", ... */
+  structure?: string;
+  /** Byte offset in the file of the structure or field at fault. */
+  offset?: number;
+  field?: string;
+  expected?: unknown;
+  actual?: unknown;
+  cause?: unknown;
+}
+
+export class VhdError extends Error {
+  override name = 'VhdError';
+  readonly code: ErrorCode;
+  /** The message without the file / structure / offset prefix. */
+  readonly detail: string;
+  file?: string;
+  readonly structure?: string;
+  readonly offset?: number;
+  readonly field?: string;
+  readonly expected?: unknown;
+  readonly actual?: unknown;
+
+  constructor(code: ErrorCode, detail: string, context: VhdErrorContext = {}) {
+    super(detail, context.cause === undefined ? undefined : { cause: context.cause });
+    this.code = code;
+    this.detail = detail;
+    this.file = context.file;
+    this.structure = context.structure;
+    this.offset = context.offset;
+    this.field = context.field;
+    this.expected = context.expected;
+    this.actual = context.actual;
+    this.message = this.compose();
+  }
+
+  /** Names the file this error is about (once; the innermost file wins). Returns `this`. */
+  inFile(file: string): this {
+    if (this.file === undefined) {
+      this.file = file;
+      this.message = this.compose();
+    }
+    return this;
+  }
+
+  private compose(): string {
+    let where = '';
+    if (this.structure !== undefined) where = this.structure;
+    if (this.offset !== undefined) where += `${where ? ' ' : ''}at offset ${this.offset}`;
+    const parts = [this.file, where].filter((p) => p !== undefined && p !== '');
+    return parts.length > 0 ? `${parts.join(': ')}: ${this.detail}` : this.detail;
+  }
+
+  toJSON(): Record<string, unknown> {
+    const out: Record<string, unknown> = { code: this.code, message: this.message };
+    if (this.file !== undefined) out.file = this.file;
+    if (this.structure !== undefined) out.structure = this.structure;
+    if (this.offset !== undefined) out.offset = this.offset;
+    if (this.field !== undefined) out.field = this.field;
+    return out;
+  }
+}
+
+export function isVhdError(e: unknown): e is VhdError {
+  return e instanceof VhdError;
+}
+
+/** Attach a file name to a VhdError on its way out; other errors pass unchanged. */
+export function inFile<T>(e: T, file: string): T {
+  if (e instanceof VhdError) e.inFile(file);
+  return e;
+}
+
+/**
+ * A recoverable or fatal finding about a disk. Open collects them; `check` reports them;
+ * `--strict` promotes warnings to errors.
+ */
+export interface Finding {
+  code: ErrorCode;
+  severity: 'error' | 'warning';
+  message: string;
+  file?: string;
+  offset?: number;
+}
+
+export function findingFrom(e: VhdError, severity: 'error' | 'warning'): Finding {
+  const f: Finding = { code: e.code, severity, message: e.message };
+  if (e.file !== undefined) f.file = e.file;
+  if (e.offset !== undefined) f.offset = e.offset;
+  return f;
+}

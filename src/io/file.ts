@@ -1,0 +1,219 @@
+/**
+ * Files on disk as byte sources and sinks, and the resolver that finds parents on disk.
+ * The only module (with cli) that touches node:fs for disk images.
+ */
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { ErrorCodes, VhdError } from '../errors.js';
+import type { ByteSink, ByteSource, SourceResolver } from './types.js';
+
+function readInto(fd: number, into: Uint8Array, position: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    fs.read(fd, into, 0, into.length, position, (err, n) => (err ? reject(err) : resolve(n)));
+  });
+}
+
+function writeFrom(fd: number, from: Uint8Array, position: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    fs.write(fd, from, 0, from.length, position, (err, n) => (err ? reject(err) : resolve(n)));
+  });
+}
+
+function ioError(e: unknown, file: string, what: string, offset?: number): VhdError {
+  const err = e as NodeJS.ErrnoException;
+  const reason = err?.code ? `${err.code}: ${err.message.replace(/^[A-Z]+: /, '')}` : String(e);
+  return new VhdError(ErrorCodes.IO, `${what} failed (${reason})`, { file, offset, cause: e });
+}
+
+export class FileSink implements ByteSink {
+  private closed = false;
+  private constructor(
+    readonly name: string,
+    private readonly fd: number,
+    private length: number,
+    readonly writable: boolean,
+  ) {}
+
+  static async open(file: string, mode: 'r' | 'r+' | 'wx' = 'r'): Promise<FileSink> {
+    let fd: number;
+    try {
+      fd = await new Promise<number>((resolve, reject) => fs.open(file, mode, 0o644, (e, f) => (e ? reject(e) : resolve(f))));
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') throw new VhdError(ErrorCodes.IO, 'no such file', { file, cause: e });
+      if (code === 'EEXIST') throw new VhdError(ErrorCodes.OUTPUT_EXISTS, 'file already exists', { file, cause: e });
+      if (code === 'EISDIR') throw new VhdError(ErrorCodes.IO, 'is a directory, not a disk image', { file, cause: e });
+      throw ioError(e, file, 'open');
+    }
+    let size: number;
+    try {
+      const st = fs.fstatSync(fd);
+      if (st.isDirectory()) throw Object.assign(new Error('is a directory'), { code: 'EISDIR' });
+      size = st.isBlockDevice() ? blockDeviceSize(fd) : st.size;
+    } catch (e) {
+      fs.closeSync(fd);
+      if ((e as NodeJS.ErrnoException).code === 'EISDIR') throw new VhdError(ErrorCodes.IO, 'is a directory, not a disk image', { file });
+      throw ioError(e, file, 'stat');
+    }
+    return new FileSink(file, fd, size, mode !== 'r');
+  }
+
+  get size(): number {
+    return this.length;
+  }
+
+  async read(into: Uint8Array, position: number): Promise<void> {
+    let done = 0;
+    while (done < into.length) {
+      const n = await this.readAt(into.subarray(done), position + done);
+      if (n === 0) {
+        throw new VhdError(
+          ErrorCodes.SHORT_READ,
+          `read of ${into.length} bytes ended after ${done}: the file is ${this.length} bytes`,
+          { file: this.name, offset: position },
+        );
+      }
+      done += n;
+    }
+  }
+
+  async readAt(into: Uint8Array, position: number): Promise<number> {
+    try {
+      return await readInto(this.fd, into, position);
+    } catch (e) {
+      throw ioError(e, this.name, `read of ${into.length} bytes`, position);
+    }
+  }
+
+  async write(from: Uint8Array, position: number): Promise<void> {
+    let done = 0;
+    try {
+      while (done < from.length) done += await writeFrom(this.fd, from.subarray(done), position + done);
+    } catch (e) {
+      throw ioError(e, this.name, `write of ${from.length} bytes`, position + done);
+    }
+    if (position + from.length > this.length) this.length = position + from.length;
+  }
+
+  async truncate(size: number): Promise<void> {
+    try {
+      await new Promise<void>((resolve, reject) => fs.ftruncate(this.fd, size, (e) => (e ? reject(e) : resolve())));
+    } catch (e) {
+      throw ioError(e, this.name, `truncate to ${size} bytes`);
+    }
+    this.length = size;
+  }
+
+  async sync(): Promise<void> {
+    try {
+      await new Promise<void>((resolve, reject) => fs.fsync(this.fd, (e) => (e ? reject(e) : resolve())));
+    } catch (e) {
+      throw ioError(e, this.name, 'fsync');
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await new Promise<void>((resolve) => fs.close(this.fd, () => resolve()));
+  }
+}
+
+function blockDeviceSize(fd: number): number {
+  // Seek to the end: fstat reports 0 for block devices.
+  const buf = Buffer.alloc(1);
+  let lo = 0;
+  let hi = 1;
+  while (fs.readSync(fd, buf, 0, 1, hi * 512 - 1) === 1) {
+    lo = hi;
+    hi *= 2;
+  }
+  while (hi - lo > 1) {
+    const mid = Math.floor((lo + hi) / 2);
+    if (fs.readSync(fd, buf, 0, 1, mid * 512 - 1) === 1) lo = mid;
+    else hi = mid;
+  }
+  return lo * 512;
+}
+
+export function openFile(file: string): Promise<FileSink> {
+  return FileSink.open(file, 'r');
+}
+
+/**
+ * Finds parents on disk. Relative candidates resolve against the child's directory. With
+ * `allowedDirs`, a parent outside those directories (after following symlinks) is refused.
+ */
+export class FileResolver implements SourceResolver {
+  private readonly allowed: string[] | undefined;
+  constructor(options: { allowedDirs?: string[] } = {}) {
+    this.allowed = options.allowedDirs?.map((d) => {
+      const abs = path.resolve(d);
+      try {
+        return fs.realpathSync(abs);
+      } catch {
+        return abs;
+      }
+    });
+  }
+
+  async open(from: string, candidate: string): Promise<{ source: ByteSource; id: string } | undefined> {
+    if (/^[A-Za-z]:\//.test(candidate) || candidate.startsWith('//')) return undefined; // a Windows drive or share: not here
+    const full = path.resolve(path.dirname(from), candidate);
+    let real: string;
+    try {
+      real = await fsp.realpath(full);
+      const st = await fsp.stat(real);
+      if (!st.isFile() && !st.isBlockDevice()) return undefined;
+    } catch {
+      return undefined;
+    }
+    if (this.allowed && !this.allowed.some((dir) => real === dir || real.startsWith(dir + path.sep))) {
+      throw new VhdError(
+        ErrorCodes.PARENT_NOT_ALLOWED,
+        `parent ${full} is outside the allowed directories (${this.allowed.join(', ')})`,
+        { file: from },
+      );
+    }
+    return { source: await FileSink.open(full, 'r'), id: real };
+  }
+}
+
+/**
+ * Writes an output through a temporary name in the same directory and renames it into place only
+ * when `body` succeeds; on failure the temporary file is removed and nothing is left behind.
+ */
+export async function writeAtomically<T>(
+  target: string,
+  body: (sink: FileSink) => Promise<T>,
+  options: { overwrite?: boolean } = {},
+): Promise<T> {
+  if (!options.overwrite && fs.existsSync(target)) {
+    throw new VhdError(ErrorCodes.OUTPUT_EXISTS, 'output already exists (use --force to replace it)', { file: target });
+  }
+  const dir = path.dirname(path.resolve(target));
+  const tmp = path.join(dir, `.${path.basename(target)}.${process.pid}.${Date.now().toString(36)}.tmp`);
+  const sink = await FileSink.open(tmp, 'wx');
+  let ok = false;
+  try {
+    const result = await body(sink);
+    await sink.sync();
+    await sink.close();
+    await fsp.rename(tmp, target);
+    ok = true;
+    try {
+      const dfd = fs.openSync(dir, 'r');
+      fs.fsyncSync(dfd);
+      fs.closeSync(dfd);
+    } catch {
+      // directories cannot be fsynced on every platform; the rename itself is done
+    }
+    return result;
+  } finally {
+    if (!ok) {
+      await sink.close();
+      await fsp.rm(tmp, { force: true });
+    }
+  }
+}
