@@ -34,7 +34,20 @@ export interface OpenOptions {
   maxDepth?: number;
   /** Called for every finding, as it is made. */
   onFinding?: (finding: Finding) => void;
+  /**
+   * Record a chain that cannot be resolved (missing parent, UUID mismatch, cycle, too deep) as a
+   * finding on this disk instead of throwing; the disk is then open without its parent.
+   */
+  tolerateBrokenChain?: boolean;
 }
+
+const CHAIN_ERRORS: ReadonlySet<string> = new Set([
+  ErrorCodes.PARENT_MISSING,
+  ErrorCodes.PARENT_UUID_MISMATCH,
+  ErrorCodes.PARENT_NOT_ALLOWED,
+  ErrorCodes.CHAIN_CYCLE,
+  ErrorCodes.CHAIN_TOO_DEEP,
+]);
 
 export interface ParentLocatorInfo {
   index: number;
@@ -138,7 +151,17 @@ export class VhdImage {
     try {
       const resolve = options.resolveParents ?? options.resolver !== undefined;
       if (image.type === 'differencing' && resolve && options.resolver) {
-        await image.resolveChain(options.resolver, options, [image.id], options.maxDepth ?? DEFAULT_MAX_DEPTH);
+        try {
+          await image.resolveChain(options.resolver, options, [image.id], options.maxDepth ?? DEFAULT_MAX_DEPTH);
+        } catch (e) {
+          if (!(options.tolerateBrokenChain && e instanceof VhdError && CHAIN_ERRORS.has(e.code))) throw e;
+          // Keep the part of the chain that opened; record the break on the disk that has it.
+          let last = image;
+          while (last.parent) last = last.parent;
+          const f = findingFrom(e, 'error');
+          last.findings.push(f);
+          options.onFinding?.(f);
+        }
       }
       return image;
     } catch (e) {
@@ -204,8 +227,9 @@ export class VhdImage {
     const copyAt0 = hasCookie(head, 0) && size >= 1024 ? head.slice(0, 512) : undefined;
 
     if (!trailing && !copyAt0) {
-      throw new VhdError(ErrorCodes.NOT_VHD, 'not a VHD: no footer (cookie "conectix") at the start or at the end of the file', {
-        structure: 'file',
+      throw new VhdError(ErrorCodes.NOT_VHD, 'not a VHD: no footer cookie "conectix" here or at offset 0', {
+        structure: 'footer',
+        offset: Math.max(0, size - 512),
       });
     }
 
@@ -483,7 +507,7 @@ export class VhdImage {
     if (this.locators.length === 0) {
       report(
         new VhdError(ErrorCodes.LOCATOR_NONE, `no parent locators; the parent can only be found by its name "${name}" next to the child`, {
-          structure: 'dynamic header',
+          structure: 'parent locator table',
           offset: this.headerOffset! + 576,
         }),
       );

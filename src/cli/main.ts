@@ -1,0 +1,36 @@
+#!/usr/bin/env node
+/** vhdkit command line: thin yargs commands over the library; the only place that prints. */
+import yargs from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { checkCommand } from './commands/check.js';
+import { convertCommand } from './commands/convert.js';
+import { createCommand } from './commands/create.js';
+import { infoCommand } from './commands/info.js';
+import { EXIT_USAGE } from './output.js';
+
+export async function main(argv: string[]): Promise<void> {
+  await yargs(argv)
+    .scriptName('vhdkit')
+    .usage('$0 <command> [options]\n\nFast, safe tools for Microsoft VHD disk images.')
+    .command(infoCommand)
+    .command(checkCommand)
+    .command(createCommand)
+    .command(convertCommand)
+    .demandCommand(1, 'give a command: info, check, create or convert')
+    .strict()
+    .help()
+    .alias('h', 'help')
+    .version()
+    .wrap(Math.min(110, process.stdout.columns || 100))
+    .fail((msg, err, y) => {
+      if (err) throw err;
+      process.stderr.write(`vhdkit: ${msg}\n(run "vhdkit --help" for usage)\n`);
+      process.exit(EXIT_USAGE);
+    })
+    .parseAsync();
+}
+
+main(hideBin(process.argv)).catch((e: unknown) => {
+  process.stderr.write(`vhdkit: internal error: ${(e as Error)?.message ?? String(e)}\n`);
+  process.exitCode = 1;
+});

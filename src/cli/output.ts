@@ -1,0 +1,77 @@
+/** The only place that prints: JSON documents, human lines, warnings, errors, progress bars. */
+import { ErrorCodes, type Finding, VhdError } from '../errors.js';
+import type { Progress } from '../ops/common.js';
+
+export interface GlobalArgs {
+  json?: boolean;
+  quiet?: boolean;
+  debug?: boolean;
+  strict?: boolean;
+}
+
+export function printJson(value: unknown): void {
+  process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+}
+
+export function printLines(lines: string[]): void {
+  process.stdout.write(`${lines.join('\n')}\n`);
+}
+
+export function printFindings(findings: Finding[], args: GlobalArgs): void {
+  if (args.json) return;
+  for (const f of findings) process.stderr.write(`vhdkit: ${f.severity}: ${f.message} [${f.code}]\n`);
+}
+
+/** Exit codes of the contract: 0 success; 1 problems found or the operation failed; 2 usage or unreadable input. */
+export const EXIT_OK = 0;
+export const EXIT_PROBLEMS = 1;
+export const EXIT_USAGE = 2;
+
+const INPUT_ERRNO = new Set(['ENOENT', 'EACCES', 'EISDIR', 'ENOTDIR', 'EPERM']);
+
+export function exitCodeFor(e: unknown): number {
+  if (!(e instanceof VhdError)) return EXIT_PROBLEMS;
+  if (e.code === ErrorCodes.ABORTED) return EXIT_PROBLEMS;
+  if (e.code === ErrorCodes.IO) {
+    const cause = (e as Error & { cause?: NodeJS.ErrnoException }).cause;
+    return cause?.code && INPUT_ERRNO.has(cause.code) ? EXIT_USAGE : EXIT_PROBLEMS;
+  }
+  return EXIT_USAGE;
+}
+
+/** Prints an error as one line (a stack only with --debug) and sets the exit code. */
+export function reportError(e: unknown, args: GlobalArgs): void {
+  const code = exitCodeFor(e);
+  if (args.json) {
+    const error = e instanceof VhdError ? e.toJSON() : { code: 'INTERNAL', message: String((e as Error)?.message ?? e) };
+    process.stdout.write(`${JSON.stringify({ ok: false, error }, null, 2)}\n`);
+  }
+  const text = e instanceof VhdError ? `${e.message} [${e.code}]` : `internal error: ${(e as Error)?.message ?? String(e)}`;
+  process.stderr.write(`vhdkit: ${text}\n`);
+  if (args.debug && e instanceof Error && e.stack) process.stderr.write(`${e.stack}\n`);
+  process.exitCode = code;
+}
+
+/** A progress bar on stderr when it is a terminal and not --quiet; a no-op otherwise. */
+export function progressBar(label: string, args: GlobalArgs): { update: (p: Progress) => void; done: () => void } {
+  if (args.quiet || !process.stderr.isTTY) return { update: () => {}, done: () => {} };
+  let last = 0;
+  const started = Date.now();
+  const draw = (p: Progress) => {
+    const width = 30;
+    const frac = p.total > 0 ? Math.min(1, p.done / p.total) : 1;
+    const filled = Math.round(frac * width);
+    const secs = (Date.now() - started) / 1000;
+    const rate = secs > 0 ? p.done / secs / 2 ** 20 : 0;
+    process.stderr.write(`\r${label} [${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${(frac * 100).toFixed(0).padStart(3)}% ${rate.toFixed(0)} MiB/s `);
+  };
+  return {
+    update: (p) => {
+      const now = Date.now();
+      if (now - last < 100 && p.done < p.total) return;
+      last = now;
+      draw(p);
+    },
+    done: () => process.stderr.write('\r\x1b[K'),
+  };
+}

@@ -1,0 +1,61 @@
+/** Opening disks from files: the bridge from paths to the disk layer. */
+import fs from 'node:fs';
+import path from 'node:path';
+import { ErrorCodes, VhdError } from '../errors.js';
+import { VhdImage, type OpenOptions } from '../disk/image.js';
+import { RawDisk, type VirtualDisk } from '../disk/source.js';
+import { FileResolver, FileSink } from '../io/file.js';
+
+export interface OpenDiskOptions extends Omit<OpenOptions, 'resolver'> {
+  /** Confine parent resolution to these directories. */
+  allowedDirs?: string[];
+}
+
+/** Opens a VHD file and, for a differencing disk, its whole chain. */
+export async function openDisk(file: string, options: OpenDiskOptions = {}): Promise<VhdImage> {
+  const source = await FileSink.open(file, 'r');
+  try {
+    return await VhdImage.open(source, {
+      ...options,
+      resolver: new FileResolver({ allowedDirs: options.allowedDirs }),
+      resolveParents: options.resolveParents ?? true,
+    });
+  } catch (e) {
+    await source.close();
+    throw e;
+  }
+}
+
+export type SourceFormat = 'auto' | 'vhd' | 'raw';
+
+/**
+ * Opens a disk for reading: a VHD (any type, chains resolved) or a raw image. `auto` takes a file
+ * with a VHD footer as a VHD and anything else as raw, except a file named *.vhd, which must be a VHD.
+ */
+export async function openAny(
+  file: string,
+  format: SourceFormat = 'auto',
+  options: OpenDiskOptions = {},
+): Promise<{ disk: VirtualDisk; format: 'vhd' | 'raw' }> {
+  if (format === 'raw') return { disk: new RawDisk(await FileSink.open(file, 'r')), format: 'raw' };
+  try {
+    return { disk: await openDisk(file, options), format: 'vhd' };
+  } catch (e) {
+    const notVhd = e instanceof VhdError && (e.code === ErrorCodes.NOT_VHD || e.code === ErrorCodes.FILE_TOO_SMALL);
+    if (format === 'auto' && notVhd && !/\.vhd$/i.test(file)) {
+      return { disk: new RawDisk(await FileSink.open(file, 'r')), format: 'raw' };
+    }
+    throw e;
+  }
+}
+
+/** True when two paths name the same file (following symlinks); false if either is missing. */
+export function sameFile(a: string, b: string): boolean {
+  try {
+    const sa = fs.statSync(a);
+    const sb = fs.statSync(b);
+    return sa.dev === sb.dev && sa.ino === sb.ino;
+  } catch {
+    return path.resolve(a) === path.resolve(b);
+  }
+}
