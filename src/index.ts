@@ -1,0 +1,26 @@
+/** vhdkit public API. */
+export { ErrorCodes, VhdError, isVhdError, type ErrorCode, type Finding, type VhdErrorContext } from './errors.js';
+
+// Operations
+export { openDisk, openAny, type OpenDiskOptions, type SourceFormat } from './ops/open.js';
+export { info, describe, type DiskInfo, type ParentInfo, type ChainMember } from './ops/info.js';
+export { check, type CheckResult } from './ops/check.js';
+export { create, parentLinkFor, type CreateOptions, type CreateResult } from './ops/create.js';
+export { convert, azureSize, type ConvertOptions, type ConvertResult, type TargetFormat } from './ops/convert.js';
+export type { Progress, OperationOptions } from './ops/common.js';
+
+// Disk layer
+export { VhdImage, type OpenOptions, type ParentLocatorInfo } from './disk/image.js';
+export { RawDisk, type VirtualDisk } from './disk/source.js';
+export { FixedWriter, DynamicWriter, type DynamicOptions, type ParentLink } from './disk/writer.js';
+export { type Range, normalizeRanges } from './disk/ranges.js';
+export { severityOf } from './disk/policy.js';
+
+// I/O seam
+export { FileSink, FileResolver, openFile, writeAtomically } from './io/file.js';
+export { MemorySink, MemoryResolver, memorySource } from './io/memory.js';
+export { alignedBuffer, isZero } from './io/aligned.js';
+export type { ByteSource, ByteSink, SourceResolver } from './io/types.js';
+
+// Pure format codecs
+export * as format from './format/index.js';
