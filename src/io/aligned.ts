@@ -1,3 +1,5 @@
+import { Buffer } from 'node:buffer';
+
 /**
  * Page-aligned buffers. A WebAssembly memory is mapped at a page boundary, so every multiple of
  * 4096 inside it is page aligned too — unlike Buffer.allocUnsafe, whose large allocations start
@@ -17,17 +19,14 @@ export function alignedBuffer(size: number): Uint8Array {
   return new Uint8Array(memory.buffer, 0, size);
 }
 
-/** True when every byte is zero; compares 32-bit words where the view is aligned. */
+const ZEROS = Buffer.alloc(65536);
+
+/** True when every byte is zero. Compares against a zero buffer with memcmp (tens of GiB/s). */
 export function isZero(bytes: Uint8Array): boolean {
-  let i = 0;
-  const n = bytes.length;
-  while (i < n && ((bytes.byteOffset + i) & 3) !== 0) if (bytes[i++] !== 0) return false;
-  const words = (n - i) >>> 2;
-  if (words > 0) {
-    const u = new Uint32Array(bytes.buffer, bytes.byteOffset + i, words);
-    for (let k = 0; k < words; k++) if (u[k] !== 0) return false;
-    i += words * 4;
+  const b = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  for (let o = 0; o < b.length; o += ZEROS.length) {
+    const n = Math.min(ZEROS.length, b.length - o);
+    if (b.compare(ZEROS, 0, n, o, o + n) !== 0) return false;
   }
-  for (; i < n; i++) if (bytes[i] !== 0) return false;
   return true;
 }

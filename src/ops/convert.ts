@@ -52,6 +52,8 @@ export interface ConvertResult {
 const MiB = 1024 * 1024;
 /** Chunk for raw and fixed outputs. */
 const CHUNK = 4 * MiB;
+/** Zero detection granularity of raw and fixed outputs: runs of zeros this long stay holes. */
+const ZERO_GRAIN = 64 * 1024;
 /** Azure: a managed disk is at least 20 MiB; a page blob at most 8 TiB (VHDs stop at 2040 GiB before that). */
 const AZURE_MIN_SIZE = 20 * MiB;
 
@@ -137,12 +139,13 @@ interface Counters {
 async function pipeline(
   disk: VirtualDisk,
   unit: number,
+  align: number,
   headroom: number,
   options: OperationOptions,
   counters: Counters,
   consume: (buffer: Uint8Array, data: Uint8Array, position: number) => Promise<void>,
 ): Promise<void> {
-  const ranges = alignRanges(disk.dataRanges(), unit, disk.virtualSize);
+  const ranges = alignRanges(disk.dataRanges(), align, disk.virtualSize);
   const total = totalLength(ranges);
   const buffers = [alignedBuffer(headroom + unit), alignedBuffer(headroom + unit)];
   let which = 0;
@@ -169,10 +172,19 @@ async function pipeline(
 async function toFlat(disk: VirtualDisk, sink: ByteSink, virtualSize: number, to: 'raw' | 'fixed', options: OperationOptions, counters: Counters): Promise<void> {
   const fixed = to === 'fixed' ? await FixedWriter.create(sink, { virtualSize, uuid: newUuid() }) : undefined;
   if (!fixed) await sink.truncate(virtualSize);
-  await pipeline(disk, CHUNK, 0, options, counters, async (_buffer, data, pos) => {
-    if (isZero(data)) return;
-    await sink.write(data, pos);
-    counters.written += data.length;
+  await pipeline(disk, CHUNK, ZERO_GRAIN, 0, options, counters, async (_buffer, data, pos) => {
+    // Write only the non-zero runs, found at ZERO_GRAIN granularity: zeros stay holes.
+    let runStart = -1;
+    for (let o = 0; o <= data.length; o += ZERO_GRAIN) {
+      const zero = o === data.length || isZero(data.subarray(o, Math.min(o + ZERO_GRAIN, data.length)));
+      if (!zero && runStart < 0) runStart = o;
+      else if (zero && runStart >= 0) {
+        const end = Math.min(o, data.length);
+        await sink.write(data.subarray(runStart, end), pos + runStart);
+        counters.written += end - runStart;
+        runStart = -1;
+      }
+    }
   });
   if (fixed) await fixed.finish();
 }
@@ -188,7 +200,7 @@ async function toDynamic(
   const w = await DynamicWriter.create(sink, { virtualSize, blockSize, uuid: newUuid() });
   const bitmapSize = w.bitmapSize;
   let blocks = 0;
-  await pipeline(disk, blockSize, bitmapSize, options, counters, async (buffer, data, pos) => {
+  await pipeline(disk, blockSize, blockSize, bitmapSize, options, counters, async (buffer, data, pos) => {
     if (isZero(data)) return;
     const block = pos / blockSize;
     if (data.length === blockSize) {

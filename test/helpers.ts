@@ -1,0 +1,196 @@
+/**
+ * Shared test helpers: the conformance corpus (unpacked once per test process), the project's
+ * own fixtures (generated once per test process), hashing of virtual disks, temp dirs and qemu
+ * detection. Every temp dir made here is removed when the process exits.
+ */
+import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { fileURLToPath } from 'node:url';
+import { gunzipSync, createGunzip } from 'node:zlib';
+import { afterAll } from 'vitest';
+
+/** The repository root (/work/main). */
+export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+
+/** The shared, read-only conformance corpus (`../shared/corpus` from the repository root). */
+export const corpusDir = path.resolve(repoRoot, '../shared/corpus');
+
+/** Whether the corpus is there (its expected.json at least). */
+export const corpusPresent = fs.existsSync(path.join(corpusDir, 'expected.json'));
+
+/** qemu-img is on PATH and runs. */
+export const hasQemu = (() => {
+  const r = spawnSync('qemu-img', ['--version'], { encoding: 'utf8' });
+  return !r.error && r.status === 0;
+})();
+
+// -------------------------------------------------------------------------------------------------
+// Temp dirs, removed at exit
+
+const tempDirs: string[] = [];
+let cleanupInstalled = false;
+
+function cleanup(): void {
+  for (const d of tempDirs.splice(0)) {
+    try {
+      fs.rmSync(d, { recursive: true, force: true });
+    } catch {
+      // best effort: nothing else can be done at exit
+    }
+  }
+}
+
+function installCleanup(): void {
+  if (cleanupInstalled) return;
+  cleanupInstalled = true;
+  process.on('exit', cleanup);
+  // vitest stops its fork workers with SIGTERM, which skips 'exit': clean up, then let the signal
+  // take its default course (this listener is gone by then).
+  process.once('SIGTERM', () => {
+    cleanup();
+    process.kill(process.pid, 'SIGTERM');
+  });
+}
+
+// Also clean up after the test file that imported these helpers (this registers on the file's suite).
+afterAll(() => {
+  cleanup();
+  corpusUnpacked = undefined;
+  fixturesMade = undefined;
+});
+
+/** A fresh directory under os.tmpdir(), removed (with its contents) when the process exits. */
+export function tmpDir(prefix = 'vhdkit-test-'): string {
+  installCleanup();
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  tempDirs.push(d);
+  return d;
+}
+
+// -------------------------------------------------------------------------------------------------
+// Corpus
+
+export interface CorpusSample {
+  stored_as: string;
+  file_sha256: string;
+  file_size: number;
+  header: Record<string, any>;
+  content: Record<string, any>;
+}
+
+export interface CorpusExpected {
+  samples: Record<string, CorpusSample>;
+}
+
+/** The corpus's expected.json (throws when the corpus is absent). */
+export function corpusExpected(): CorpusExpected {
+  return JSON.parse(fs.readFileSync(path.join(corpusDir, 'expected.json'), 'utf8')) as CorpusExpected;
+}
+
+function listGz(dir: string, rel = ''): string[] {
+  const out: string[] = [];
+  for (const e of fs.readdirSync(path.join(dir, rel), { withFileTypes: true })) {
+    const r = rel ? `${rel}/${e.name}` : e.name;
+    if (e.isDirectory()) out.push(...listGz(dir, r));
+    else if (e.isFile() && e.name.endsWith('.vhd.gz')) out.push(r);
+  }
+  return out.sort();
+}
+
+let corpusUnpacked: Promise<string> | undefined;
+
+/**
+ * Decompresses every `*.vhd.gz` of the corpus into one temp dir (once per process), keeping the
+ * relative paths, so chains find their siblings. Returns the dir.
+ */
+export function unpackCorpus(): Promise<string> {
+  corpusUnpacked ??= (async () => {
+    if (!corpusPresent) throw new Error(`the corpus is not at ${corpusDir}`);
+    const out = tmpDir('vhdkit-corpus-');
+    for (const rel of listGz(corpusDir)) {
+      const target = path.join(out, rel.slice(0, -'.gz'.length));
+      fs.mkdirSync(path.dirname(target), { recursive: true });
+      await pipeline(fs.createReadStream(path.join(corpusDir, rel)), createGunzip(), fs.createWriteStream(target));
+    }
+    return out;
+  })();
+  return corpusUnpacked;
+}
+
+/** The decompressed bytes of one corpus sample, e.g. `readCorpusFile('blktap/c5.vhd')`, without a temp dir. */
+export function readCorpusFile(rel: string): Buffer {
+  return gunzipSync(fs.readFileSync(path.join(corpusDir, `${rel}.gz`)));
+}
+
+// -------------------------------------------------------------------------------------------------
+// Fixtures
+
+export interface FixtureImage {
+  type: 'fixed' | 'dynamic' | 'differencing';
+  virtualSize: number;
+  sha256: string;
+  parentIgnoredSha256?: string;
+  chain?: string[];
+  blockSize: number | null;
+  allocatedBlocks: number | null;
+  fileSize: number;
+  uniqueId: string;
+  timestamp: number;
+  madeBy?: string;
+  note?: string;
+}
+
+export interface FixturesExpected {
+  version: number;
+  generator: string;
+  qemu: boolean;
+  images: Record<string, FixtureImage>;
+  raw: Record<string, string>;
+  corrupt: Array<{ code: string; file: string; note?: string; chainSha256?: string }>;
+  supportFiles: Array<{ file: string; role: string; sha256?: string }>;
+}
+
+let fixturesMade: Promise<{ dir: string; expected: FixturesExpected }> | undefined;
+
+/**
+ * Runs fixtures/make-fixtures.mjs once per process into a temp dir (with the qemu-made images when
+ * qemu-img is available) and returns the dir and the expected answers.
+ */
+export function fixturesDir(): Promise<{ dir: string; expected: FixturesExpected }> {
+  fixturesMade ??= (async () => {
+    const dir = tmpDir('vhdkit-fixtures-');
+    // @ts-ignore: a plain ESM script without type declarations
+    const mod = (await import('../fixtures/make-fixtures.mjs')) as {
+      makeFixtures(outDir: string, options: { qemu?: boolean }): Promise<FixturesExpected>;
+    };
+    const expected = await mod.makeFixtures(dir, { qemu: hasQemu });
+    return { dir, expected };
+  })();
+  return fixturesMade;
+}
+
+// -------------------------------------------------------------------------------------------------
+// Hashing
+
+const CHUNK = 4 * 1024 * 1024;
+
+/** SHA-256 (hex) of a virtual disk's whole content, read in 4 MiB chunks. */
+export async function sha256OfDisk(img: { virtualSize: number; read(into: Uint8Array, position: number): Promise<void> }): Promise<string> {
+  const h = createHash('sha256');
+  const buf = new Uint8Array(Math.min(CHUNK, Math.max(img.virtualSize, 1)));
+  for (let pos = 0; pos < img.virtualSize; pos += CHUNK) {
+    const n = Math.min(CHUNK, img.virtualSize - pos);
+    const view = buf.subarray(0, n);
+    await img.read(view, pos);
+    h.update(view);
+  }
+  return h.digest('hex');
+}
+
+export function sha256Hex(bytes: Uint8Array): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}
