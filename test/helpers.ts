@@ -9,6 +9,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
+import v8 from 'node:v8';
+import vm from 'node:vm';
 import { fileURLToPath } from 'node:url';
 import { gunzipSync, createGunzip } from 'node:zlib';
 import { afterAll } from 'vitest';
@@ -193,4 +195,22 @@ export async function sha256OfDisk(img: { virtualSize: number; read(into: Uint8A
 
 export function sha256Hex(bytes: Uint8Array): string {
   return createHash('sha256').update(bytes).digest('hex');
+}
+
+// -------------------------------------------------------------------------------------------------
+// Memory measurements
+
+let gcFn: (() => void) | undefined;
+
+/** Runs a full garbage collection (exposing `gc` on first use), so memory measurements start clean. */
+export function forceGc(): void {
+  if (!gcFn) {
+    const g = (globalThis as { gc?: () => void }).gc;
+    if (typeof g === 'function') gcFn = g;
+    else {
+      v8.setFlagsFromString('--expose-gc');
+      gcFn = vm.runInNewContext('gc') as () => void;
+    }
+  }
+  gcFn();
 }

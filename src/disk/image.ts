@@ -39,6 +39,8 @@ export interface OpenOptions {
    * finding on this disk instead of throwing; the disk is then open without its parent.
    */
   tolerateBrokenChain?: boolean;
+  /** Identity of the source as the resolver would name it (a real path), for cycle detection. */
+  id?: string;
 }
 
 const CHAIN_ERRORS: ReadonlySet<string> = new Set([
@@ -148,6 +150,7 @@ export class VhdImage {
    */
   static async open(source: ByteSource, options: OpenOptions = {}): Promise<VhdImage> {
     const image = await VhdImage.openOne(source, options);
+    if (options.id !== undefined) image.id = options.id;
     try {
       const resolve = options.resolveParents ?? options.resolver !== undefined;
       if (image.type === 'differencing' && resolve && options.resolver) {

@@ -18,6 +18,7 @@ export async function openDisk(file: string, options: OpenDiskOptions = {}): Pro
     return await VhdImage.open(source, {
       ...options,
       resolver: new FileResolver({ allowedDirs: options.allowedDirs }),
+      id: realPath(file),
       resolveParents: options.resolveParents ?? true,
     });
   } catch (e) {
@@ -57,5 +58,13 @@ export function sameFile(a: string, b: string): boolean {
     return sa.dev === sb.dev && sa.ino === sb.ino;
   } catch {
     return path.resolve(a) === path.resolve(b);
+  }
+}
+
+function realPath(file: string): string {
+  try {
+    return fs.realpathSync(file);
+  } catch {
+    return path.resolve(file);
   }
 }
