@@ -67,6 +67,8 @@ const MAX_BAT_ENTRIES = 1 << 28;
 const DEFAULT_MAX_DEPTH = 64;
 /** Bitmaps cached per image (512 bytes each for 2 MiB blocks): 8 MiB at most. */
 const BITMAP_CACHE_BYTES = 8 * 1024 * 1024;
+/** Above this many bitmap runs in one read, read whole spans and merge in memory. */
+const MAX_RUN_READS = 16;
 
 export class VhdImage {
   readonly type: DiskTypeName;
@@ -648,14 +650,24 @@ export class VhdImage {
     const bitmap = await this.bitmap(block);
     const first = Math.floor(inBlock / 512);
     const last = Math.ceil((inBlock + into.length) / 512);
-    const reads: Promise<void>[] = [];
+    const runs: Array<[number, number, boolean]> = [];
     forEachBitRun(bitmap, first, last, (s, e, present) => {
-      const a = Math.max(inBlock, s * 512);
-      const b = Math.min(inBlock + into.length, e * 512);
-      const part = into.subarray(a - inBlock, b - inBlock);
-      reads.push(present ? this.source.read(part, dataStart + a) : this.readParent(part, block * this.blockSize + a));
+      runs.push([Math.max(inBlock, s * 512), Math.min(inBlock + into.length, e * 512), present]);
     });
-    await Promise.all(reads);
+    if (runs.length <= MAX_RUN_READS) {
+      await Promise.all(
+        runs.map(([a, b, present]) => {
+          const part = into.subarray(a - inBlock, b - inBlock);
+          return present ? this.source.read(part, dataStart + a) : this.readParent(part, block * this.blockSize + a);
+        }),
+      );
+      return;
+    }
+    // A fragmented bitmap: two large reads (this file's span, the parent's span) and a merge in
+    // memory beat thousands of sector-sized reads.
+    const parentBytes = new Uint8Array(into.length);
+    await Promise.all([this.source.read(into, dataStart + inBlock), this.readParent(parentBytes, block * this.blockSize + inBlock)]);
+    for (const [a, b, present] of runs) if (!present) into.set(parentBytes.subarray(a - inBlock, b - inBlock), a - inBlock);
   }
 
   private async readParent(into: Uint8Array, position: number): Promise<void> {
