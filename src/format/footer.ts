@@ -81,8 +81,9 @@ export interface Footer {
 export type Report = (finding: VhdError) => void;
 
 /**
- * Decodes a footer. Throws FOOTER_COOKIE / FOOTER_DISK_TYPE (the bytes are not a usable footer);
- * reports FOOTER_CHECKSUM, FOOTER_VERSION, FOOTER_SIZE, FOOTER_DATA_OFFSET, FOOTER_SAVED_STATE.
+ * Decodes a footer. Throws FOOTER_COOKIE, FOOTER_DISK_TYPE and FOOTER_SIZE for a size that is not a
+ * whole number of sectors or not a safe integer (the bytes are not a usable footer); reports
+ * FOOTER_CHECKSUM, FOOTER_VERSION, FOOTER_SIZE (over 2040 GiB), FOOTER_DATA_OFFSET, FOOTER_SAVED_STATE.
  * `offset` is the footer's position in the file, for messages.
  */
 export function decodeFooter(bytes: Uint8Array, offset = 0, report: Report = () => {}): Footer {
@@ -154,7 +155,7 @@ export function decodeFooter(bytes: Uint8Array, offset = 0, report: Report = () 
       field: 'currentSize',
     });
   }
-  toSafeNumber(footer.currentSize, ErrorCodes.FOOTER_SIZE, structure, 'current size', offset + FOOTER.currentSize.offset);
+  toSafeNumber(footer.currentSize, ErrorCodes.FOOTER_SIZE, structure, 'currentSize', offset + FOOTER.currentSize.offset);
   if (footer.currentSize > BigInt(MAX_VHD_SIZE)) {
     report(
       new VhdError(ErrorCodes.FOOTER_SIZE, `current size ${footer.currentSize} is larger than the 2040 GiB the specification allows`, {

@@ -90,7 +90,7 @@ export function isUnusedLocator(e: LocatorEntry): boolean {
 
 /**
  * Decodes the dynamic header. Throws HEADER_COOKIE and HEADER_BLOCK_SIZE (unusable);
- * reports HEADER_CHECKSUM and HEADER_VERSION.
+ * reports HEADER_CHECKSUM, HEADER_VERSION and HEADER_TABLE_OFFSET (not sector aligned).
  */
 export function decodeHeader(bytes: Uint8Array, offset = 0, report: Report = () => {}): DynamicHeader {
   const structure = 'dynamic header';

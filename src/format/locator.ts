@@ -77,6 +77,7 @@ export function fileUrlToPath(url: string): string {
   if (/^file:\/\//i.test(rest)) rest = rest.slice(7);
   else if (/^file:/i.test(rest)) rest = rest.slice(5);
   if (rest.toLowerCase().startsWith('localhost/')) rest = rest.slice(9);
+  if (/^\/[A-Za-z]:\//.test(rest)) rest = rest.slice(1); // file:///C:/x.vhd → C:/x.vhd
   try {
     return decodeURIComponent(rest);
   } catch {
@@ -85,12 +86,15 @@ export function fileUrlToPath(url: string): string {
 }
 
 export function pathToFileUrl(path: string): string {
-  const p = path.replace(/\\/g, '/');
+  let p = path.replace(/\\/g, '/');
+  // A drive letter is a path, not a host: C:/x.vhd → file:///C:/x.vhd.
+  const drive = /^[A-Za-z]:\//.test(p) ? `/${p.slice(0, 2)}` : '';
+  if (drive) p = p.slice(2);
   const encoded = p
     .split('/')
     .map((seg) => encodeURIComponent(seg))
     .join('/');
-  return `file://${encoded}`;
+  return `file://${drive}${encoded}`;
 }
 
 /**

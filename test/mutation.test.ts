@@ -1,0 +1,530 @@
+/**
+ * Property-based bad-input tests: real images with random damage, biased to the metadata (footers,
+ * dynamic header, BAT, parent locators, sector bitmaps). Whatever the damage, opening and reading
+ * either fails with a VhdError whose code is one of ErrorCodes, or succeeds and then behaves like a
+ * disk (sizes sane, findings coded, zeros outside dataRanges). It never throws anything else, never
+ * hangs and never allocates wildly.
+ */
+import fc from 'fast-check';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ErrorCodes, VhdError } from '../src/errors.js';
+import { VhdImage } from '../src/disk/image.js';
+import { MemoryResolver, MemorySink } from '../src/io/memory.js';
+import { corpusDir, corpusPresent, fixturesDir, forceGc, readCorpusFile, sha256Hex } from './helpers.js';
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+
+const MiB = 1024 * 1024;
+const READ_CAP = 64 * MiB;
+const ALLOC_LIMIT = 256 * MiB;
+const RUN_TIMEOUT_MS = 5_000;
+/** VHDKIT_MUTATION_SCALE=10 runs ten times as many cases (for a long exploratory run). */
+const SCALE = Math.max(1, Number(process.env.VHDKIT_MUTATION_SCALE ?? 1) || 1);
+const TEST_TIMEOUT_MS = 60_000 * SCALE;
+const CODES = new Set<string>(Object.values(ErrorCodes));
+
+// -------------------------------------------------------------------------------------------------
+// Subjects: the file that is damaged, the file that is opened, and every file the resolver sees.
+
+interface Region {
+  what: string;
+  start: number;
+  end: number;
+}
+
+interface Subject {
+  name: string;
+  /** The file opened. */
+  open: string;
+  /** The file damaged (the opened one or one of its parents). */
+  target: string;
+  files: Map<string, Uint8Array>;
+  /** SHA-256 of the undamaged virtual content. */
+  sha256: string;
+  regions: Region[];
+  /** Offsets of u32 fields (and halves of u64 fields) in the target. */
+  u32Fields: number[];
+  /** Offsets of structures whose checksums can be recomputed after damage: [offset, size, checksumAt]. */
+  checksummed: Array<[number, number, number]>;
+}
+
+const u32 = (b: Uint8Array, o: number) => ((b[o] << 24) | (b[o + 1] << 16) | (b[o + 2] << 8) | b[o + 3]) >>> 0;
+const u64 = (b: Uint8Array, o: number) => u32(b, o) * 2 ** 32 + u32(b, o + 4);
+
+/** An independent, minimal reading of the layout of a good image, to aim the damage. */
+function layoutOf(bytes: Uint8Array): Pick<Subject, 'regions' | 'u32Fields' | 'checksummed'> {
+  const size = bytes.length;
+  const tail = size - 512;
+  const regions: Region[] = [{ what: 'footer', start: tail, end: size }];
+  const footerFields = [8, 12, 16, 20, 24, 40, 44, 48, 52, 60, 64];
+  const u32Fields = footerFields.map((o) => tail + o);
+  const checksummed: Array<[number, number, number]> = [[tail, 512, 64]];
+  const type = u32(bytes, tail + 60);
+  if (type === 2) {
+    regions.push({ what: 'data head', start: 0, end: Math.min(4096, tail) });
+    regions.push({ what: 'data tail', start: Math.max(0, tail - 4096), end: tail });
+    return { regions, u32Fields, checksummed };
+  }
+  regions.push({ what: 'footer copy', start: 0, end: 512 });
+  u32Fields.push(...footerFields);
+  checksummed.push([0, 512, 64]);
+  const hdr = u64(bytes, tail + 16);
+  regions.push({ what: 'dynamic header', start: hdr, end: hdr + 1024 });
+  regions.push({ what: 'parent locator table', start: hdr + 576, end: hdr + 576 + 192 });
+  checksummed.push([hdr, 1024, 36]);
+  u32Fields.push(...[8, 12, 16, 20, 24, 28, 32, 36, 56].map((o) => hdr + o));
+  for (let i = 0; i < 8; i++) {
+    const e = hdr + 576 + 24 * i;
+    u32Fields.push(e + 4, e + 8, e + 16, e + 20);
+    if (u32(bytes, e) !== 0) {
+      const off = u64(bytes, e + 16);
+      const len = u32(bytes, e + 8);
+      if (off + len <= size) regions.push({ what: `locator ${i} data`, start: off, end: off + Math.max(len, 1) });
+    }
+  }
+  const table = u64(bytes, hdr + 16);
+  const entries = u32(bytes, hdr + 28);
+  const blockSize = u32(bytes, hdr + 32);
+  const bitmapBytes = Math.ceil(blockSize / 512 / 8 / 512) * 512;
+  regions.push({ what: 'BAT', start: table, end: table + Math.ceil((entries * 4) / 512) * 512 });
+  for (let i = 0; i < entries; i++) {
+    u32Fields.push(table + 4 * i);
+    const s = u32(bytes, table + 4 * i);
+    if (s !== 0xffffffff) {
+      regions.push({ what: `bitmap of block ${i}`, start: s * 512, end: s * 512 + bitmapBytes });
+      regions.push({ what: `data head of block ${i}`, start: s * 512 + bitmapBytes, end: s * 512 + bitmapBytes + 512 });
+    }
+  }
+  return { regions, u32Fields, checksummed };
+}
+
+function checksum(b: Uint8Array, start: number, size: number, at: number): number {
+  let sum = 0;
+  for (let i = start; i < start + size; i++) if (i < at || i >= at + 4) sum += b[i];
+  return ~sum >>> 0;
+}
+
+function fixChecksums(b: Uint8Array, subject: Subject): void {
+  for (const [start, size, field] of subject.checksummed) {
+    if (start + size > b.length) continue;
+    const v = checksum(b, start, size, start + field);
+    b[start + field] = v >>> 24;
+    b[start + field + 1] = (v >>> 16) & 0xff;
+    b[start + field + 2] = (v >>> 8) & 0xff;
+    b[start + field + 3] = v & 0xff;
+  }
+}
+
+// -------------------------------------------------------------------------------------------------
+// Damage, as small descriptors (so that fast-check prints readable counterexamples)
+
+type ByteEdit = { sel: number; at: number; bytes: number[] };
+type FieldEdit = { field: number; value: number };
+type Damage =
+  | { kind: 'bytes'; subject: number; edits: ByteEdit[]; fix: boolean }
+  | { kind: 'truncate'; subject: number; keep: number }
+  | { kind: 'fields'; subject: number; edits: FieldEdit[]; fix: boolean }
+  | { kind: 'mixed'; subject: number; bytes: ByteEdit[]; fields: FieldEdit[]; keep: number; fix: boolean };
+
+const EXTREMES = [0, 0xffffffff, 0x7fffffff, 0x80000000, 0xfffffffe, 1, 0x1000, 0x10000000, 0x00200000, 0x000fffff];
+
+const byteEdit = fc.record({
+  sel: fc.nat(),
+  at: fc.nat(),
+  bytes: fc.array(fc.oneof(fc.integer({ min: 0, max: 255 }), fc.constantFrom(0, 0xff)), { minLength: 1, maxLength: 8 }),
+});
+const fieldEdit = fc.record({ field: fc.nat(), value: fc.oneof(fc.constantFrom(...EXTREMES), fc.nat({ max: 0xffffffff })) });
+/** A fraction in thousandths: where to cut, relative to the file size; biased to the ends. */
+const cut = fc.oneof(fc.integer({ min: 0, max: 1000 }), fc.integer({ min: 950, max: 1000 }), fc.integer({ min: 0, max: 20 }));
+
+function damaged(subject: Subject, d: Damage): Map<string, Uint8Array> {
+  const original = subject.files.get(subject.target)!;
+  let b = original.slice();
+  const applyBytes = (edits: ByteEdit[]) => {
+    for (const e of edits) {
+      // One edit in ten lands anywhere in the file; the rest in a metadata region.
+      const r = e.sel % 10 === 9 ? { start: 0, end: b.length } : subject.regions[e.sel % subject.regions.length];
+      const len = Math.max(1, r.end - r.start);
+      const at = r.start + (e.at % len);
+      for (let k = 0; k < e.bytes.length && at + k < b.length; k++) b[at + k] = e.bytes[k];
+    }
+  };
+  const applyFields = (edits: FieldEdit[]) => {
+    for (const e of edits) {
+      const o = subject.u32Fields[e.field % subject.u32Fields.length];
+      if (o + 4 > b.length) continue;
+      b[o] = e.value >>> 24;
+      b[o + 1] = (e.value >>> 16) & 0xff;
+      b[o + 2] = (e.value >>> 8) & 0xff;
+      b[o + 3] = e.value & 0xff;
+    }
+  };
+  const truncate = (keep: number) => {
+    b = b.slice(0, Math.floor((b.length * keep) / 1000));
+  };
+  switch (d.kind) {
+    case 'bytes':
+      applyBytes(d.edits);
+      if (d.fix) fixChecksums(b, subject);
+      break;
+    case 'fields':
+      applyFields(d.edits);
+      if (d.fix) fixChecksums(b, subject);
+      break;
+    case 'truncate':
+      truncate(d.keep);
+      break;
+    case 'mixed':
+      applyBytes(d.bytes);
+      applyFields(d.fields);
+      if (d.fix) fixChecksums(b, subject);
+      if (d.keep < 1000) truncate(d.keep);
+      break;
+  }
+  const files = new Map(subject.files);
+  files.set(subject.target, b);
+  return files;
+}
+
+// -------------------------------------------------------------------------------------------------
+// The property
+
+/** Deterministic positions for the capped read mode. */
+function positions(seed: number, n: number): number[] {
+  let a = seed >>> 0;
+  const out: number[] = [];
+  for (let i = 0; i < n; i++) {
+    a = (a + 0x6d2b79f5) | 0;
+    let t = Math.imul(a ^ (a >>> 15), 1 | a);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    out.push(((t ^ (t >>> 14)) >>> 0) / 4294967296);
+  }
+  return out;
+}
+
+const ZEROS = new Uint8Array(MiB);
+
+function isZero(v: Uint8Array): boolean {
+  for (let o = 0; o < v.length; o += MiB) {
+    const n = Math.min(MiB, v.length - o);
+    if (Buffer.compare(Buffer.from(v.buffer, v.byteOffset + o, n), Buffer.from(ZEROS.buffer, 0, n)) !== 0) return false;
+  }
+  return true;
+}
+
+/** The parts of [from, to) outside the sorted, disjoint `ranges`. */
+function gaps(ranges: Array<[number, number]>, from: number, to: number): Array<[number, number]> {
+  const out: Array<[number, number]> = [];
+  let p = from;
+  for (const [a, b] of ranges) {
+    if (b <= p) continue;
+    if (a >= to) break;
+    if (a > p) out.push([p, a]);
+    p = Math.max(p, b);
+    if (p >= to) break;
+  }
+  if (p < to) out.push([p, to]);
+  return out;
+}
+
+function assertVhdError(e: unknown, what: string): asserts e is VhdError {
+  if (!(e instanceof VhdError)) {
+    const err = e as Error;
+    throw new Error(`${what} threw a non-VhdError: ${err?.name}: ${err?.message}\n${err?.stack ?? ''}`);
+  }
+  expect(CODES.has(e.code), `code ${e.code}`).toBe(true);
+  expect(e.message.includes('\n'), `one-line message: ${e.message}`).toBe(false);
+}
+
+export interface Outcome {
+  opened: boolean;
+  code?: string;
+  sha256?: string;
+}
+
+/**
+ * Opens `open` among `files` through MemorySink + MemoryResolver and reads the virtual disk (all of
+ * it up to 64 MiB; otherwise 20 ranges). Returns what happened; throws on a property violation.
+ */
+async function exercise(files: Map<string, Uint8Array>, open: string, seed = 1): Promise<Outcome> {
+  const before = process.memoryUsage().arrayBuffers;
+  const checkMemory = () => {
+    const grown = process.memoryUsage().arrayBuffers - before;
+    expect(grown, `arrayBuffers grew by ${grown} bytes`).toBeLessThan(ALLOC_LIMIT);
+  };
+  let img: VhdImage;
+  try {
+    img = await VhdImage.open(new MemorySink(open, files.get(open)!), { resolver: new MemoryResolver(files) });
+  } catch (e) {
+    checkMemory();
+    assertVhdError(e, 'open');
+    return { opened: false, code: e.code };
+  }
+  try {
+    checkMemory();
+    const size = img.virtualSize;
+    expect(Number.isSafeInteger(size) && size >= 0 && size % 512 === 0, `virtual size ${size}`).toBe(true);
+    for (const f of img.allFindings) {
+      expect(CODES.has(f.code), `finding code ${f.code}`).toBe(true);
+      expect(['error', 'warning']).toContain(f.severity);
+    }
+    const ranges = img.dataRanges();
+    let prev = 0;
+    for (const [a, b] of ranges) {
+      expect(Number.isSafeInteger(a) && Number.isSafeInteger(b) && a >= prev && b > a && b <= size, `range [${a}, ${b})`).toBe(true);
+      prev = b;
+    }
+    try {
+      if (size <= READ_CAP) {
+        const h = createHash('sha256');
+        const chunk = new Uint8Array(Math.min(MiB, Math.max(size, 1)));
+        for (let pos = 0; pos < size; pos += MiB) {
+          const view = chunk.subarray(0, Math.min(MiB, size - pos));
+          await img.read(view, pos);
+          h.update(view);
+          // Outside dataRanges every byte is zero.
+          for (const [a, b] of gaps(ranges, pos, pos + view.length)) {
+            if (!isZero(view.subarray(a - pos, b - pos))) expect.fail(`non-zero bytes in [${a}, ${b}), outside dataRanges`);
+          }
+        }
+        checkMemory();
+        return { opened: true, sha256: h.digest('hex') };
+      }
+      const ps = positions(seed, 40);
+      const buf = new Uint8Array(MiB);
+      const again = new Uint8Array(MiB);
+      for (let i = 0; i < 20; i++) {
+        const len = Math.max(512, Math.floor(ps[2 * i + 1] * MiB) & ~511);
+        const pos = Math.floor((ps[2 * i] * Math.max(0, size - len)) / 512) * 512;
+        const n = Math.min(len, size - pos);
+        if (n <= 0) continue;
+        await img.read(buf.subarray(0, n), pos);
+        await img.read(again.subarray(0, n), pos);
+        expect(Buffer.compare(Buffer.from(buf.buffer, 0, n), Buffer.from(again.buffer, 0, n)), `reads at ${pos} agree`).toBe(0);
+        for (const [a, b] of gaps(ranges, pos, pos + n)) {
+          if (!isZero(buf.subarray(a - pos, b - pos))) expect.fail(`non-zero bytes in [${a}, ${b}), outside dataRanges`);
+        }
+      }
+      checkMemory();
+      return { opened: true };
+    } catch (e) {
+      if (e instanceof Error && e.name === 'AssertionError') throw e;
+      checkMemory();
+      assertVhdError(e, 'read');
+      return { opened: true, code: e.code };
+    }
+  } finally {
+    await img.close();
+  }
+}
+
+// -------------------------------------------------------------------------------------------------
+
+const subjects: Subject[] = [];
+
+function addSubject(name: string, open: string, target: string, files: Map<string, Uint8Array>, sha256: string) {
+  subjects.push({ name, open, target, files, sha256, ...layoutOf(files.get(target)!) });
+}
+
+const { dir, expected } = await fixturesDir();
+{
+  const read = (rel: string) => new Uint8Array(fs.readFileSync(path.join(dir, rel)));
+  const one = (rel: string) => new Map([[rel, read(rel)]]);
+  addSubject('dynamic-512k-blocks.vhd', 'dynamic-512k-blocks.vhd', 'dynamic-512k-blocks.vhd', one('dynamic-512k-blocks.vhd'), expected.images['dynamic-512k-blocks.vhd'].sha256);
+  addSubject('fixed-1m.vhd', 'fixed-1m.vhd', 'fixed-1m.vhd', one('fixed-1m.vhd'), expected.images['fixed-1m.vhd'].sha256);
+  const chain = new Map([
+    ['chain/child.vhd', read('chain/child.vhd')],
+    ['chain/base.vhd', read('chain/base.vhd')],
+  ]);
+  const childSha = expected.images['chain/child.vhd'].sha256;
+  addSubject('chain/child.vhd', 'chain/child.vhd', 'chain/child.vhd', chain, childSha);
+  addSubject('chain/child.vhd (damaged base)', 'chain/child.vhd', 'chain/base.vhd', chain, childSha);
+}
+if (corpusPresent) {
+  const c5 = new Map([
+    ['blktap/c5.vhd', new Uint8Array(readCorpusFile('blktap/c5.vhd'))],
+    ['blktap/p5.vhd', new Uint8Array(readCorpusFile('blktap/p5.vhd'))],
+  ]);
+  const sha = 'a9e512705bef8689da0b4151e21b453ebe196feba5817c100934ef6fe2ae36bc';
+  addSubject('corpus blktap/c5.vhd', 'blktap/c5.vhd', 'blktap/c5.vhd', c5, sha);
+  addSubject('corpus blktap/c5.vhd (damaged p5)', 'blktap/c5.vhd', 'blktap/p5.vhd', c5, sha);
+} else {
+  console.warn(`mutation.test.ts: corpus not at ${corpusDir}; blktap/c5.vhd is left out of the subjects`);
+}
+
+const subjectIndex = fc.integer({ min: 0, max: subjects.length - 1 });
+
+/** Outcomes per property, printed with VHDKIT_MUTATION_STATS=1 (to see what the damage reaches). */
+const stats = new Map<string, number>();
+
+async function runDamage(d: Damage): Promise<void> {
+  const s = subjects[d.subject];
+  const out = await exercise(damaged(s, d), s.open, d.subject * 7919 + JSON.stringify(d).length);
+  const key = `${d.kind}: ${out.opened ? 'opened' : 'refused'}${out.code ? ` ${out.code}` : ''}`;
+  stats.set(key, (stats.get(key) ?? 0) + 1);
+}
+
+afterAll(() => {
+  if (process.env.VHDKIT_MUTATION_STATS) console.log([...stats].sort().map(([k, n]) => `${n}\t${k}`).join('\n'));
+});
+
+const fcParams = (numRuns: number) => ({ numRuns: numRuns * SCALE, timeout: RUN_TIMEOUT_MS, endOnFailure: true });
+
+describe('damaged images: a VhdError or a working disk, nothing else', () => {
+  beforeAll(() => {
+    forceGc();
+  });
+
+  it.each(subjects.map((s) => [s.name, s] as const))('undamaged %s reads to its SHA-256 with no errors', async (_name, s) => {
+    const out = await exercise(s.files, s.open);
+    expect(out).toEqual({ opened: true, sha256: s.sha256 });
+    const img = await VhdImage.open(new MemorySink(s.open, s.files.get(s.open)!), { resolver: new MemoryResolver(s.files) });
+    expect(img.allFindings.filter((f) => f.severity === 'error')).toEqual([]);
+    await img.close();
+    // The layout parse aimed at real structures.
+    expect(s.regions.length).toBeGreaterThanOrEqual(s.name.startsWith('fixed') ? 3 : 6);
+  });
+
+  it(
+    'random bytes in the footer, header, BAT, locators and bitmaps',
+    async () => {
+      await fc.assert(
+        fc.asyncProperty(
+          fc.record({
+            kind: fc.constant('bytes' as const),
+            subject: subjectIndex,
+            edits: fc.array(byteEdit, { minLength: 1, maxLength: 6 }),
+            fix: fc.boolean(),
+          }),
+          runDamage,
+        ),
+        fcParams(300),
+      );
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  it(
+    'random truncation',
+    async () => {
+      await fc.assert(
+        fc.asyncProperty(fc.record({ kind: fc.constant('truncate' as const), subject: subjectIndex, keep: cut }), runDamage),
+        fcParams(200),
+      );
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  it(
+    'u32 fields overwritten with extreme values (0, 0xFFFFFFFF, 0x7FFFFFFF, huge)',
+    async () => {
+      await fc.assert(
+        fc.asyncProperty(
+          fc.record({
+            kind: fc.constant('fields' as const),
+            subject: subjectIndex,
+            edits: fc.array(fieldEdit, { minLength: 1, maxLength: 3 }),
+            fix: fc.boolean(),
+          }),
+          runDamage,
+        ),
+        fcParams(300),
+      );
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  it(
+    'everything at once',
+    async () => {
+      await fc.assert(
+        fc.asyncProperty(
+          fc.record({
+            kind: fc.constant('mixed' as const),
+            subject: subjectIndex,
+            bytes: fc.array(byteEdit, { maxLength: 4 }),
+            fields: fc.array(fieldEdit, { maxLength: 3 }),
+            keep: fc.oneof(fc.constant(1000), cut),
+            fix: fc.boolean(),
+          }),
+          runDamage,
+        ),
+        fcParams(200),
+      );
+    },
+    TEST_TIMEOUT_MS,
+  );
+});
+
+describe('targeted damage (regressions and extremes)', () => {
+  const dyn = () => subjects.find((s) => s.name === 'dynamic-512k-blocks.vhd')!;
+  const child = () => subjects.find((s) => s.name === 'chain/child.vhd')!;
+  const hdrOf = (b: Uint8Array) => u64(b, b.length - 512 + 16);
+
+  async function withField(s: Subject, at: (b: Uint8Array) => number, value: number, fix = true): Promise<Outcome> {
+    const b = s.files.get(s.target)!.slice();
+    const o = at(b);
+    b[o] = value >>> 24;
+    b[o + 1] = (value >>> 16) & 0xff;
+    b[o + 2] = (value >>> 8) & 0xff;
+    b[o + 3] = value & 0xff;
+    if (fix) fixChecksums(b, s);
+    const files = new Map(s.files);
+    files.set(s.target, b);
+    return exercise(files, s.open);
+  }
+
+  it.each([0, 0xffffffff, 0x7fffffff, 2_000_000_000])('maxTableEntries %d: refused or read, without a big allocation', async (v) => {
+    const out = await withField(dyn(), (b) => hdrOf(b) + 28, v);
+    if (v === 0) expect(out.code).toBe(ErrorCodes.BAT_TOO_SMALL);
+    else expect(out.code).toBe(ErrorCodes.BAT_TOO_LARGE);
+  });
+
+  it.each([0, 511, 3 * MiB, 0x80000000, 0xffffffff])('block size %d is HEADER_BLOCK_SIZE', async (v) => {
+    const out = await withField(dyn(), (b) => hdrOf(b) + 32, v);
+    expect(out).toEqual({ opened: false, code: ErrorCodes.HEADER_BLOCK_SIZE });
+  });
+
+  it('every BAT entry of the child pointing at 0x7FFFFFFF sectors: opens, reads fail with BAT_ENTRY_PAST_EOF', async () => {
+    const s = child();
+    const b = s.files.get(s.target)!.slice();
+    const hdr = hdrOf(b);
+    const table = u64(b, hdr + 16);
+    const entries = u32(b, hdr + 28);
+    for (let i = 0; i < entries; i++) if (u32(b, table + 4 * i) !== 0xffffffff) b.set([0x7f, 0xff, 0xff, 0xff], table + 4 * i);
+    const files = new Map(s.files);
+    files.set(s.target, b);
+    const out = await exercise(files, s.open);
+    expect(out).toEqual({ opened: true, code: ErrorCodes.BAT_ENTRY_PAST_EOF });
+  });
+
+  it('a child whose locators and name all point at itself is a CHAIN_CYCLE, promptly', async () => {
+    const s = child();
+    const b = s.files.get(s.target)!.slice();
+    const hdr = hdrOf(b);
+    // Parent name "child.vhd" (UTF-16BE), no locators.
+    b.fill(0, hdr + 64, hdr + 64 + 512 + 192);
+    const name = 'child.vhd';
+    for (let i = 0; i < name.length; i++) b[hdr + 64 + 2 * i + 1] = name.charCodeAt(i);
+    // The parent UUID is the child's own.
+    b.set(b.subarray(b.length - 512 + 68, b.length - 512 + 84), hdr + 40);
+    fixChecksums(b, s);
+    const files = new Map(s.files);
+    files.set(s.target, b);
+    const t0 = performance.now();
+    const out = await exercise(files, s.open);
+    expect(out).toEqual({ opened: false, code: ErrorCodes.CHAIN_CYCLE });
+    expect(performance.now() - t0).toBeLessThan(2000);
+  });
+
+  it('damage that changes no byte changes nothing', async () => {
+    for (const s of subjects) {
+      const b = s.files.get(s.target)!;
+      const files = damaged(s, { kind: 'bytes', subject: subjects.indexOf(s), edits: [{ sel: 0, at: 0, bytes: [b[b.length - 512]] }], fix: false });
+      const out = await exercise(files, s.open);
+      expect(out).toEqual({ opened: true, sha256: s.sha256 });
+      expect(sha256Hex(files.get(s.target)!)).toBe(sha256Hex(b));
+    }
+  });
+});
