@@ -69,6 +69,34 @@ function rng(seed: number): () => number {
   };
 }
 
+/** SHA-256 of the whole disk, and the first offsets outside dataRanges() that read non-zero. */
+async function hashChecking(img: VhdImage): Promise<{ sha: string; nonZeroOutside: number[] }> {
+  const h = createHash('sha256');
+  const ranges = img.dataRanges();
+  const nonZeroOutside: number[] = [];
+  const step = 4 << 20;
+  const buf = new Uint8Array(step);
+  for (let pos = 0; pos < img.virtualSize; pos += step) {
+    const view = buf.subarray(0, Math.min(step, img.virtualSize - pos));
+    await img.read(view, pos);
+    h.update(view);
+    let p = pos;
+    const end = pos + view.length;
+    for (const [a, b] of [...ranges, [end, end] as [number, number]]) {
+      if (b <= p) continue;
+      const gapEnd = Math.min(a, end);
+      if (gapEnd > p) {
+        const gap = Buffer.from(view.buffer, view.byteOffset + (p - pos), gapEnd - p);
+        const i = gap.findIndex((x) => x !== 0);
+        if (i >= 0 && nonZeroOutside.length < 4) nonZeroOutside.push(p + i);
+      }
+      p = Math.max(p, b);
+      if (p >= end) break;
+    }
+  }
+  return { sha: h.digest('hex'), nonZeroOutside };
+}
+
 describe.skipIf(!corpusPresent)('conformance corpus', () => {
   beforeAll(async () => {
     dir = await unpackCorpus();
@@ -99,8 +127,12 @@ describe.skipIf(!corpusPresent)('conformance corpus', () => {
       const img = await openSample(rel);
       expect(img.virtualSize).toBe(s.content.size);
       expect(img.type).toBe(s.header.disk_type);
-      const sha = await sha256OfDisk(img);
+      const { sha, nonZeroOutside } = await hashChecking(img);
       expect(sha).toBe(s.content.sha256);
+      expect(await sha256OfDisk(img)).toBe(sha);
+      // Outside dataRanges() the disk reads as zeros.
+      expect(nonZeroOutside).toEqual([]);
+      if (s.header.allocated_blocks !== undefined) expect(img.allocatedBlocks).toBe(s.header.allocated_blocks);
       // Never the answer of a reader that ignores the parent, nor libvhdi's bitmap bug.
       if (s.content.parent_ignored_sha256) expect(sha).not.toBe(s.content.parent_ignored_sha256);
       if (s.content.libvhdi_wrong_sha256) expect(sha).not.toBe(s.content.libvhdi_wrong_sha256);
@@ -110,6 +142,55 @@ describe.skipIf(!corpusPresent)('conformance corpus', () => {
         expect(img.chain).toHaveLength(1);
       }
     }, 60_000);
+  });
+
+  describe('blktap samples against the write lists of the MANIFEST', () => {
+    /** (first sector, count, seed) per file, in the order written; a chain's top sees the last write. */
+    const WRITES: Record<string, Array<[number, number, number]>> = {
+      'blktap/base.vhd': [[0, 8, 1], [4100, 100, 2], [20480, 4096, 3], [40900, 60, 4]],
+      'blktap/child.vhd': [[4, 8, 11], [8202, 20, 12], [4150, 10, 13], [40950, 10, 14]],
+      'blktap/grandchild.vhd': [[6, 1, 21], [30000, 3, 22]],
+      'blktap/p5.vhd': [[0, 1, 31], [2047, 3, 32], [10230, 10, 33]],
+      'blktap/c5.vhd': [[1, 1, 41], [2048, 1, 42], [8191, 2, 43], [10239, 1, 44]],
+      'blktap/fixed4.vhd': [[0, 4, 51], [8191, 1, 52]],
+    };
+    const pattern = (s: number, k: number) => Uint8Array.from({ length: 512 }, (_, i) => (s * 131 + i * 7 + k) & 0xff);
+    const sectorRanges = (writes: Array<[number, number, number]>) => {
+      const sectors = [...new Set(writes.flatMap(([s, n]) => Array.from({ length: n }, (_, i) => s + i)))].sort((a, b) => a - b);
+      const out: Array<[number, number]> = [];
+      for (const s of sectors) {
+        const last = out[out.length - 1];
+        if (last && last[1] === s * 512) last[1] += 512;
+        else out.push([s * 512, s * 512 + 512]);
+      }
+      return out;
+    };
+
+    it.each(Object.keys(WRITES))('%s: every written sector holds its pattern through the chain', async (rel) => {
+      const img = await openSample(rel);
+      const layers = [rel, ...(samples[rel].content.chain ?? [])].reverse(); // base first
+      const latest = new Map<number, number>();
+      for (const layer of layers) for (const [s, n, k] of WRITES[layer]) for (let i = 0; i < n; i++) latest.set(s + i, k);
+      const got = new Uint8Array(512);
+      for (const [s, k] of latest) {
+        await img.read(got, s * 512);
+        expect(Buffer.from(got).equals(Buffer.from(pattern(s, k))), `sector ${s} (seed ${k})`).toBe(true);
+      }
+      // Whole content = the model: the written sectors, zeros elsewhere.
+      const model = new Uint8Array(img.virtualSize);
+      for (const [s, k] of latest) model.set(pattern(s, k), s * 512);
+      expect(createHash('sha256').update(model).digest('hex')).toBe(samples[rel].content.sha256);
+    });
+
+    it.each(['blktap/child.vhd', 'blktap/grandchild.vhd', 'blktap/c5.vhd'])('%s: ownSectorRanges() are exactly its writes', async (rel) => {
+      const img = await openSample(rel);
+      expect(await img.ownSectorRanges()).toEqual(sectorRanges(WRITES[rel]));
+      // Block granularity covers them, and dataRanges() the whole chain's blocks.
+      for (const [a, b] of sectorRanges(WRITES[rel])) {
+        expect(img.ownBlockRanges().some(([x, y]) => x <= a && b <= y), `[${a}, ${b}) in a block`).toBe(true);
+        expect(img.dataRanges().some(([x, y]) => x <= a && b <= y)).toBe(true);
+      }
+    });
   });
 
   describe('127 GiB all-zero disks (not hashed)', () => {
