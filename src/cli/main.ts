@@ -5,6 +5,7 @@ import { hideBin } from 'yargs/helpers';
 import { checkCommand } from './commands/check.js';
 import { convertCommand } from './commands/convert.js';
 import { createCommand } from './commands/create.js';
+import { hashCommand } from './commands/hash.js';
 import { infoCommand } from './commands/info.js';
 import { EXIT_USAGE } from './output.js';
 
@@ -16,7 +17,8 @@ export async function main(argv: string[]): Promise<void> {
     .command(checkCommand)
     .command(createCommand)
     .command(convertCommand)
-    .demandCommand(1, 'give a command: info, check, create or convert')
+    .command(hashCommand)
+    .demandCommand(1, 'give a command: info, check, create, convert or hash')
     .strict()
     .help()
     .alias('h', 'help')

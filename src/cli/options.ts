@@ -17,3 +17,7 @@ export function withChain<T>(y: Argv<T>) {
       describe: 'only resolve parents inside these directories (repeatable)',
     });
 }
+
+export function withWorkers<T>(y: Argv<T>) {
+  return y.option('workers', { type: 'number', describe: 'worker threads (default: the number of cores; 0 = none)' });
+}

@@ -8,3 +8,4 @@ export * from './header.js';
 export * from './locator.js';
 export * from './bat.js';
 export * from './bitmap.js';
+export * from './manifest.js';

@@ -1,0 +1,119 @@
+/**
+ * The single worker pool of the process (piscina), sized to the available cores. Operations hand
+ * it small task descriptors; `workers: 0` runs the same task bodies inline on the main thread.
+ */
+import os from 'node:os';
+import { fileURLToPath } from 'node:url';
+import { Piscina } from 'piscina';
+import xxhash from 'xxhash-wasm';
+import { ErrorCodes, type ErrorCode, VhdError } from '../errors.js';
+import { alignedBuffer } from '../io/aligned.js';
+import { openRef } from './open-ref.js';
+import { type DiffTask, type DiffTaskResult, type HashTask, type HashTaskResult, READ_UNIT, runDiffTask, runHashTask } from './tasks.js';
+
+export interface PoolOptions {
+  /** Worker threads; 0 runs tasks inline. Default: the available parallelism. */
+  workers?: number;
+}
+
+export interface TaskRunner {
+  readonly workers: number;
+  hash(task: HashTask, signal?: AbortSignal): Promise<HashTaskResult>;
+  diff(task: DiffTask, signal?: AbortSignal): Promise<DiffTaskResult>;
+  /** How many tasks to keep in flight to keep every worker busy. */
+  readonly concurrency: number;
+}
+
+/** The compiled worker module. From the sources (tests), the build in dist/ is used. */
+function workerFile(): string {
+  const here = import.meta.url;
+  const url = here.endsWith('.ts') ? new URL('../../dist/pool/worker.js', here) : new URL('./worker.js', here);
+  return fileURLToPath(url);
+}
+
+export function defaultWorkers(): number {
+  return Math.max(1, typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length);
+}
+
+/** Rebuilds a VhdError thrown in a worker (errors cross threads as plain objects). */
+function revive(e: unknown, signal?: AbortSignal): unknown {
+  if (signal?.aborted) return new VhdError(ErrorCodes.ABORTED, 'operation aborted', { cause: signal.reason });
+  const v = (e as { vhd?: { code: ErrorCode; detail: string; file?: string; structure?: string; offset?: number; field?: string } })?.vhd;
+  if (v) return new VhdError(v.code, v.detail, { file: v.file, structure: v.structure, offset: v.offset, field: v.field });
+  if ((e as Error)?.name === 'AbortError') return new VhdError(ErrorCodes.ABORTED, 'operation aborted', { cause: e });
+  return e;
+}
+
+class PiscinaRunner implements TaskRunner {
+  readonly piscina: Piscina;
+  constructor(readonly workers: number) {
+    this.piscina = new Piscina({
+      filename: workerFile(),
+      minThreads: 0,
+      maxThreads: workers,
+      idleTimeout: 2000,
+      // Tasks are few and large: the queue stays short; tasks wait in the caller's bounded window.
+      concurrentTasksPerWorker: 1,
+    });
+  }
+  get concurrency(): number {
+    return this.workers * 2;
+  }
+  async hash(task: HashTask, signal?: AbortSignal): Promise<HashTaskResult> {
+    try {
+      return await this.piscina.run(task, { name: 'hash', signal: signal ?? null });
+    } catch (e) {
+      throw revive(e, signal);
+    }
+  }
+  async diff(task: DiffTask, signal?: AbortSignal): Promise<DiffTaskResult> {
+    try {
+      return await this.piscina.run(task, { name: 'diff', signal: signal ?? null });
+    } catch (e) {
+      throw revive(e, signal);
+    }
+  }
+}
+
+class InlineRunner implements TaskRunner {
+  readonly workers = 0;
+  readonly concurrency = 1;
+  private readonly hasher = xxhash();
+  private bufA?: Uint8Array;
+  private bufB?: Uint8Array;
+  async hash(task: HashTask): Promise<HashTaskResult> {
+    const { h64Raw } = await this.hasher;
+    this.bufA ??= alignedBuffer(READ_UNIT);
+    return runHashTask(task, await openRef(task.disk), this.bufA, (b) => h64Raw(b));
+  }
+  async diff(task: DiffTask): Promise<DiffTaskResult> {
+    this.bufA ??= alignedBuffer(READ_UNIT);
+    this.bufB ??= alignedBuffer(READ_UNIT);
+    const [a, b] = await Promise.all([openRef(task.a), openRef(task.b)]);
+    return runDiffTask(task, a, b, this.bufA, this.bufB);
+  }
+}
+
+let shared: PiscinaRunner | undefined;
+const inline = new InlineRunner();
+
+/** The process's pool (created on first use, resized if asked for a different size). */
+export function getPool(options: PoolOptions = {}): TaskRunner {
+  const workers = options.workers ?? defaultWorkers();
+  if (workers === 0) return inline;
+  if (!Number.isInteger(workers) || workers < 0) throw new VhdError(ErrorCodes.USAGE, `--workers must be a whole number ≥ 0, got ${workers}`);
+  if (shared && shared.workers !== workers) {
+    const old = shared;
+    shared = undefined;
+    void old.piscina.destroy();
+  }
+  shared ??= new PiscinaRunner(workers);
+  return shared;
+}
+
+/** Stops the pool's threads (the process also exits without this: idle workers are unreferenced). */
+export async function destroyPool(): Promise<void> {
+  const p = shared;
+  shared = undefined;
+  if (p) await p.piscina.destroy();
+}

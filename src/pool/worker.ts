@@ -1,0 +1,57 @@
+/**
+ * The worker module: one named function per task kind. Each worker keeps one pair of reused
+ * page-aligned buffers and its own open disks; results go back by transfer (Piscina.move).
+ */
+import { move, transferableSymbol, valueSymbol } from 'piscina';
+import xxhash from 'xxhash-wasm';
+import { VhdError } from '../errors.js';
+import { alignedBuffer } from '../io/aligned.js';
+import { openRef } from './open-ref.js';
+import { type DiffTask, type DiffTaskResult, type HashTask, type HashTaskResult, READ_UNIT, runDiffTask, runHashTask } from './tasks.js';
+
+const hasher = xxhash();
+let bufA: Uint8Array | undefined;
+let bufB: Uint8Array | undefined;
+
+function buffers(): [Uint8Array, Uint8Array] {
+  bufA ??= alignedBuffer(READ_UNIT);
+  bufB ??= alignedBuffer(READ_UNIT);
+  return [bufA, bufB];
+}
+
+/** Errors cross the thread boundary as plain objects; the main thread rebuilds VhdErrors from them. */
+function portable(e: unknown): Error {
+  if (e instanceof VhdError) {
+    const err = new Error(e.message) as Error & Record<string, unknown>;
+    err.vhd = { code: e.code, detail: e.detail, file: e.file, structure: e.structure, offset: e.offset, field: e.field };
+    return err;
+  }
+  return e instanceof Error ? e : new Error(String(e));
+}
+
+/** Returns `value` to the main thread with `buffers` transferred, not copied. */
+function transfer<T>(value: T, buffers: ArrayBufferLike[]): T {
+  return move({ [transferableSymbol]: buffers, [valueSymbol]: value } as never) as unknown as T;
+}
+
+export async function hash(task: HashTask): Promise<HashTaskResult> {
+  try {
+    const { h64Raw } = await hasher;
+    const disk = await openRef(task.disk);
+    const r = await runHashTask(task, disk, buffers()[0], (b) => h64Raw(b));
+    return transfer(r, [r.hashes.buffer, r.zero.buffer]);
+  } catch (e) {
+    throw portable(e);
+  }
+}
+
+export async function diff(task: DiffTask): Promise<DiffTaskResult> {
+  try {
+    const [a, b] = await Promise.all([openRef(task.a), openRef(task.b)]);
+    const [x, y] = buffers();
+    const r = await runDiffTask(task, a, b, x, y);
+    return transfer(r, [r.changed.buffer]);
+  } catch (e) {
+    throw portable(e);
+  }
+}
