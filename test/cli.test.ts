@@ -622,12 +622,16 @@ describe.concurrent('convert', { timeout: 60_000 }, () => {
   it('every good fixture → raw is byte-identical to the model; → fixed and → dynamic keep the content and pass check --strict', async () => {
     const d = tmpDir('vhdkit-cli-');
     const names = Object.keys(expected.images);
+    // every mismatch is collected, so that one wrong output does not hide the state of the others
+    const wrong: string[] = [];
     await Promise.all(
       names.map(async (n, k) => {
         const r = await vhdkit(['convert', F(n), `${k}.raw`, '--to', 'raw'], d);
         expect(r.code, `${n}: ${describeRun(r)}`).toBe(0);
-        expect(fs.statSync(path.join(d, `${k}.raw`)).size, n).toBe(expected.images[n].virtualSize);
-        expect(await sha256File(path.join(d, `${k}.raw`)), n).toBe(expected.images[n].sha256);
+        const size = fs.statSync(path.join(d, `${k}.raw`)).size;
+        if (size !== expected.images[n].virtualSize) wrong.push(`${n} → raw: ${size} bytes, expected ${expected.images[n].virtualSize}`);
+        const sha = await sha256File(path.join(d, `${k}.raw`));
+        if (sha !== expected.images[n].sha256) wrong.push(`${n} → raw: sha256 ${sha}, expected ${expected.images[n].sha256}`);
       }),
     );
     // VHD outputs of a few different shapes (partial last block, 4K blocks, 511-byte footer, a chain)
@@ -638,9 +642,11 @@ describe.concurrent('convert', { timeout: 60_000 }, () => {
         const r = await vhdkit(['convert', F(n), out, '--to', to], d);
         expect(r.code, `${n} → ${to}: ${describeRun(r)}`).toBe(0);
         await expectStrictOkInProcess(out);
-        expect(await sha256OfVhd(out), `${n} → ${to}`).toBe(expected.images[n].sha256);
+        const sha = await sha256OfVhd(out);
+        if (sha !== expected.images[n].sha256) wrong.push(`${n} → ${to}: content sha256 ${sha}, expected ${expected.images[n].sha256}`);
       }
     }
+    expect(wrong, wrong.join('\n')).toEqual([]);
   });
 
   it('--azure: fixed, virtual size rounded up to a whole MiB (file = N MiB + 512), content kept, check --strict passes', async () => {
@@ -672,21 +678,22 @@ describe.concurrent('convert', { timeout: 60_000 }, () => {
   });
 
   it('a corrupt VHD input: exit 2, no output and no temp file left', async () => {
-    for (const [c, to] of [
+    const cases = [
       ['corrupt/BAT_TOO_LARGE--2-billion.vhd', 'raw'],
       ['corrupt/BAT_TOO_LARGE--2-billion.vhd', 'dynamic'],
       ['corrupt/BAT_ENTRY_PAST_EOF--entry1.vhd', 'fixed'],
       ['corrupt/PARENT_MISSING--child.vhd', 'raw'],
       ['corrupt/HEADER_BLOCK_SIZE--zero.vhd', 'dynamic'],
-    ]) {
-      {
-        const d = tmpDir('vhdkit-cli-');
-        const r = await vhdkit(['convert', F(c), 'out.img', '--to', to], d);
-        expect(r.code, `${c} → ${to}: ${describeRun(r)}`).toBe(2);
-        expectOneLineError(r);
-        expect(fs.readdirSync(d), `${c} → ${to}`).toEqual([]);
-      }
-    }
+    ];
+    const dirs = cases.map(() => tmpDir('vhdkit-cli-'));
+    const runs = await Promise.all(cases.map(([c, to], k) => vhdkit(['convert', F(c), 'out.img', '--to', to], dirs[k])));
+    runs.forEach((r, k) => {
+      const [c, to] = cases[k];
+      expect(r.code, `${c} → ${to}: ${describeRun(r)}`).toBe(2);
+      expectOneLineError(r);
+      expect(r.stderr).toContain(c.slice('corrupt/'.length).split('--')[0]);
+      expect(fs.readdirSync(dirs[k]), `${c} → ${to}`).toEqual([]);
+    });
   });
 
   it('with --strict, an input with a structural error is refused: exit 2, nothing left', async () => {

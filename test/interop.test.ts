@@ -20,6 +20,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { check } from '../src/ops/check.js';
+import { openDisk } from '../src/ops/open.js';
 import {
   corpusDir,
   corpusExpected,
@@ -300,10 +301,21 @@ describe.skipIf(!hasQemu)('qemu-img convert -O vpc → vhdkit reads the raw', { 
         const chk = await run(process.execPath, [CLI, 'check', 'q.vhd', '--json'], d);
         expect(chk.code, chk.stdout + chk.stderr).toBe(0);
 
+        // vhdkit's reader (in process), then its CLI conversion to raw
+        const img = await openDisk(path.join(d, 'q.vhd'));
+        const read = Buffer.alloc(qSize);
+        try {
+          await img.read(read, 0);
+        } finally {
+          await img.close();
+        }
+        expect(read.subarray(0, raw.length).equals(raw), 'vhdkit reads the raw as the common prefix').toBe(true);
+        expect(read.subarray(raw.length).every((v) => v === 0), 'vhdkit reads the CHS padding as zeros').toBe(true);
+
         await vhdkit(['convert', 'q.vhd', 'back.raw', '--to', 'raw'], d);
         const back = fs.readFileSync(path.join(d, 'back.raw'));
         expect(back.length).toBe(qSize);
-        expect(back.subarray(0, raw.length).equals(raw), 'common prefix equals the raw').toBe(true);
+        expect(back.subarray(0, raw.length).equals(raw), 'vhdkit convert --to raw: the common prefix equals the raw').toBe(true);
         expect(back.subarray(raw.length).every((v) => v === 0), 'the CHS padding reads as zeros').toBe(true);
       });
     }

@@ -5,6 +5,7 @@ import { hideBin } from 'yargs/helpers';
 import { checkCommand } from './commands/check.js';
 import { convertCommand } from './commands/convert.js';
 import { createCommand } from './commands/create.js';
+import { diffCommand } from './commands/diff.js';
 import { hashCommand } from './commands/hash.js';
 import { infoCommand } from './commands/info.js';
 import { EXIT_USAGE } from './output.js';
@@ -18,7 +19,8 @@ export async function main(argv: string[]): Promise<void> {
     .command(createCommand)
     .command(convertCommand)
     .command(hashCommand)
-    .demandCommand(1, 'give a command: info, check, create, convert or hash')
+    .command(diffCommand)
+    .demandCommand(1, 'give a command: info, check, create, convert, hash or diff')
     .strict()
     .help()
     .alias('h', 'help')
