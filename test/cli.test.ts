@@ -249,6 +249,9 @@ describe.concurrent('check', { timeout: 60_000 }, () => {
   it('the chain of a grandchild is checked and listed, this disk first', async () => {
     const j = json(await vhdkit(['check', 'chain/grandchild.vhd', '--json'], fx));
     expect(j.chain).toHaveLength(3);
+    expect(path.resolve(fx, j.chain[0])).toBe(F('chain/grandchild.vhd'));
+    expect(fs.realpathSync(path.resolve(fx, j.chain[1]))).toBe(fs.realpathSync(F('chain/child.vhd')));
+    expect(fs.realpathSync(path.resolve(fx, j.chain[2]))).toBe(fs.realpathSync(F('chain/base.vhd')));
   });
 
   /** Corrupt fixtures whose defect a check must report as an error, with the offset of the structure at fault. */
@@ -294,7 +297,7 @@ describe.concurrent('check', { timeout: 60_000 }, () => {
     });
     const human = await vhdkit(['check', 'corrupt/BAT_ENTRY_OVERLAP--entries-0-1.vhd'], fx);
     expectExit(human, 1);
-    expect(human.stdout).toContain('BAT_ENTRY_OVERLAP');
+    expect(human.stdout).toContain('[BAT_ENTRY_OVERLAP]');
   });
 
   for (const [file, code] of [
@@ -691,7 +694,7 @@ describe.concurrent('convert', { timeout: 60_000 }, () => {
       const [c, to] = cases[k];
       expect(r.code, `${c} → ${to}: ${describeRun(r)}`).toBe(2);
       expectOneLineError(r);
-      expect(r.stderr).toContain(c.slice('corrupt/'.length).split('--')[0]);
+      expect(r.stderr).toContain(`[${c.slice('corrupt/'.length).split('--')[0]}]`); // the code, not just the file name
       expect(fs.readdirSync(dirs[k]), `${c} → ${to}`).toEqual([]);
     });
   });

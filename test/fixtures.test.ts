@@ -3,6 +3,7 @@
  * the generator's model, chains must resolve (confined or not), and every corrupt image must produce
  * the code its name begins with. The reading suite runs over both I/O backends (file and memory).
  */
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -11,7 +12,7 @@ import { VhdImage, type OpenOptions } from '../src/disk/image.js';
 import { MemoryResolver, MemorySink } from '../src/io/memory.js';
 import { openDisk, type OpenDiskOptions } from '../src/ops/open.js';
 import { check } from '../src/ops/check.js';
-import { fixturesDir, forceGc, sha256Hex, sha256OfDisk, tmpDir, type FixturesExpected } from './helpers.js';
+import { fixturesDir, forceGc, hasQemu, sha256Hex, sha256OfDisk, tmpDir, type FixturesExpected } from './helpers.js';
 
 // The generator runs at collection time so that the test lists below can name every fixture.
 const { dir, expected } = await fixturesDir();
@@ -266,6 +267,32 @@ describe.each(backends)('$name backend', (backend) => {
     const img = await open(file);
     expect(img.type).toBe('dynamic');
     expect(await sha256OfDisk(img)).toBe(sha256);
+  });
+});
+
+if (!hasQemu) console.warn('fixtures.test.ts: qemu-img not found; the qemu-made fixtures and the qemu oracle are SKIPPED');
+
+describe.skipIf(!hasQemu)('qemu-img as an oracle for fixed and dynamic fixtures', () => {
+  const plain = goodImages.filter((n) => E.images[n].type !== 'differencing');
+
+  it('the qemu-made fixtures exist', () => {
+    expect(E.qemu).toBe(true);
+    expect(goodImages).toEqual(expect.arrayContaining(['qemu/dynamic.vhd', 'qemu/fixed.vhd']));
+  });
+
+  it.each(plain)('%s: qemu-img convert gives the content vhdkit reads', async (rel) => {
+    const out = path.join(tmpDir('vhdkit-qemu-'), 'out.raw');
+    const r = spawnSync('qemu-img', ['convert', '-f', 'vpc', '-O', 'raw', path.join(dir, rel), out], { encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+    const raw = fs.readFileSync(out);
+    const img = await openDisk(path.join(dir, rel));
+    try {
+      expect(raw.length).toBe(img.virtualSize);
+      expect(sha256Hex(raw)).toBe(await sha256OfDisk(img));
+      expect(sha256Hex(raw)).toBe(E.images[rel].sha256);
+    } finally {
+      await img.close();
+    }
   });
 });
 

@@ -10,7 +10,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ErrorCodes, VhdError } from '../src/errors.js';
 import { VhdImage } from '../src/disk/image.js';
 import { MemoryResolver, MemorySink } from '../src/io/memory.js';
-import { corpusDir, corpusPresent, fixturesDir, forceGc, readCorpusFile, sha256Hex } from './helpers.js';
+import { info } from '../src/ops/info.js';
+import { check } from '../src/ops/check.js';
+import { corpusDir, corpusPresent, fixturesDir, forceGc, readCorpusFile, sha256Hex, tmpDir } from './helpers.js';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -269,6 +271,22 @@ async function exercise(files: Map<string, Uint8Array>, open: string, seed = 1):
       expect(CODES.has(f.code), `finding code ${f.code}`).toBe(true);
       expect(['error', 'warning']).toContain(f.severity);
     }
+    // Strict is "refuse on any finding": it opens exactly when the lenient open found nothing.
+    const codes = new Set(img.allFindings.map((f) => f.code));
+    let strictError: unknown;
+    try {
+      const strict = await VhdImage.open(new MemorySink(open, files.get(open)!), { resolver: new MemoryResolver(files), strict: true });
+      await strict.close();
+    } catch (e) {
+      strictError = e;
+    }
+    if (codes.size === 0) {
+      if (strictError) throw new Error(`strict open failed where the lenient one found nothing: ${(strictError as Error).message}`);
+    } else {
+      if (strictError === undefined) expect.fail(`strict open succeeded despite findings ${[...codes].join(', ')}`);
+      assertVhdError(strictError, 'strict open');
+      expect([...codes], 'strict error code among the findings').toContain(strictError.code);
+    }
     const ranges = img.dataRanges();
     let prev = 0;
     for (const [a, b] of ranges) {
@@ -451,6 +469,73 @@ describe('damaged images: a VhdError or a working disk, nothing else', () => {
           runDamage,
         ),
         fcParams(200),
+      );
+    },
+    TEST_TIMEOUT_MS,
+  );
+});
+
+describe('damaged files through info() and check()', () => {
+  const UNUSABLE = new Set<string>([ErrorCodes.IO, ErrorCodes.NOT_VHD, ErrorCodes.FILE_TOO_SMALL]);
+  let root = '';
+  beforeAll(() => {
+    root = tmpDir('vhdkit-mutation-');
+    subjects.forEach((s, i) => {
+      for (const [name, bytes] of s.files) {
+        const p = path.join(root, String(i), name);
+        fs.mkdirSync(path.dirname(p), { recursive: true });
+        fs.writeFileSync(p, bytes);
+      }
+    });
+  });
+
+  it(
+    'info() and check() agree, and fail only with VhdErrors (check only for unusable input)',
+    async () => {
+      await fc.assert(
+        fc.asyncProperty(
+          fc.record({
+            kind: fc.constant('mixed' as const),
+            subject: subjectIndex,
+            bytes: fc.array(byteEdit, { maxLength: 4 }),
+            fields: fc.array(fieldEdit, { maxLength: 2 }),
+            keep: fc.oneof(fc.constant(1000), fc.constant(1000), cut),
+            fix: fc.boolean(),
+          }),
+          async (d) => {
+            const s = subjects[d.subject];
+            const files = damaged(s, d);
+            fs.writeFileSync(path.join(root, String(d.subject), s.target), files.get(s.target)!);
+            const file = path.join(root, String(d.subject), s.open);
+            let infoCodes: string[] | undefined;
+            let infoError: VhdError | undefined;
+            try {
+              const di = await info(file);
+              expect(JSON.parse(JSON.stringify(di)).file).toBe(file);
+              expect(['fixed', 'dynamic', 'differencing']).toContain(di.type);
+              expect(Number.isSafeInteger(di.virtualSize)).toBe(true);
+              expect(di.chain[0].file).toBe(file);
+              infoCodes = di.findings.map((f) => f.code);
+            } catch (e) {
+              assertVhdError(e, 'info');
+              infoError = e;
+            }
+            try {
+              const r = await check(file);
+              expect(r.ok).toBe(r.errors.length === 0);
+              const listed = [...r.errors, ...r.warnings].map((f) => f.code);
+              for (const c of listed) expect(CODES.has(c)).toBe(true);
+              if (infoCodes) expect([...listed].sort()).toEqual([...infoCodes].sort());
+              if (infoError) expect(r.errors.map((f) => f.code)).toContain(infoError.code);
+            } catch (e) {
+              if (e instanceof Error && e.name === 'AssertionError') throw e;
+              assertVhdError(e, 'check');
+              expect(UNUSABLE.has(e.code), `check threw ${e.code}: ${e.message}`).toBe(true);
+              expect(infoError?.code).toBe(e.code);
+            }
+          },
+        ),
+        fcParams(100),
       );
     },
     TEST_TIMEOUT_MS,

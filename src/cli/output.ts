@@ -13,13 +13,21 @@ export function printJson(value: unknown): void {
   process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
 }
 
+/**
+ * Makes text from files (parent names, locator paths) safe for a terminal: control characters are
+ * shown as escapes instead of being interpreted. JSON output is escaped by JSON itself.
+ */
+export function safe(text: string): string {
+  return text.replace(/[\x00-\x08\x0b-\x1f\x7f-\x9f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+}
+
 export function printLines(lines: string[]): void {
-  process.stdout.write(`${lines.join('\n')}\n`);
+  process.stdout.write(`${lines.map(safe).join('\n')}\n`);
 }
 
 export function printFindings(findings: Finding[], args: GlobalArgs): void {
   if (args.json) return;
-  for (const f of findings) process.stderr.write(`vhdkit: ${f.severity}: ${f.message} [${f.code}]\n`);
+  for (const f of findings) process.stderr.write(`vhdkit: ${f.severity}: ${safe(f.message)} [${f.code}]\n`);
 }
 
 /** Exit codes of the contract: 0 success; 1 problems found or the operation failed; 2 usage or unreadable input. */
@@ -47,7 +55,7 @@ export function reportError(e: unknown, args: GlobalArgs): void {
     process.stdout.write(`${JSON.stringify({ ok: false, error }, null, 2)}\n`);
   }
   const text = e instanceof VhdError ? `${e.message} [${e.code}]` : `internal error: ${(e as Error)?.message ?? String(e)}`;
-  process.stderr.write(`vhdkit: ${text}\n`);
+  process.stderr.write(`vhdkit: ${safe(text)}\n`);
   if (args.debug && e instanceof Error && e.stack) process.stderr.write(`${e.stack}\n`);
   process.exitCode = code;
 }
@@ -74,4 +82,25 @@ export function progressBar(label: string, args: GlobalArgs): { update: (p: Prog
     },
     done: () => process.stderr.write('\r\x1b[K'),
   };
+}
+
+let controller: AbortController | undefined;
+
+/**
+ * An AbortSignal tied to SIGINT and SIGTERM: the first signal asks the running operation to stop
+ * (it removes its temporary output and exits 1); a second one exits at once.
+ */
+export function interruptSignal(): AbortSignal {
+  if (!controller) {
+    const c = new AbortController();
+    controller = c;
+    const onSignal = (name: NodeJS.Signals) => {
+      if (c.signal.aborted) process.exit(130);
+      process.stderr.write(`\nvhdkit: ${name}: stopping (press again to exit at once)\n`);
+      c.abort(new Error(`interrupted by ${name}`));
+    };
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+  }
+  return controller.signal;
 }

@@ -410,15 +410,15 @@ export class VhdImage {
         report(e);
         continue;
       }
-      for (const [a, b, what] of metadata) {
-        if (start < b && start + span > a) {
-          report(
-            new VhdError(ErrorCodes.BAT_ENTRY_OVERLAPS_METADATA, `block at sector ${sector} (bytes ${start}–${start + span}) overlaps the ${what} (bytes ${a}–${b})`, {
-              structure: `BAT entry ${i}`,
-              offset: tableOffset + i * 4,
-            }),
-          );
-        }
+      const hit = metadata.filter(([a, b]) => start < b && start + span > a);
+      if (hit.length > 0) {
+        const list = hit.map(([a, b, what]) => `the ${what} (bytes ${a}–${b})`).join(' and ');
+        report(
+          new VhdError(ErrorCodes.BAT_ENTRY_OVERLAPS_METADATA, `block at sector ${sector} (bytes ${start}–${start + span}) overlaps ${list}`, {
+            structure: `BAT entry ${i}`,
+            offset: tableOffset + i * 4,
+          }),
+        );
       }
       allocated.push(i);
     }

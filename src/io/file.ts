@@ -193,6 +193,7 @@ export async function writeAtomically<T>(
     throw new VhdError(ErrorCodes.OUTPUT_EXISTS, 'output already exists (use --force to replace it)', { file: target });
   }
   const dir = path.dirname(path.resolve(target));
+  if (!fs.existsSync(dir)) throw new VhdError(ErrorCodes.IO, `cannot write the output: directory ${dir} does not exist`, { file: target });
   const tmp = path.join(dir, `.${path.basename(target)}.${process.pid}.${Date.now().toString(36)}.tmp`);
   const sink = await FileSink.open(tmp, 'wx');
   let ok = false;

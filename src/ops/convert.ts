@@ -175,15 +175,18 @@ async function toFlat(disk: VirtualDisk, sink: ByteSink, virtualSize: number, to
   await pipeline(disk, CHUNK, ZERO_GRAIN, 0, options, counters, async (_buffer, data, pos) => {
     // Write only the non-zero runs, found at ZERO_GRAIN granularity: zeros stay holes.
     let runStart = -1;
-    for (let o = 0; o <= data.length; o += ZERO_GRAIN) {
-      const zero = o === data.length || isZero(data.subarray(o, Math.min(o + ZERO_GRAIN, data.length)));
+    for (let o = 0; o < data.length; o += ZERO_GRAIN) {
+      const zero = isZero(data.subarray(o, Math.min(o + ZERO_GRAIN, data.length)));
       if (!zero && runStart < 0) runStart = o;
       else if (zero && runStart >= 0) {
-        const end = Math.min(o, data.length);
-        await sink.write(data.subarray(runStart, end), pos + runStart);
-        counters.written += end - runStart;
+        await sink.write(data.subarray(runStart, o), pos + runStart);
+        counters.written += o - runStart;
         runStart = -1;
       }
+    }
+    if (runStart >= 0) {
+      await sink.write(data.subarray(runStart), pos + runStart);
+      counters.written += data.length - runStart;
     }
   });
   if (fixed) await fixed.finish();

@@ -1,7 +1,7 @@
 import type { CommandModule } from 'yargs';
 import { ErrorCodes, VhdError } from '../../errors.js';
 import { withChain, withGlobal } from '../options.js';
-import { type GlobalArgs, printFindings, printJson, printLines, progressBar, reportError } from '../output.js';
+import { type GlobalArgs, interruptSignal, printFindings, printJson, printLines, progressBar, reportError } from '../output.js';
 import { formatSize, parseSize } from '../sizes.js';
 
 interface Args extends GlobalArgs {
@@ -44,6 +44,7 @@ export const convertCommand: CommandModule<object, Args> = {
         strict: args.strict,
         allowedDirs: args['parent-dir'],
         onProgress: bar.update,
+        signal: interruptSignal(),
       });
       bar.done();
       if (args.json) return printJson(r);

@@ -1,6 +1,6 @@
 import type { CommandModule } from 'yargs';
 import { withChain, withGlobal, withWorkers } from '../options.js';
-import { type GlobalArgs, printFindings, printJson, printLines, progressBar, reportError } from '../output.js';
+import { type GlobalArgs, interruptSignal, printFindings, printJson, printLines, progressBar, reportError } from '../output.js';
 import { formatSize, parseSize } from '../sizes.js';
 
 interface Args extends GlobalArgs {
@@ -39,6 +39,7 @@ export const diffCommand: CommandModule<object, Args> = {
         strict: args.strict,
         allowedDirs: args['parent-dir'],
         onProgress: bar.update,
+        signal: interruptSignal(),
       });
       bar.done();
       if (args.json) return printJson(r);
