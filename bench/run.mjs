@@ -2,16 +2,15 @@
 // Macro benchmark: vhdkit side by side with the peers installed on this machine, on the same files,
 // in the same run. Prints a table of ratios and writes a JSON result file CI can compare.
 //
-//   npm run bench [-- --quick] [--work DIR] [--out FILE]
+//   npm run bench [-- --quick] [--work DIR] [--out FILE] [--runs N]
 //
-// Scenarios (made here, deterministic):
-//   dyn4g     4 GiB dynamic disk, half of its 2 MiB blocks allocated with random data
-//   sparse2t  2000 GiB dynamic disk with 10 MiB allocated, and the same data in a 1 GiB disk
-// Measures (whole process, best of N, page cache warm):
-//   convert dyn4g → raw         vhdkit vs qemu-img convert vs cat of the allocated bytes (device limit)
-//   convert dyn4g → dynamic     vhdkit vs qemu-img convert -O vpc
-//   convert sparse2t → dynamic  2000 GiB vs 1 GiB with the same data (cost must follow data)
-//   peak RSS of every vhdkit run
+// Data (made here, deterministic, kept in --work between runs):
+//   dyn      dynamic disk, every other 2 MiB block allocated with random data (4 GiB; 1 GiB --quick),
+//            and its raw form (sparse file) for the peers that read raw
+//   sparse   2000 GiB dynamic disk with 100 MiB allocated, and a 1 GiB disk with the same data
+//   gens     two full generations (1 GiB; 256 MiB --quick) differing in 1% of their 4 KiB pages
+// Every vhdkit and peer measurement is a whole process (startup included), best of --runs.
+// Cold-cache rows drop the page cache first (root only; skipped otherwise).
 import { spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -42,26 +41,45 @@ const { DynamicWriter, FileSink } = await import(path.join(root, 'dist', 'index.
 
 const have = (cmd) => spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0;
 const hasQemu = have('qemu-img');
+const hasXxhsum = have('xxhsum');
 const hasTime = fs.existsSync('/usr/bin/time');
+const canDropCaches = (() => {
+  try {
+    fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
+    return true;
+  } catch {
+    return false;
+  }
+})();
+const dropCaches = () => {
+  spawnSync('sync');
+  fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
+};
 
 fs.mkdirSync(work, { recursive: true });
 
-async function makeDynamic(file, virtualSize, blocks, seed) {
+function lcgFill(data, seed) {
+  let x = seed >>> 0;
+  for (let i = 0; i < data.length; i += 4) {
+    x = (Math.imul(x, 1664525) + 1013904223) >>> 0;
+    data[i] = x;
+    data[i + 1] = x >>> 8;
+    data[i + 2] = x >>> 16;
+    data[i + 3] = x >>> 24;
+  }
+  return x;
+}
+
+/** A dynamic disk with `blocks` (2 MiB each) filled by `fill(block, data)`. Made once, kept in --work. */
+async function makeDynamic(file, virtualSize, blocks, fill) {
   if (fs.existsSync(file)) return;
   const tmp = `${file}.tmp`;
   fs.rmSync(tmp, { force: true });
   const sink = await FileSink.open(tmp, 'wx');
-  const w = await DynamicWriter.create(sink, { virtualSize, uuid: crypto.createHash('md5').update(file).digest() });
+  const w = await DynamicWriter.create(sink, { virtualSize, uuid: crypto.createHash('md5').update(path.basename(file)).digest() });
   const data = new Uint8Array(2 * MiB);
-  let x = seed >>> 0;
   for (const b of blocks) {
-    for (let i = 0; i < data.length; i += 4) {
-      x = (Math.imul(x, 1664525) + 1013904223) >>> 0;
-      data[i] = x;
-      data[i + 1] = x >>> 8;
-      data[i + 2] = x >>> 16;
-      data[i + 3] = x >>> 24;
-    }
+    fill(b, data);
     await w.writeBlock(b, data);
   }
   await w.finish();
@@ -69,17 +87,22 @@ async function makeDynamic(file, virtualSize, blocks, seed) {
   fs.renameSync(tmp, file);
 }
 
-/** Runs a command `runs` times; returns the best wall time (s) and the peak RSS (KiB) when GNU time is there. */
-function timeit(cmd, args, { before } = {}) {
+function vhdkit(...args) {
+  return [process.execPath, [cli, ...args, '--quiet']];
+}
+
+/** Runs a command `runs` times; best wall time (s) and peak RSS (MiB, with GNU time). */
+function timeit([cmd, args], { before, cold = false } = {}) {
   let best = Infinity;
   let rss = 0;
   for (let r = 0; r < runs; r++) {
     before?.();
+    if (cold) dropCaches();
     const full = hasTime ? ['/usr/bin/time', ['-f', '%M', cmd, ...args]] : [cmd, args];
     const t = process.hrtime.bigint();
-    const res = spawnSync(full[0], full[1], { encoding: 'utf8', maxBuffer: 1 << 26 });
+    const res = spawnSync(full[0], full[1], { encoding: 'utf8', maxBuffer: 1 << 28 });
     const s = Number(process.hrtime.bigint() - t) / 1e9;
-    if (res.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed: ${res.stderr}`);
+    if (res.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${res.status}): ${res.stderr}`);
     if (hasTime) rss = Math.max(rss, Number(res.stderr.trim().split('\n').pop()));
     best = Math.min(best, s);
   }
@@ -88,66 +111,134 @@ function timeit(cmd, args, { before } = {}) {
 
 const results = { date: new Date().toISOString(), node: process.version, cpus: os.cpus().length, quick, runs, scenarios: {} };
 const rows = [];
-function row(name, vhdkit, peer, peerName, bytes) {
-  const ratio = peer ? peer.seconds / vhdkit.seconds : null;
-  results.scenarios[name] = { vhdkit, peer: peer ?? null, peerName, bytes, ratio };
+/**
+ * One row: vhdkit against a reference. `ratio` = reference time / vhdkit time, or for throughput
+ * comparisons (bytes differ) vhdkit bytes/s ÷ reference bytes/s. > 1: vhdkit faster.
+ */
+function row(name, target, v, ref, refName, { vBytes, refBytes } = {}) {
+  let ratio = null;
+  if (ref) ratio = vBytes && refBytes ? vBytes / v.seconds / (refBytes / ref.seconds) : ref.seconds / v.seconds;
+  results.scenarios[name] = { vhdkit: v, reference: ref ?? null, referenceName: refName, ratio, target, vBytes: vBytes ?? null, refBytes: refBytes ?? null };
   rows.push([
     name,
-    `${vhdkit.seconds.toFixed(3)} s`,
-    bytes ? `${(bytes / MiB / vhdkit.seconds).toFixed(0)} MiB/s` : '',
-    peer ? `${peerName} ${peer.seconds.toFixed(3)} s` : `${peerName}: not installed`,
-    ratio ? `${ratio.toFixed(2)}x` : '',
-    vhdkit.peakRssMiB ? `${vhdkit.peakRssMiB.toFixed(0)} MiB` : '',
+    `${v.seconds.toFixed(3)} s`,
+    vBytes ? `${(vBytes / MiB / v.seconds).toFixed(0)} MiB/s` : '',
+    ref ? `${refName} ${ref.seconds.toFixed(3)} s` : `${refName}: not available`,
+    ratio !== null ? `${ratio.toFixed(2)}x` : '',
+    target,
+    v.peakRssMiB ? `${v.peakRssMiB.toFixed(0)} MiB` : '',
   ]);
 }
 
-// --- data
-const size4 = (quick ? 1 : 4) * GiB;
-const nBlocks = size4 / (2 * MiB);
+// ---------------------------------------------------------------- data
+const dynSize = (quick ? 1 : 4) * GiB;
 const half = [];
-for (let b = 0; b < nBlocks; b += 2) half.push(b);
-const dyn = path.join(work, `dyn-${size4 / GiB}g.vhd`);
-await makeDynamic(dyn, size4, half, 1);
+for (let b = 0; b < dynSize / (2 * MiB); b += 2) half.push(b);
+const dyn = path.join(work, `dyn-${dynSize / GiB}g.vhd`);
+await makeDynamic(dyn, dynSize, half, (b, d) => lcgFill(d, b + 1));
+const dynRaw = path.join(work, `dyn-${dynSize / GiB}g.raw`);
+if (!fs.existsSync(dynRaw)) spawnSync(process.execPath, [cli, 'convert', dyn, dynRaw, '--to', 'raw', '--quiet'], { stdio: 'inherit' });
 const allocated = half.length * 2 * MiB;
+
 const spread = (total, n) => Array.from({ length: n }, (_, i) => Math.floor((i * total) / n));
 const sparseBig = path.join(work, 'sparse-2000g.vhd');
 const sparseSmall = path.join(work, 'sparse-1g.vhd');
-await makeDynamic(sparseBig, 2000 * GiB, spread(1000 * 512, 5), 2);
-await makeDynamic(sparseSmall, 1 * GiB, spread(512, 5), 2);
+await makeDynamic(sparseBig, 2000 * GiB, spread(1000 * 512, 50), (b, d) => lcgFill(d, 7));
+await makeDynamic(sparseSmall, 1 * GiB, spread(512, 50), (b, d) => lcgFill(d, 7));
 
-const out = (n) => path.join(work, n);
-const rm = (n) => () => fs.rmSync(out(n), { force: true });
-
-// --- device limit: cat of the whole file (allocated bytes + metadata) from page cache
-const catFile = timeit('sh', ['-c', `cat "${dyn}" > /dev/null`]);
-const vhdkitRaw = timeit(process.execPath, [cli, 'convert', dyn, out('a.raw'), '--to', 'raw', '--force', '--quiet'], { before: rm('a.raw') });
-row('convert dyn → raw vs cat (read limit)', vhdkitRaw, catFile, 'cat', allocated);
-if (hasQemu) {
-  const q = timeit('qemu-img', ['convert', '-f', 'vpc', '-O', 'raw', dyn, out('q.raw')], { before: rm('q.raw') });
-  row('convert dyn → raw vs qemu-img', vhdkitRaw, q, 'qemu-img', allocated);
-  const vd = timeit(process.execPath, [cli, 'convert', dyn, out('a.vhd'), '--to', 'dynamic', '--force', '--quiet'], { before: rm('a.vhd') });
-  const qd = timeit('qemu-img', ['convert', '-f', 'vpc', '-O', 'vpc', '-o', 'subformat=dynamic,force_size=on', dyn, out('q.vhd')], {
-    before: rm('q.vhd'),
-  });
-  row('convert dyn → dynamic vs qemu-img', vd, qd, 'qemu-img', allocated);
-} else {
-  row('convert dyn → raw vs qemu-img', vhdkitRaw, null, 'qemu-img', allocated);
+const genSize = (quick ? 256 : 1024) * MiB;
+const gen1 = path.join(work, `gen1-${genSize / MiB}m.vhd`);
+const gen2 = path.join(work, `gen2-${genSize / MiB}m.vhd`);
+const allBlocks = Array.from({ length: genSize / (2 * MiB) }, (_, i) => i);
+await makeDynamic(gen1, genSize, allBlocks, (b, d) => lcgFill(d, 1000 + b));
+// gen2: the same, with 1% of its 4 KiB pages (chosen by a seeded PRNG) rewritten.
+let pageSeed = 42;
+const changedPages = new Set();
+const pages = genSize / 4096;
+while (changedPages.size < Math.round(pages / 100)) {
+  pageSeed = (Math.imul(pageSeed, 1664525) + 1013904223) >>> 0;
+  changedPages.add(pageSeed % pages);
 }
-const big = timeit(process.execPath, [cli, 'convert', sparseBig, out('b.vhd'), '--to', 'dynamic', '--force', '--quiet'], { before: rm('b.vhd') });
-const small = timeit(process.execPath, [cli, 'convert', sparseSmall, out('s.vhd'), '--to', 'dynamic', '--force', '--quiet'], { before: rm('s.vhd') });
-row('convert 2000 GiB sparse vs 1 GiB (same data)', big, small, '1 GiB', 10 * MiB);
-for (const f of ['a.raw', 'q.raw', 'a.vhd', 'q.vhd', 'b.vhd', 's.vhd']) rm(f)();
+await makeDynamic(gen2, genSize, allBlocks, (b, d) => {
+  lcgFill(d, 1000 + b);
+  for (let p = 0; p < 512; p++) if (changedPages.has(b * 512 + p)) d.fill((b + p) & 0xff || 1, p * 4096, p * 4096 + 4096);
+});
+
+const out = (n) => path.join(work, `out-${n}`);
+const rm = (n) => () => fs.rmSync(out(n), { force: true });
+const fileSize = (f) => fs.statSync(f).size;
+
+// ---------------------------------------------------------------- hash
+{
+  const v2 = timeit(vhdkit('hash', dynRaw));
+  const x = hasXxhsum ? timeit(['xxhsum', ['-H1', dynRaw]]) : null;
+  row('hash raw (page cache) vs xxhsum -H1', '≥ 1.0x', v2, x, 'xxhsum -H1', {});
+  const v1 = timeit(vhdkit('hash', dynRaw, '--workers', '1'));
+  row('hash raw: 2 workers vs 1 worker', '≥ 1.7x', v2, v1, '1 worker', {});
+  const vd = timeit(vhdkit('hash', dyn));
+  row('hash dynamic (page cache) vs xxhsum of raw', '', vd, x, 'xxhsum -H1', {});
+  if (canDropCaches) {
+    const cold = timeit(vhdkit('hash', dyn), { cold: true });
+    const dd = timeit(['dd', [`if=${dyn}`, 'of=/dev/null', 'bs=4M']], { cold: true });
+    row('hash dynamic, cold cache, vs dd read', '≥ 0.9x', cold, dd, 'dd', { vBytes: fileSize(dyn), refBytes: fileSize(dyn) });
+  } else {
+    rows.push(['hash dynamic, cold cache, vs dd read', 'skipped: cannot drop caches (needs root)', '', '', '', '≥ 0.9x', '']);
+  }
+  const big = timeit(vhdkit('hash', sparseBig));
+  const small = timeit(vhdkit('hash', sparseSmall));
+  row('hash 2000 GiB sparse vs 1 GiB, same 100 MiB', '≥ 0.83x (≤ 1.2x cost)', big, small, '1 GiB', {});
+}
+
+// ---------------------------------------------------------------- diff
+{
+  const changed = changedPages.size * 4096;
+  const d = timeit(vhdkit('diff', gen1, gen2, '--json'));
+  const catBoth = timeit(['sh', ['-c', `cat "${gen1}" "${gen2}" > /dev/null`]]);
+  row('diff 2 generations (1% pages) vs cat of both', '', d, catBoth, 'cat', { vBytes: 2 * genSize, refBytes: fileSize(gen1) + fileSize(gen2) });
+  if (hasQemu) {
+    const q = spawnSync('qemu-img', ['compare', '-f', 'vpc', '-F', 'vpc', gen1, gen1]);
+    if (q.status === 0) {
+      const qc = timeit(['qemu-img', ['compare', '-f', 'vpc', '-F', 'vpc', gen1, gen1]]);
+      row('diff vs qemu-img compare (identical pair)', '', d, qc, 'qemu-img compare', { vBytes: 2 * genSize, refBytes: 2 * genSize });
+    }
+  }
+  const o = timeit(vhdkit('diff', gen1, gen2, '--out', out('child.vhd'), '--force', '--json'), { before: rm('child.vhd') });
+  row('diff --out (patch from two full builds)', '', o, d, 'diff alone', {});
+  results.scenarios['diff --out (patch from two full builds)'].childBytes = fileSize(out('child.vhd'));
+  results.scenarios['diff --out (patch from two full builds)'].changedBytes = changed;
+  rm('child.vhd')();
+}
+
+// ---------------------------------------------------------------- convert
+{
+  const catFile = timeit(['sh', ['-c', `cat "${dyn}" > /dev/null`]]);
+  const vr = timeit(vhdkit('convert', dyn, out('a.raw'), '--to', 'raw', '--force'), { before: rm('a.raw') });
+  row('convert dynamic → raw vs cat (read limit)', '', vr, catFile, 'cat', { vBytes: allocated, refBytes: fileSize(dyn) });
+  if (hasQemu) {
+    const q = timeit(['qemu-img', ['convert', '-f', 'vpc', '-O', 'raw', dyn, out('q.raw')]], { before: rm('q.raw') });
+    row('convert dynamic → raw vs qemu-img', '', vr, q, 'qemu-img', {});
+    const vd = timeit(vhdkit('convert', dyn, out('a.vhd'), '--to', 'dynamic', '--force'), { before: rm('a.vhd') });
+    const qd = timeit(['qemu-img', ['convert', '-f', 'vpc', '-O', 'vpc', '-o', 'subformat=dynamic,force_size=on', dyn, out('q.vhd')]], {
+      before: rm('q.vhd'),
+    });
+    row('convert dynamic → dynamic vs qemu-img', '', vd, qd, 'qemu-img', {});
+  }
+  const big = timeit(vhdkit('convert', sparseBig, out('b.vhd'), '--to', 'dynamic', '--force'), { before: rm('b.vhd') });
+  const small = timeit(vhdkit('convert', sparseSmall, out('s.vhd'), '--to', 'dynamic', '--force'), { before: rm('s.vhd') });
+  row('convert 2000 GiB sparse vs 1 GiB, same data', '', big, small, '1 GiB', {});
+  for (const f of ['a.raw', 'q.raw', 'a.vhd', 'q.vhd', 'b.vhd', 's.vhd']) rm(f)();
+}
 
 results.micro = await runMicro({ quick });
 
-// --- report
-const head = ['scenario', 'vhdkit', 'throughput', 'peer', 'peer/vhdkit', 'peak RSS'];
-const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
-const line = (r) => r.map((c, i) => c.padEnd(widths[i])).join('  ');
+// ---------------------------------------------------------------- report
+const head = ['scenario', 'vhdkit', 'throughput', 'reference', 'ratio', 'target', 'peak RSS'];
+const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => String(r[i]).length)));
+const line = (r) => r.map((c, i) => String(c).padEnd(widths[i])).join('  ');
 console.log(`\nvhdkit macro benchmark (${quick ? 'quick' : 'full'}; best of ${runs}; node ${process.version}; ${os.cpus().length} cores)`);
 console.log(line(head));
 for (const r of rows) console.log(line(r));
-console.log('\n(peer/vhdkit > 1 means vhdkit is faster; for "2000 GiB vs 1 GiB" it is the cost of the large disk relative to the small one, inverted: 1.0 = same cost)');
+console.log('\nratio > 1: vhdkit faster (time ratio; for rows with two throughputs, the throughput ratio).');
 console.log('\nmicro-benchmarks (tinybench):');
 for (const m of results.micro) console.log(`  ${m.name.padEnd(44)} ${m.opsPerSec.toFixed(0).padStart(12)} ops/s  ${m.throughput ?? ''}`);
 fs.mkdirSync(path.dirname(outFile), { recursive: true });

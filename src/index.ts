@@ -7,7 +7,11 @@ export { info, describe, type DiskInfo, type ParentInfo, type ChainMember } from
 export { check, type CheckResult } from './ops/check.js';
 export { create, parentLinkFor, type CreateOptions, type CreateResult } from './ops/create.js';
 export { convert, azureSize, type ConvertOptions, type ConvertResult, type TargetFormat } from './ops/convert.js';
+export { hash, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, type HashOptions, type HashResult } from './ops/hash.js';
+export { diff, type DiffOptions, type DiffResult } from './ops/diff.js';
 export type { Progress, OperationOptions } from './ops/common.js';
+export { getPool, destroyPool, defaultWorkers, type PoolOptions } from './pool/pool.js';
+export { decodeManifestHeader, encodeManifestHeader, manifestSize, MANIFEST_HEADER, type ManifestHeader } from './format/manifest.js';
 
 // Disk layer
 export { VhdImage, type OpenOptions, type ParentLocatorInfo } from './disk/image.js';

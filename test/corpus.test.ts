@@ -365,6 +365,16 @@ describe.skipIf(!corpusPresent)('conformance corpus', () => {
       const e = await rejection(openDisk(file(IMAGE_DIFF), { strict: true }));
       expect([ErrorCodes.FOOTER_CHECKSUM, ErrorCodes.HEADER_CHECKSUM]).toContain(e.code);
     });
+
+    it('check() fails on both checksums and warns about the missing locators, for the whole chain', async () => {
+      const r = await check(file(IMAGE_DIFF));
+      expect(r.ok).toBe(false);
+      const errors = r.errors.map((f) => f.code);
+      expect(errors).toContain(ErrorCodes.HEADER_CHECKSUM);
+      expect(errors.filter((c) => c === ErrorCodes.FOOTER_CHECKSUM)).toHaveLength(2); // child and parent
+      expect(r.warnings.map((f) => f.code)).toContain(ErrorCodes.LOCATOR_NONE);
+      expect(r.chain).toHaveLength(2);
+    });
   });
 
   describe('derived/qemu-fixed-511footer.vhd', () => {

@@ -6,9 +6,8 @@ export const BAT_UNUSED = 0xffffffff;
 
 export function decodeBat(bytes: Uint8Array, entries: number): Uint32Array {
   const bat = new Uint32Array(entries);
-  for (let i = 0, o = 0; i < entries; i++, o += 4) {
-    bat[i] = ((bytes[o] << 24) | (bytes[o + 1] << 16) | (bytes[o + 2] << 8) | bytes[o + 3]) >>> 0;
-  }
+  const be = new DataView(bytes.buffer, bytes.byteOffset, entries * 4);
+  for (let i = 0; i < entries; i++) bat[i] = be.getUint32(i * 4);
   return bat;
 }
 

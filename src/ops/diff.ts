@@ -143,6 +143,7 @@ export async function diff(oldFile: string, newFile: string, options: DiffOption
       },
       options.signal,
     );
+    throwIfAborted(options.signal);
     const changedBytes = totalLength(changed);
     let out: DiffResult['out'] = null;
     if (options.out) {

@@ -12,11 +12,13 @@ import { encodeManifestHeader, manifestSize } from '../format/manifest.js';
 import { isPowerOfTwo } from '../format/header.js';
 import { writeAtomically, type FileSink } from '../io/file.js';
 import { getPool } from '../pool/pool.js';
-import type { DiskRef, HashTask, HashTaskResult } from '../pool/tasks.js';
+import { type DiskRef, type HashTask, type HashTaskResult, READ_UNIT } from '../pool/tasks.js';
 import { throwIfAborted, type OperationOptions } from './common.js';
 import { openAny, type OpenDiskOptions, type SourceFormat } from './open.js';
 
 export const DEFAULT_CHUNK_SIZE = 64 * 1024;
+/** The largest chunk: one read buffer (and Azure's largest page write). */
+export const MAX_CHUNK_SIZE = READ_UNIT;
 /** Bytes of data per task: 16 blocks of 2 MiB. Per-task overhead (~25 µs) vanishes at this size. */
 export const TASK_BYTES = 32 * 1024 * 1024;
 
@@ -75,12 +77,16 @@ export async function orderedWindow<T, R>(
       queue.push({ task, result });
       if (queue.length >= window) {
         const head = queue.shift()!;
-        await take(head.task, await head.result);
+        const r = await head.result;
+        throwIfAborted(signal);
+        await take(head.task, r);
       }
     }
     while (queue.length > 0) {
       const head = queue.shift()!;
-      await take(head.task, await head.result);
+      const r = await head.result;
+      throwIfAborted(signal);
+      await take(head.task, r);
     }
   } finally {
     // On failure, let the tasks still in flight settle before returning (no stray work).
@@ -91,8 +97,8 @@ export async function orderedWindow<T, R>(
 export async function hash(file: string, options: HashOptions = {}): Promise<HashResult> {
   const started = performance.now();
   const chunkSize = options.chunkSize ?? DEFAULT_CHUNK_SIZE;
-  if (!isPowerOfTwo(chunkSize) || chunkSize < 512 || chunkSize > 64 * 1024 * 1024) {
-    throw new VhdError(ErrorCodes.USAGE, `chunk size ${chunkSize} must be a power of two from 512 bytes to 64 MiB`);
+  if (!isPowerOfTwo(chunkSize) || chunkSize < 512 || chunkSize > MAX_CHUNK_SIZE) {
+    throw new VhdError(ErrorCodes.USAGE, `chunk size ${chunkSize} must be a power of two from 512 bytes to 4 MiB`);
   }
   const warnings: Finding[] = [];
   const { disk, format } = await openAny(file, options.from ?? 'auto', { ...options, onFinding: (f) => warnings.push(f) });
@@ -155,6 +161,7 @@ export async function hash(file: string, options: HashOptions = {}): Promise<Has
     if (sink) await sink.truncate(manifestSize(chunks));
     await orderedWindow(tasks, pool.concurrency, (t) => pool.hash(t, options.signal), (t, r) => fold(t, r, sink), options.signal);
     const value = digest.digest();
+    throwIfAborted(options.signal);
     if (sink) {
       await sink.write(zeroFlags, 64 + chunks * 8);
       await sink.write(encodeManifestHeader({ chunkSize, virtualSize, chunks, digest: value, zeroChunks }), 0);

@@ -1,31 +1,62 @@
-/** Opening a DiskRef, with a small per-thread cache keyed by file identity (size and mtime). */
+/**
+ * Opening a DiskRef, with a small per-thread cache. An entry stays valid while every file of the
+ * disk's chain keeps its size, mtime and inode: a parent changed under an unchanged child reopens.
+ */
 import fs from 'node:fs';
 import type { VirtualDisk } from '../disk/source.js';
+import { VhdImage } from '../disk/image.js';
 import { openAny } from '../ops/open.js';
 import type { DiskRef } from './tasks.js';
 
-const cache = new Map<string, { stamp: string; disk: Promise<VirtualDisk> }>();
+interface Entry {
+  files: string[];
+  stamp: string;
+  disk: Promise<VirtualDisk>;
+}
+
+const cache = new Map<string, Entry>();
 const MAX_OPEN = 16;
 
+function stampOf(files: string[]): string {
+  return files
+    .map((f) => {
+      try {
+        const st = fs.statSync(f);
+        return `${st.size}:${st.mtimeMs}:${st.ino}`;
+      } catch {
+        return 'missing';
+      }
+    })
+    .join('|');
+}
+
+function drop(key: string): void {
+  const e = cache.get(key);
+  if (!e) return;
+  cache.delete(key);
+  e.disk.then((d) => d.close()).catch(() => {});
+}
+
 export async function openRef(ref: DiskRef): Promise<VirtualDisk> {
-  const st = fs.statSync(ref.file);
   const key = `${ref.format}\0${ref.file}\0${(ref.allowedDirs ?? []).join('\0')}`;
-  const stamp = `${st.size}:${st.mtimeMs}:${st.ino}`;
   const hit = cache.get(key);
-  if (hit && hit.stamp === stamp) return hit.disk;
-  if (hit) {
-    cache.delete(key);
-    hit.disk.then((d) => d.close()).catch(() => {});
+  if (hit && stampOf(hit.files) === hit.stamp) return hit.disk;
+  drop(key);
+  if (cache.size >= MAX_OPEN) drop(cache.keys().next().value!);
+  const stampBefore = stampOf([ref.file]);
+  const entry: Entry = { files: [ref.file], stamp: stampBefore, disk: openAny(ref.file, ref.format, { allowedDirs: ref.allowedDirs }).then((r) => r.disk) };
+  cache.set(key, entry);
+  try {
+    const disk = await entry.disk;
+    if (disk instanceof VhdImage) {
+      entry.files = disk.chain.map((d) => d.source.name);
+      entry.stamp = stampOf(entry.files);
+    }
+    return disk;
+  } catch (e) {
+    if (cache.get(key) === entry) cache.delete(key);
+    throw e;
   }
-  if (cache.size >= MAX_OPEN) {
-    const [oldKey, old] = cache.entries().next().value!;
-    cache.delete(oldKey);
-    old.disk.then((d) => d.close()).catch(() => {});
-  }
-  const disk = openAny(ref.file, ref.format, { allowedDirs: ref.allowedDirs }).then((r) => r.disk);
-  cache.set(key, { stamp, disk });
-  disk.catch(() => cache.delete(key));
-  return disk;
 }
 
 export async function closeAllRefs(): Promise<void> {

@@ -9,7 +9,7 @@ import xxhash from 'xxhash-wasm';
 import { ErrorCodes, type ErrorCode, VhdError } from '../errors.js';
 import { alignedBuffer } from '../io/aligned.js';
 import { openRef } from './open-ref.js';
-import { type DiffTask, type DiffTaskResult, type HashTask, type HashTaskResult, READ_UNIT, runDiffTask, runHashTask } from './tasks.js';
+import { type DiffTask, type DiffTaskResult, type HashTask, type HashTaskResult, READ_UNIT, runDiffTask, runHashTask, type TaskError } from './tasks.js';
 
 export interface PoolOptions {
   /** Worker threads; 0 runs tasks inline. Default: the available parallelism. */
@@ -35,13 +35,20 @@ export function defaultWorkers(): number {
   return Math.max(1, typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length);
 }
 
-/** Rebuilds a VhdError thrown in a worker (errors cross threads as plain objects). */
-function revive(e: unknown, signal?: AbortSignal): unknown {
-  if (signal?.aborted) return new VhdError(ErrorCodes.ABORTED, 'operation aborted', { cause: signal.reason });
-  const v = (e as { vhd?: { code: ErrorCode; detail: string; file?: string; structure?: string; offset?: number; field?: string } })?.vhd;
-  if (v) return new VhdError(v.code, v.detail, { file: v.file, structure: v.structure, offset: v.offset, field: v.field });
-  if ((e as Error)?.name === 'AbortError') return new VhdError(ErrorCodes.ABORTED, 'operation aborted', { cause: e });
-  return e;
+function aborted(signal?: AbortSignal): VhdError {
+  return new VhdError(ErrorCodes.ABORTED, 'operation aborted', { cause: signal?.reason });
+}
+
+/** Turns a worker's `{ error }` result back into the VhdError it was. */
+function unwrap<R>(r: R | { error: TaskError }): R {
+  const err = (r as { error?: TaskError }).error;
+  if (err) throw new VhdError(err.code as ErrorCode, err.detail, { file: err.file, structure: err.structure, offset: err.offset, field: err.field });
+  return r as R;
+}
+
+function rethrow(e: unknown, signal?: AbortSignal): never {
+  if (signal?.aborted || (e as Error)?.name === 'AbortError') throw aborted(signal);
+  throw e;
 }
 
 class PiscinaRunner implements TaskRunner {
@@ -61,16 +68,16 @@ class PiscinaRunner implements TaskRunner {
   }
   async hash(task: HashTask, signal?: AbortSignal): Promise<HashTaskResult> {
     try {
-      return await this.piscina.run(task, { name: 'hash', signal: signal ?? null });
+      return unwrap<HashTaskResult>(await this.piscina.run(task, { name: 'hash', signal: signal ?? null }));
     } catch (e) {
-      throw revive(e, signal);
+      rethrow(e, signal);
     }
   }
   async diff(task: DiffTask, signal?: AbortSignal): Promise<DiffTaskResult> {
     try {
-      return await this.piscina.run(task, { name: 'diff', signal: signal ?? null });
+      return unwrap<DiffTaskResult>(await this.piscina.run(task, { name: 'diff', signal: signal ?? null }));
     } catch (e) {
-      throw revive(e, signal);
+      rethrow(e, signal);
     }
   }
 }

@@ -44,6 +44,16 @@ export interface DiffTaskResult {
   bytes: number;
 }
 
+/** A VhdError's fields, as they cross from a worker to the main thread. */
+export interface TaskError {
+  code: string;
+  detail: string;
+  file?: string;
+  structure?: string;
+  offset?: number;
+  field?: string;
+}
+
 /** The xxh64 function a task uses (from xxhash-wasm). */
 export type Hash64 = (bytes: Uint8Array) => bigint;
 

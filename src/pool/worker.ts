@@ -7,7 +7,7 @@ import xxhash from 'xxhash-wasm';
 import { VhdError } from '../errors.js';
 import { alignedBuffer } from '../io/aligned.js';
 import { openRef } from './open-ref.js';
-import { type DiffTask, type DiffTaskResult, type HashTask, type HashTaskResult, READ_UNIT, runDiffTask, runHashTask } from './tasks.js';
+import { type DiffTask, type DiffTaskResult, type HashTask, type HashTaskResult, READ_UNIT, runDiffTask, runHashTask, type TaskError } from './tasks.js';
 
 const hasher = xxhash();
 let bufA: Uint8Array | undefined;
@@ -19,14 +19,16 @@ function buffers(): [Uint8Array, Uint8Array] {
   return [bufA, bufB];
 }
 
-/** Errors cross the thread boundary as plain objects; the main thread rebuilds VhdErrors from them. */
-function portable(e: unknown): Error {
+/**
+ * Errors cross the thread boundary by structured clone, which keeps only an Error's message: a
+ * VhdError therefore comes back as a result `{ error }` holding its fields, and the main thread
+ * rebuilds it. Anything else is thrown as is.
+ */
+function asResult(e: unknown): { error: TaskError } {
   if (e instanceof VhdError) {
-    const err = new Error(e.message) as Error & Record<string, unknown>;
-    err.vhd = { code: e.code, detail: e.detail, file: e.file, structure: e.structure, offset: e.offset, field: e.field };
-    return err;
+    return { error: { code: e.code, detail: e.detail, file: e.file, structure: e.structure, offset: e.offset, field: e.field } };
   }
-  return e instanceof Error ? e : new Error(String(e));
+  throw e;
 }
 
 /** Returns `value` to the main thread with `buffers` transferred, not copied. */
@@ -34,24 +36,24 @@ function transfer<T>(value: T, buffers: ArrayBufferLike[]): T {
   return move({ [transferableSymbol]: buffers, [valueSymbol]: value } as never) as unknown as T;
 }
 
-export async function hash(task: HashTask): Promise<HashTaskResult> {
+export async function hash(task: HashTask): Promise<HashTaskResult | { error: TaskError }> {
   try {
     const { h64Raw } = await hasher;
     const disk = await openRef(task.disk);
     const r = await runHashTask(task, disk, buffers()[0], (b) => h64Raw(b));
     return transfer(r, [r.hashes.buffer, r.zero.buffer]);
   } catch (e) {
-    throw portable(e);
+    return asResult(e);
   }
 }
 
-export async function diff(task: DiffTask): Promise<DiffTaskResult> {
+export async function diff(task: DiffTask): Promise<DiffTaskResult | { error: TaskError }> {
   try {
     const [a, b] = await Promise.all([openRef(task.a), openRef(task.b)]);
     const [x, y] = buffers();
     const r = await runDiffTask(task, a, b, x, y);
     return transfer(r, [r.changed.buffer]);
   } catch (e) {
-    throw portable(e);
+    return asResult(e);
   }
 }
