@@ -69,6 +69,8 @@ const DEFAULT_MAX_DEPTH = 64;
 const BITMAP_CACHE_BYTES = 8 * 1024 * 1024;
 /** Above this many bitmap runs in one read, read whole spans and merge in memory. */
 const MAX_RUN_READS = 16;
+/** Block pieces of one read issued concurrently (small blocks would otherwise flood the I/O queue). */
+const MAX_PARALLEL_PIECES = 8;
 
 export class VhdImage {
   readonly type: DiskTypeName;
@@ -623,16 +625,24 @@ export class VhdImage {
     }
     if (into.length === 0) return;
     if (this.type === 'fixed') return this.source.read(into, position);
+    // One read per block piece, issued together (a read spans few blocks: its buffer bounds them),
+    // so the device sees the whole request at once, as it would for one contiguous read.
     const bs = this.blockSize;
+    const pieces: Promise<void>[] = [];
     let done = 0;
     while (done < into.length) {
       const pos = position + done;
       const block = Math.floor(pos / bs);
       const inBlock = pos - block * bs;
       const n = Math.min(bs - inBlock, into.length - done);
-      await this.readInBlock(into.subarray(done, done + n), block, inBlock);
+      pieces.push(this.readInBlock(into.subarray(done, done + n), block, inBlock));
       done += n;
+      if (pieces.length >= MAX_PARALLEL_PIECES) {
+        await Promise.all(pieces);
+        pieces.length = 0;
+      }
     }
+    await Promise.all(pieces);
   }
 
   private async readInBlock(into: Uint8Array, block: number, inBlock: number): Promise<void> {

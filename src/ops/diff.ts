@@ -104,6 +104,7 @@ function packTasks(ranges: Range[], max: number): Range[][] {
 export async function diff(oldFile: string, newFile: string, options: DiffOptions = {}): Promise<DiffResult> {
   const started = performance.now();
   const warnings: Finding[] = [];
+  const pool = getPool({ workers: options.workers }); // threads start loading now
   const open = { ...options, onFinding: (f: Finding) => warnings.push(f) };
   const a = await openAny(oldFile, 'auto', open);
   let b: Awaited<ReturnType<typeof openAny>>;
@@ -121,7 +122,6 @@ export async function diff(oldFile: string, newFile: string, options: DiffOption
     const total = totalLength(candidatesAligned);
     const refA: DiskRef = { file: oldFile, format: a.format, allowedDirs: options.allowedDirs };
     const refB: DiskRef = { file: newFile, format: b.format, allowedDirs: options.allowedDirs };
-    const pool = getPool({ workers: options.workers });
     const changed: Range[] = [];
     let done = 0;
     let compared = 0;

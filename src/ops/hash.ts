@@ -101,6 +101,7 @@ export async function hash(file: string, options: HashOptions = {}): Promise<Has
     throw new VhdError(ErrorCodes.USAGE, `chunk size ${chunkSize} must be a power of two from 512 bytes to 4 MiB`);
   }
   const warnings: Finding[] = [];
+  const pool = getPool({ workers: options.workers }); // threads start loading now
   const { disk, format } = await openAny(file, options.from ?? 'auto', { ...options, onFinding: (f) => warnings.push(f) });
   let virtualSize: number;
   let ranges: Range[];
@@ -111,7 +112,6 @@ export async function hash(file: string, options: HashOptions = {}): Promise<Has
     await disk.close();
   }
   const ref: DiskRef = { file, format, allowedDirs: options.allowedDirs };
-  const pool = getPool({ workers: options.workers });
   const chunks = Math.ceil(virtualSize / chunkSize);
   const total = totalLength(ranges);
   const tasks = splitRanges(ranges, TASK_BYTES, chunkSize).map(([start, end]): HashTask => ({ disk: ref, chunkSize, start, end }));

@@ -56,7 +56,9 @@ class PiscinaRunner implements TaskRunner {
   constructor(readonly workers: number) {
     this.piscina = new Piscina({
       filename: workerFile(),
-      minThreads: 0,
+      // Started at once, so the threads load while the main thread opens the disk; idle threads
+      // are unreferenced by piscina and never keep the process alive.
+      minThreads: workers,
       maxThreads: workers,
       idleTimeout: 2000,
       // Tasks are few and large: the queue stays short; tasks wait in the caller's bounded window.
