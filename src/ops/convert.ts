@@ -1,7 +1,7 @@
 /**
  * `convert`: any disk or chain, or a raw image, to raw, fixed or dynamic. Streams the data ranges
  * of the source (cost follows allocated data, not virtual size) through two reused page-aligned
- * buffers, reading the next chunk while the previous one is written; all-zero chunks are skipped
+ * buffers, reading ahead while earlier chunks are written; all-zero chunks are skipped
  * (left sparse in raw and fixed outputs, unallocated in dynamic ones). The output is written to a
  * temporary name and renamed only when complete.
  */
@@ -54,6 +54,8 @@ const MiB = 1024 * 1024;
 const CHUNK = 4 * MiB;
 /** Zero detection granularity of raw and fixed outputs: runs of zeros this long stay holes. */
 const ZERO_GRAIN = 64 * 1024;
+/** Buffers in the convert pipeline: reads run ahead of up to three writes in flight. */
+const PIPELINE_DEPTH = 2;
 /** Azure: a managed disk is at least 20 MiB; a page blob at most 8 TiB (VHDs stop at 2040 GiB before that). */
 const AZURE_MIN_SIZE = 20 * MiB;
 
@@ -131,10 +133,11 @@ interface Counters {
 }
 
 /**
- * Calls `consume(buffer, position, length)` for each chunk of the source's data ranges (aligned to
- * `unit`), with the read of the next chunk overlapping the consumer of the current one.
- * Two buffers of `unit + headroom` bytes are reused; `headroom` bytes before the data are left for
- * the caller (a dynamic block's bitmap).
+ * Calls `consume(buffer, data, position)` for each chunk of the source's data ranges (aligned to
+ * `align`, at most `unit` long). A ring of PIPELINE_DEPTH reused buffers of `unit + headroom`
+ * bytes lets reads run ahead while up to PIPELINE_DEPTH - 1 consumers (writes) are still in flight;
+ * `headroom` bytes before the data are left for the caller (a dynamic block's bitmap). Consumers
+ * must not depend on finishing in order (positional writes, allocation at call time).
  */
 async function pipeline(
   disk: VirtualDisk,
@@ -147,26 +150,31 @@ async function pipeline(
 ): Promise<void> {
   const ranges = alignRanges(disk.dataRanges(), align, disk.virtualSize);
   const total = totalLength(ranges);
-  const buffers = [alignedBuffer(headroom + unit), alignedBuffer(headroom + unit)];
-  let which = 0;
-  let pending: Promise<void> = Promise.resolve();
+  const buffers = Array.from({ length: PIPELINE_DEPTH }, () => alignedBuffer(headroom + unit));
+  const pending: Array<Promise<void>> = buffers.map(() => Promise.resolve());
+  let k = 0;
   let done = 0;
-  for (const [start, end] of ranges) {
-    for (let pos = start; pos < end; pos += unit) {
-      throwIfAborted(options.signal);
-      const len = Math.min(unit, end - pos);
-      const buffer = buffers[which];
-      which ^= 1;
-      const data = buffer.subarray(headroom, headroom + len);
-      await disk.read(data, pos);
-      counters.read += len;
-      await pending; // the write of the other buffer must finish before that buffer is reused
-      pending = consume(buffer, data, pos);
-      done += len;
-      options.onProgress?.({ done, total });
+  try {
+    for (const [start, end] of ranges) {
+      for (let pos = start; pos < end; pos += unit) {
+        throwIfAborted(options.signal);
+        const len = Math.min(unit, end - pos);
+        const slot = k++ % PIPELINE_DEPTH;
+        await pending[slot]; // this buffer's previous consumer must be done before it is reused
+        const buffer = buffers[slot];
+        const data = buffer.subarray(headroom, headroom + len);
+        await disk.read(data, pos);
+        counters.read += len;
+        pending[slot] = consume(buffer, data, pos);
+        pending[slot].catch(() => {}); // observed when the slot is reused or at the end
+        done += len;
+        options.onProgress?.({ done, total });
+      }
     }
+    await Promise.all(pending);
+  } finally {
+    await Promise.allSettled(pending);
   }
-  await pending;
 }
 
 async function toFlat(disk: VirtualDisk, sink: ByteSink, virtualSize: number, to: 'raw' | 'fixed', options: OperationOptions, counters: Counters): Promise<void> {
