@@ -47,8 +47,8 @@ describe('README', () => {
     expect(readme).toMatch(/```sh\nnpm test\n```/);
   });
 
-  it('quick start proves a byte-identical round trip', () => {
-    const a = fs.readFileSync(path.join(work, 'vhdkit-quickstart', 'disk.raw'));
+  it('quick start proves that base + patch reads back as generation 2, byte for byte', () => {
+    const a = fs.readFileSync(path.join(work, 'vhdkit-quickstart', 'gen2.raw'));
     const b = fs.readFileSync(path.join(work, 'vhdkit-quickstart', 'roundtrip.raw'));
     expect(b.length).toBe(64 * 1024 * 1024);
     expect(Buffer.compare(a, b)).toBe(0);
@@ -59,7 +59,7 @@ describe('README', () => {
     .filter((l) => l.startsWith('npx vhdkit '));
 
   it('has CLI examples for every command', () => {
-    for (const cmd of ['info', 'check', 'create', 'convert']) expect(examples.some((l) => l.startsWith(`npx vhdkit ${cmd} `))).toBe(true);
+    for (const cmd of ['info', 'check', 'create', 'convert', 'hash', 'diff']) expect(examples.some((l) => l.startsWith(`npx vhdkit ${cmd} `))).toBe(true);
   });
 
   // In order: later examples use files made by earlier ones, as a reader following along would.
@@ -88,6 +88,8 @@ describe('README', () => {
     expect(r.status, r.stderr).toBe(0);
     expect(r.stdout).toContain('differencing 67108864');
     const flat = fs.readFileSync(path.join(work, 'vhdkit-quickstart', 'chain.raw'));
-    expect(Buffer.compare(flat, fs.readFileSync(path.join(work, 'vhdkit-quickstart', 'disk.raw')))).toBe(0);
+    expect(Buffer.compare(flat, fs.readFileSync(path.join(work, 'vhdkit-quickstart', 'gen2.raw')))).toBe(0);
+    expect(r.stdout).toMatch(/^digest [0-9a-f]{16}$/m);
+    expect(r.stdout).toMatch(/^changed sectors 1088$/m);
   });
 });

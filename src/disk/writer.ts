@@ -231,6 +231,23 @@ export class DynamicWriter {
     await this.sink.write(bitmapAndData, start);
   }
 
+  /**
+   * Writes a block of which only some byte ranges hold data: the bitmap, then each piece
+   * (`[offsetInBlock, bytes]`) at its place. The rest of the block is left as a hole in the file
+   * (it reads as zeros), so a child holding a few sectors per block stays small on disk.
+   */
+  async writeBlockPieces(block: number, bitmap: Uint8Array, pieces: Array<[number, Uint8Array]>): Promise<void> {
+    if (block < 0 || block >= this.bat.length) throw new VhdError(ErrorCodes.RANGE, `block ${block} is outside the BAT (${this.bat.length} entries)`);
+    if (this.bat[block] !== BAT_UNUSED) throw new VhdError(ErrorCodes.RANGE, `block ${block} was already written`);
+    const start = this.allocate();
+    this.bat[block] = start / 512;
+    await this.sink.write(bitmap, start);
+    for (const [offset, bytes] of pieces) {
+      if (offset < 0 || offset + bytes.length > this.blockSize) throw new VhdError(ErrorCodes.RANGE, `piece at ${offset} (${bytes.length} bytes) is outside the block`);
+      await this.sink.write(bytes, start + this.bitmapSize + offset);
+    }
+  }
+
   /** Writes the metadata: footer copy, header, locators, BAT, then the footer at the end. */
   async finish(): Promise<void> {
     await this.sink.write(this.footerBytes, 0);

@@ -16,7 +16,6 @@ import type { VirtualDisk } from '../disk/source.js';
 import { DynamicWriter } from '../disk/writer.js';
 import { setBits } from '../format/bitmap.js';
 import { DEFAULT_BLOCK_SIZE } from '../format/header.js';
-import { alignedBuffer } from '../io/aligned.js';
 import { writeAtomically } from '../io/file.js';
 import { getPool } from '../pool/pool.js';
 import type { DiffTask, DiskRef } from '../pool/tasks.js';
@@ -199,9 +198,7 @@ async function writeChild(
     outFile,
     async (sink) => {
       const w = await DynamicWriter.create(sink, { virtualSize, blockSize, uuid: newUuid(), parent: link });
-      const buffer = alignedBuffer(w.bitmapSize + blockSize);
-      const bitmap = buffer.subarray(0, w.bitmapSize);
-      const data = buffer.subarray(w.bitmapSize);
+      const bitmap = new Uint8Array(w.bitmapSize);
       let i = 0;
       let pos = 0; // everything before pos is written
       while (i < changed.length) {
@@ -210,17 +207,20 @@ async function writeChild(
         const base = block * blockSize;
         const end = Math.min(base + blockSize, virtualSize);
         bitmap.fill(0);
-        data.fill(0);
-        // Every changed range touching this block: its sectors set, its bytes read from `new`.
+        // Every changed range touching this block: its sectors set, its bytes read from `new`;
+        // the rest of the block stays a hole in the file.
+        const pieces: Array<[number, Uint8Array]> = [];
         while (i < changed.length && changed[i][0] < end) {
           const s = Math.max(changed[i][0], base);
           const e = Math.min(changed[i][1], end);
           setBits(bitmap, (s - base) / 512, (e - base) / 512);
-          await source.read(data.subarray(s - base, e - base), s);
+          const bytes = new Uint8Array(e - s);
+          await source.read(bytes, s);
+          pieces.push([s - base, bytes]);
           if (changed[i][1] > end) break; // the range continues in the next block
           i++;
         }
-        await w.writeBlockWithBitmap(block, buffer);
+        await w.writeBlockPieces(block, bitmap, pieces);
         blocks++;
         pos = end;
       }
