@@ -5,10 +5,10 @@
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';
-import xxhash from 'xxhash-wasm';
 import { ErrorCodes, type ErrorCode, VhdError } from '../errors.js';
 import { alignedBuffer } from '../io/aligned.js';
 import { openRef } from './open-ref.js';
+import { hashKernel, type HashKernel } from './xxh64.js';
 import { type DiffTask, type DiffTaskResult, type HashTask, type HashTaskResult, READ_UNIT, runDiffTask, runHashTask, type TaskError } from './tasks.js';
 
 export interface PoolOptions {
@@ -87,19 +87,30 @@ class PiscinaRunner implements TaskRunner {
 class InlineRunner implements TaskRunner {
   readonly workers = 0;
   readonly concurrency = 1;
-  private readonly hasher = xxhash();
+  private kernel?: Promise<HashKernel>;
   private bufA?: Uint8Array;
   private bufB?: Uint8Array;
-  async hash(task: HashTask): Promise<HashTaskResult> {
-    const { h64Raw } = await this.hasher;
-    this.bufA ??= alignedBuffer(READ_UNIT);
-    return runHashTask(task, await openRef(task.disk), this.bufA, (b) => h64Raw(b));
+  /** Tasks share the buffers: one at a time, even across concurrent operations. */
+  private queue: Promise<unknown> = Promise.resolve();
+  private serial<R>(fn: () => Promise<R>): Promise<R> {
+    const run = this.queue.then(fn, fn);
+    this.queue = run.catch(() => {});
+    return run;
   }
-  async diff(task: DiffTask): Promise<DiffTaskResult> {
-    this.bufA ??= alignedBuffer(READ_UNIT);
-    this.bufB ??= alignedBuffer(READ_UNIT);
-    const [a, b] = await Promise.all([openRef(task.a), openRef(task.b)]);
-    return runDiffTask(task, a, b, this.bufA, this.bufB);
+  hash(task: HashTask): Promise<HashTaskResult> {
+    return this.serial(async () => {
+      this.kernel ??= hashKernel(READ_UNIT);
+      const k = await this.kernel;
+      return runHashTask(task, await openRef(task.disk), k.buffer, k.hashAt);
+    });
+  }
+  diff(task: DiffTask): Promise<DiffTaskResult> {
+    return this.serial(async () => {
+      this.bufA ??= alignedBuffer(READ_UNIT);
+      this.bufB ??= alignedBuffer(READ_UNIT);
+      const [a, b] = await Promise.all([openRef(task.a), openRef(task.b)]);
+      return runDiffTask(task, a, b, this.bufA, this.bufB);
+    });
   }
 }
 

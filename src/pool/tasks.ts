@@ -54,28 +54,32 @@ export interface TaskError {
   field?: string;
 }
 
-/** The xxh64 function a task uses (from xxhash-wasm). */
-export type Hash64 = (bytes: Uint8Array) => bigint;
-
 /** Read granularity inside a task: tasks span tens of MiB, buffers stay small. */
 export const READ_UNIT = 4 * 1024 * 1024;
 
-export async function runHashTask(task: HashTask, disk: VirtualDisk, buffer: Uint8Array, h64: Hash64): Promise<HashTaskResult> {
+/**
+ * Hashes the chunks of [task.start, task.end): reads several chunks at a time into `buffer` and
+ * calls `hashAt(offset, length)` to hash a chunk where it lies in that buffer.
+ */
+export async function runHashTask(
+  task: HashTask,
+  disk: VirtualDisk,
+  buffer: Uint8Array,
+  hashAt: (offset: number, length: number) => bigint,
+): Promise<HashTaskResult> {
   const { chunkSize, start, end } = task;
   const chunks = Math.ceil((end - start) / chunkSize);
   const hashes = new BigUint64Array(chunks);
   const zero = new Uint8Array(chunks);
-  // Read whole chunks, several per read.
   const perRead = Math.max(1, Math.floor(buffer.length / chunkSize));
   let chunk = 0;
   for (let pos = start; pos < end; pos += perRead * chunkSize) {
     const len = Math.min(perRead * chunkSize, end - pos);
-    const view = buffer.subarray(0, len);
-    await disk.read(view, pos);
+    await disk.read(buffer.subarray(0, len), pos);
     for (let o = 0; o < len; o += chunkSize, chunk++) {
-      const c = view.subarray(o, Math.min(o + chunkSize, len));
-      if (isZero(c)) zero[chunk] = 1;
-      else hashes[chunk] = h64(c);
+      const n = Math.min(chunkSize, len - o);
+      if (isZero(buffer.subarray(o, o + n))) zero[chunk] = 1;
+      else hashes[chunk] = hashAt(o, n);
     }
   }
   return { hashes, zero, bytes: end - start };

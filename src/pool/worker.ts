@@ -3,13 +3,13 @@
  * page-aligned buffers and its own open disks; results go back by transfer (Piscina.move).
  */
 import { move, transferableSymbol, valueSymbol } from 'piscina';
-import xxhash from 'xxhash-wasm';
 import { VhdError } from '../errors.js';
 import { alignedBuffer } from '../io/aligned.js';
 import { openRef } from './open-ref.js';
+import { hashKernel } from './xxh64.js';
 import { type DiffTask, type DiffTaskResult, type HashTask, type HashTaskResult, READ_UNIT, runDiffTask, runHashTask, type TaskError } from './tasks.js';
 
-const hasher = xxhash();
+const kernel = hashKernel(READ_UNIT);
 let bufA: Uint8Array | undefined;
 let bufB: Uint8Array | undefined;
 
@@ -38,9 +38,9 @@ function transfer<T>(value: T, buffers: ArrayBufferLike[]): T {
 
 export async function hash(task: HashTask): Promise<HashTaskResult | { error: TaskError }> {
   try {
-    const { h64Raw } = await hasher;
+    const k = await kernel;
     const disk = await openRef(task.disk);
-    const r = await runHashTask(task, disk, buffers()[0], (b) => h64Raw(b));
+    const r = await runHashTask(task, disk, k.buffer, k.hashAt);
     return transfer(r, [r.hashes.buffer, r.zero.buffer]);
   } catch (e) {
     return asResult(e);
