@@ -4,7 +4,7 @@
  * list allocated extents. No node:* imports: parents are opened through a SourceResolver.
  */
 import { ErrorCodes, findingFrom, type Finding, VhdError } from '../errors.js';
-import { batByteSize, BAT_UNUSED, countAllocated, decodeBat, forEachAllocatedRun } from '../format/bat.js';
+import { allocatedIndices, batByteSize, BAT_UNUSED, decodeBat } from '../format/bat.js';
 import { bitmapByteSize, forEachBitRun } from '../format/bitmap.js';
 import { decodeFooter, type DiskTypeName, diskTypeName, type Footer, FOOTER_SIZE } from '../format/footer.js';
 import { decodeHeader, decodeParentName, type DynamicHeader, HEADER_SIZE, isUnusedLocator } from '../format/header.js';
@@ -81,6 +81,8 @@ export class VhdImage {
   readonly header?: DynamicHeader;
   readonly headerOffset?: number;
   readonly bat?: Uint32Array;
+  /** Indices of the allocated BAT entries, ascending (empty for fixed disks). */
+  readonly allocated: Uint32Array;
   readonly blockSize: number;
   readonly bitmapSize: number;
   readonly locators: ParentLocatorInfo[] = [];
@@ -111,6 +113,7 @@ export class VhdImage {
     this.header = init.header;
     this.headerOffset = init.headerOffset;
     this.bat = init.bat;
+    this.allocated = init.bat ? allocatedIndices(init.bat) : new Uint32Array(0);
     this.virtualSize = Number(init.footer.currentSize);
     this.blockSize = init.header?.blockSize ?? 0;
     this.bitmapSize = init.header ? bitmapByteSize(init.header.blockSize) : 0;
@@ -133,7 +136,7 @@ export class VhdImage {
   }
 
   get allocatedBlocks(): number {
-    return this.bat ? countAllocated(this.bat) : 0;
+    return this.allocated.length;
   }
 
   /** Every disk from this one to the base, this one first. */
@@ -397,10 +400,10 @@ export class VhdImage {
     const bat = this.bat!;
     const span = this.bitmapSize + this.blockSize;
     const tableOffset = Number(this.header!.tableOffset);
-    const allocated: number[] = [];
-    for (let i = 0; i < bat.length; i++) {
+    const inside: number[] = [];
+    for (let k = 0; k < this.allocated.length; k++) {
+      const i = this.allocated[k];
       const sector = bat[i];
-      if (sector === BAT_UNUSED) continue;
       const start = sector * 512;
       if (start + span > this.dataEnd) {
         const e = new VhdError(
@@ -422,10 +425,10 @@ export class VhdImage {
           }),
         );
       }
-      allocated.push(i);
+      inside.push(i);
     }
     // Overlaps between blocks: sort by position, compare neighbours.
-    const order = Uint32Array.from(allocated).sort((x, y) => bat[x] - bat[y]);
+    const order = Uint32Array.from(inside).sort((x, y) => bat[x] - bat[y]);
     for (let k = 1; k < order.length; k++) {
       const prev = order[k - 1];
       const cur = order[k];
@@ -724,11 +727,20 @@ export class VhdImage {
    */
   ownBlockRanges(): Range[] {
     if (this.type === 'fixed') return this.virtualSize > 0 ? [[0, this.virtualSize]] : [];
+    // Runs of consecutive allocated blocks, from the allocated indices: cost follows the data.
     const out: Range[] = [];
     const bs = this.blockSize;
-    forEachAllocatedRun(this.bat!, (first, end) => {
+    const idx = this.allocated;
+    for (let k = 0; k < idx.length; ) {
+      const first = idx[k];
+      let end = first + 1;
+      k++;
+      while (k < idx.length && idx[k] === end) {
+        end++;
+        k++;
+      }
       out.push([first * bs, Math.min(end * bs, this.virtualSize)]);
-    });
+    }
     return out;
   }
 
@@ -741,9 +753,7 @@ export class VhdImage {
     const out: Range[] = [];
     const bs = this.blockSize;
     const sectorsPerBlock = bs / 512;
-    const bat = this.bat!;
-    for (let block = 0; block < bat.length; block++) {
-      if (bat[block] === BAT_UNUSED) continue;
+    for (const block of this.allocated) {
       const bitmap = await this.bitmap(block);
       const base = block * bs;
       forEachBitRun(bitmap, 0, sectorsPerBlock, (s, e, present) => {
