@@ -17,8 +17,8 @@ import { throwIfAborted, type OperationOptions } from './common.js';
 import { openAny, type OpenDiskOptions, type SourceFormat } from './open.js';
 
 export const DEFAULT_CHUNK_SIZE = 64 * 1024;
-/** The largest chunk: one read buffer (and Azure's largest page write). */
-export const MAX_CHUNK_SIZE = READ_UNIT;
+/** The largest chunk: 4 MiB, Azure's largest page write (and at most one read buffer). */
+export const MAX_CHUNK_SIZE = Math.min(READ_UNIT, 4 * 1024 * 1024);
 /** Bytes of data per task: 16 blocks of 2 MiB. Per-task overhead (~25 µs) vanishes at this size. */
 export const TASK_BYTES = 32 * 1024 * 1024;
 

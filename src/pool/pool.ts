@@ -31,8 +31,16 @@ function workerFile(): string {
   return fileURLToPath(url);
 }
 
+/**
+ * Default pool size: one thread per core, at most MAX_DEFAULT_WORKERS. Each thread holds two read
+ * buffers of READ_UNIT bytes, so the cap keeps peak memory bounded on very large machines
+ * (16 × 2 × 8 MiB = 256 MiB at most for diff, half that for hash); `--workers` goes beyond it.
+ */
+export const MAX_DEFAULT_WORKERS = 16;
+
 export function defaultWorkers(): number {
-  return Math.max(1, typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length);
+  const cores = typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length;
+  return Math.max(1, Math.min(MAX_DEFAULT_WORKERS, cores));
 }
 
 function aborted(signal?: AbortSignal): VhdError {

@@ -54,8 +54,11 @@ export interface TaskError {
   field?: string;
 }
 
-/** Read granularity inside a task: tasks span tens of MiB, buffers stay small. */
-export const READ_UNIT = 4 * 1024 * 1024;
+/**
+ * Read granularity inside a task: tasks span tens of MiB, buffers stay small. 8 MiB reads (four
+ * 2 MiB blocks issued together) measured faster than 4 MiB from a cold cache on these machines.
+ */
+export const READ_UNIT = 8 * 1024 * 1024;
 
 /**
  * Hashes the chunks of [task.start, task.end): reads several chunks at a time into `buffer` and
