@@ -561,8 +561,20 @@ export class VhdImage {
     const want = this.header!.parentUniqueId;
     const candidates = this.parentCandidates();
     const mismatched: string[] = [];
+    // A candidate that is refused (outside the allowed directories) or is not a usable VHD does not
+    // stop the search: a later candidate may be the parent. Remembered in case none is.
+    const refused: VhdError[] = [];
     for (const candidate of candidates) {
-      const found = await resolver.open(this.name, candidate);
+      let found: Awaited<ReturnType<SourceResolver['open']>>;
+      try {
+        found = await resolver.open(this.name, candidate);
+      } catch (e) {
+        if (e instanceof VhdError) {
+          refused.push(e);
+          continue;
+        }
+        throw e;
+      }
       if (!found) continue;
       if (seen.includes(found.id)) {
         await found.source.close();
@@ -576,7 +588,9 @@ export class VhdImage {
         parent = await VhdImage.openOne(found.source, options);
       } catch (e) {
         await found.source.close();
-        throw e;
+        if (!(e instanceof VhdError)) throw e;
+        refused.push(e);
+        continue;
       }
       parent.id = found.id;
       if (!equalBytes(parent.footer.uniqueId, want)) {
@@ -600,6 +614,7 @@ export class VhdImage {
       return;
     }
     const expected = uuidToString(want);
+    if (refused.length > 0 && mismatched.length === 0) throw refused[0];
     if (mismatched.length > 0) {
       throw new VhdError(
         ErrorCodes.PARENT_UUID_MISMATCH,

@@ -1,0 +1,93 @@
+/**
+ * Parent resolution keeps looking past candidates that are refused or unusable, and only reports
+ * them when no candidate is the parent.
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { ErrorCodes, VhdError } from '../src/errors.js';
+import { DynamicWriter } from '../src/disk/writer.js';
+import { FileSink } from '../src/io/file.js';
+import { create } from '../src/ops/create.js';
+import { openDisk } from '../src/ops/open.js';
+
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vhdkit-resolution-'));
+afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+async function childWithLocators(file: string, parent: string, locators: Array<{ code: 'W2ku' | 'W2ru' | 'MacX'; path: string }>): Promise<void> {
+  const p = await openDisk(parent);
+  const sink = await FileSink.open(file, 'wx');
+  const w = await DynamicWriter.create(sink, {
+    virtualSize: p.virtualSize,
+    uuid: new Uint8Array(16).fill(0x42),
+    parent: { uuid: p.footer.uniqueId, timestamp: p.footer.timestamp, name: path.basename(parent), locators },
+  });
+  await w.finish();
+  await sink.close();
+  await p.close();
+}
+
+describe('parent resolution', () => {
+  it('skips a candidate that is not a VHD and finds the parent through a later locator', async () => {
+    const d = path.join(dir, 'a');
+    fs.mkdirSync(path.join(d, 'real'), { recursive: true });
+    const base = path.join(d, 'real', 'base.vhd');
+    await create(base, { size: 4 * 1024 * 1024 });
+    fs.writeFileSync(path.join(d, 'decoy.vhd'), 'this is not a disk\n'.repeat(100));
+    const child = path.join(d, 'child.vhd');
+    await childWithLocators(child, base, [
+      { code: 'W2ru', path: '.\\decoy.vhd' },
+      { code: 'W2ku', path: base },
+    ]);
+    const img = await openDisk(child);
+    expect(img.chain.map((c) => c.id)).toEqual([fs.realpathSync(child), fs.realpathSync(base)]);
+    await img.close();
+  });
+
+  it('reports the unusable candidate when nothing else is the parent', async () => {
+    const d = path.join(dir, 'b');
+    fs.mkdirSync(d, { recursive: true });
+    const base = path.join(d, 'base.vhd');
+    await create(base, { size: 4 * 1024 * 1024 });
+    fs.writeFileSync(path.join(d, 'decoy.vhd'), 'this is not a disk\n'.repeat(100));
+    const child = path.join(d, 'child.vhd');
+    await childWithLocators(child, base, [{ code: 'W2ru', path: '.\\decoy.vhd' }]);
+    fs.rmSync(base);
+    const e = await openDisk(child).then(
+      () => undefined,
+      (x: unknown) => x,
+    );
+    expect(e).toBeInstanceOf(VhdError);
+    expect((e as VhdError).code).toBe(ErrorCodes.NOT_VHD);
+    expect((e as VhdError).message).toContain('decoy.vhd');
+  });
+
+  it('with allowed directories, a candidate outside them is skipped in favour of one inside', async () => {
+    const d = path.join(dir, 'c');
+    fs.mkdirSync(path.join(d, 'outside'), { recursive: true });
+    fs.mkdirSync(path.join(d, 'inside'), { recursive: true });
+    const outside = path.join(d, 'outside', 'base.vhd');
+    await create(outside, { size: 4 * 1024 * 1024 });
+    const inside = path.join(d, 'inside', 'base.vhd');
+    fs.copyFileSync(outside, inside); // same UUID: either file is a valid parent
+    const child = path.join(d, 'inside', 'child.vhd');
+    // Relative locators are tried first: the first candidate is outside, the second inside.
+    await childWithLocators(child, outside, [
+      { code: 'W2ru', path: '..\\outside\\base.vhd' },
+      { code: 'W2ku', path: inside },
+    ]);
+    const unconfined = await openDisk(child);
+    expect(unconfined.parent?.id).toBe(fs.realpathSync(outside));
+    await unconfined.close();
+    const img = await openDisk(child, { allowedDirs: [path.join(d, 'inside')] });
+    expect(img.parent?.id).toBe(fs.realpathSync(inside));
+    await img.close();
+    // Confined to a folder holding neither: refused, naming the directory rule.
+    const e = await openDisk(child, { allowedDirs: [path.join(d, 'elsewhere')] }).then(
+      () => undefined,
+      (x: unknown) => x,
+    );
+    expect((e as VhdError).code).toBe(ErrorCodes.PARENT_NOT_ALLOWED);
+  });
+});
