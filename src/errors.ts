@@ -60,6 +60,12 @@ export const ErrorCodes = {
   OUTPUT_EXISTS: 'OUTPUT_EXISTS',
   RANGE: 'RANGE',
   ABORTED: 'ABORTED',
+  // merge
+  MERGE_PENDING: 'MERGE_PENDING',
+  MERGE_JOURNAL: 'MERGE_JOURNAL',
+  LOCKED: 'LOCKED',
+  SIBLINGS: 'SIBLINGS',
+  TARGET_DAMAGED: 'TARGET_DAMAGED',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];

@@ -9,6 +9,8 @@ export { create, parentLinkFor, type CreateOptions, type CreateResult } from './
 export { convert, azureSize, type ConvertOptions, type ConvertResult, type TargetFormat } from './ops/convert.js';
 export { hash, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, type HashOptions, type HashResult } from './ops/hash.js';
 export { diff, type DiffOptions, type DiffResult } from './ops/diff.js';
+export { merge, findSiblings, type MergeOptions, type MergeResult } from './ops/merge.js';
+export { journalPath, lockPath, acquireLock, hasPendingMerge, type MergeJournal } from './ops/journal.js';
 export type { Progress, OperationOptions } from './ops/common.js';
 export { getPool, destroyPool, defaultWorkers, type PoolOptions } from './pool/pool.js';
 export { decodeManifestHeader, encodeManifestHeader, manifestSize, MANIFEST_HEADER, type ManifestHeader } from './format/manifest.js';

@@ -8,6 +8,7 @@ import { createCommand } from './commands/create.js';
 import { diffCommand } from './commands/diff.js';
 import { hashCommand } from './commands/hash.js';
 import { infoCommand } from './commands/info.js';
+import { mergeCommand } from './commands/merge.js';
 import { EXIT_USAGE } from './output.js';
 
 export async function main(argv: string[]): Promise<void> {
@@ -20,7 +21,8 @@ export async function main(argv: string[]): Promise<void> {
     .command(convertCommand)
     .command(hashCommand)
     .command(diffCommand)
-    .demandCommand(1, 'give a command: info, check, create, convert, hash or diff')
+    .command(mergeCommand)
+    .demandCommand(1, 'give a command: info, check, create, convert, hash, diff or merge')
     .strict()
     .help()
     .alias('h', 'help')

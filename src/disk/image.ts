@@ -93,7 +93,8 @@ export class VhdImage {
   id: string;
   private readonly bitmapCache = new Map<number, Uint8Array>();
   private readonly badBlocks = new Map<number, VhdError>();
-  private dataEnd = 0;
+  /** Where the data area ends: the trailing footer's offset (the file size when it is missing). */
+  dataEnd = 0;
 
   private constructor(
     readonly source: ByteSource,

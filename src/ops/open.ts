@@ -1,7 +1,8 @@
 /** Opening disks from files: the bridge from paths to the disk layer. */
 import fs from 'node:fs';
 import path from 'node:path';
-import { ErrorCodes, VhdError } from '../errors.js';
+import { ErrorCodes, findingFrom, VhdError } from '../errors.js';
+import { hasPendingMerge, journalPath } from './journal.js';
 import { VhdImage, type OpenOptions } from '../disk/image.js';
 import { RawDisk, type VirtualDisk } from '../disk/source.js';
 import { FileResolver, FileSink } from '../io/file.js';
@@ -11,8 +12,30 @@ export interface OpenDiskOptions extends Omit<OpenOptions, 'resolver'> {
   allowedDirs?: string[];
 }
 
-/** Opens a VHD file and, for a differencing disk, its whole chain. */
+/**
+ * Opens a VHD file and, for a differencing disk, its whole chain. A disk of the chain with a merge
+ * pending on it (an interrupted `vhdkit merge`) gets a MERGE_PENDING finding: its content is only
+ * right again once that merge is run again.
+ */
 export async function openDisk(file: string, options: OpenDiskOptions = {}): Promise<VhdImage> {
+  const image = await openDiskOnly(file, options);
+  for (const d of image.chain) {
+    if (!hasPendingMerge(d.name)) continue;
+    const e = new VhdError(ErrorCodes.MERGE_PENDING, `a merge into this disk was interrupted; run the same "vhdkit merge" again to complete it (journal ${journalPath(d.name)})`, {
+      file: d.name,
+    });
+    if (options.strict) {
+      await image.close();
+      throw e;
+    }
+    const f = findingFrom(e, 'error');
+    d.findings.push(f);
+    options.onFinding?.(f);
+  }
+  return image;
+}
+
+async function openDiskOnly(file: string, options: OpenDiskOptions): Promise<VhdImage> {
   const source = await FileSink.open(file, 'r');
   try {
     return await VhdImage.open(source, {

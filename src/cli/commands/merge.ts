@@ -1,0 +1,112 @@
+import fs from 'node:fs';
+import type { CommandModule } from 'yargs';
+import { ErrorCodes, VhdError } from '../../errors.js';
+import { withGlobal } from '../options.js';
+import { EXIT_PROBLEMS, exitCodeFor, type GlobalArgs, interruptSignal, printFindings, printJson, printLines, progressBar, reportError, safe } from '../output.js';
+import { formatSize } from '../sizes.js';
+
+interface Args extends GlobalArgs {
+  child?: string[];
+  to?: string;
+  force?: boolean;
+  search?: string[];
+  'into-copy'?: string;
+  'delete-child'?: boolean;
+  resume?: boolean;
+  'from-list'?: string;
+  concurrency?: number;
+  'parent-dir'?: string[];
+}
+
+export const mergeCommand: CommandModule<object, Args> = {
+  command: 'merge [child..]',
+  describe: 'coalesce a differencing child into its parent in place: sector-exact, crash-safe, resumable',
+  builder: (y) =>
+    withGlobal(y)
+      .positional('child', { type: 'string', array: true, describe: 'differencing disk(s) to merge into their parents' })
+      .option('to', { type: 'string', describe: 'merge into this ancestor, every disk in between included, in one pass' })
+      .option('force', { type: 'boolean', default: false, describe: 'merge even though other children depend on the parent (they will be broken)' })
+      .option('search', { type: 'string', array: true, describe: 'more folders to search for other children of the parent' })
+      .option('into-copy', { type: 'string', describe: 'merge into a copy of the parent made at this path; the parent stays untouched' })
+      .option('delete-child', { type: 'boolean', default: false, describe: 'delete the child (and with --to the disks in between) after merging' })
+      .option('resume', { type: 'boolean', default: false, describe: 'only complete an interrupted merge (running the same command again does too)' })
+      .option('from-list', { type: 'string', describe: 'read the children to merge from this file, one per line' })
+      .option('concurrency', { type: 'number', default: 2, describe: 'merges run at once in a batch' })
+      .option('parent-dir', { type: 'string', array: true, describe: 'only resolve parents inside these directories' })
+      .example('$0 merge patch1.vhd', 'merge patch1.vhd into its parent')
+      .example('$0 merge gen3.vhd --to base.vhd --delete-child', 'merge a whole chain into the base')
+      .example('$0 merge patch1.vhd --into-copy base-merged.vhd', 'leave base.vhd and its other children alone') as never,
+  handler: async (args) => {
+    try {
+      const children = [...(args.child ?? [])];
+      if (args['from-list']) {
+        const text = fs.readFileSync(args['from-list'], 'utf8');
+        children.push(...text.split(/\r?\n/).map((l) => l.trim()).filter((l) => l !== '' && !l.startsWith('#')));
+      }
+      if (children.length === 0) throw new VhdError(ErrorCodes.USAGE, 'give the child disk to merge (or --from-list FILE)');
+      if (children.length > 1 && (args.to || args['into-copy'])) {
+        throw new VhdError(ErrorCodes.USAGE, '--to and --into-copy name one target: use them with one child');
+      }
+      const { merge } = await import('../../ops/merge.js');
+      const signal = interruptSignal();
+      const opts = (bar?: ReturnType<typeof progressBar>) => ({
+        to: args.to,
+        force: args.force,
+        search: args.search,
+        intoCopy: args['into-copy'],
+        deleteChild: args['delete-child'],
+        resume: args.resume,
+        allowedDirs: args['parent-dir'],
+        signal,
+        onProgress: bar?.update,
+      });
+      if (children.length === 1) {
+        const bar = progressBar('merge', args);
+        const r = await merge(children[0], opts(bar));
+        bar.done();
+        if (args.json) return printJson(r);
+        printFindings(r.warnings, args);
+        printLines([
+          `${r.resumed ? 'completed the interrupted merge of' : 'merged'} ${r.sources.join(' + ')} into ${r.target}: ${r.sectorsMerged} sectors (${formatSize(r.bytesWritten)}), ${r.blocksAllocated} blocks allocated, ${r.blocksUpdated} updated, in ${r.seconds.toFixed(2)} s`,
+          ...(r.deleted.length ? [`deleted ${r.deleted.join(', ')}`] : []),
+          ...(r.invalidated.length ? [`note: ${r.invalidated.join(', ')} no longer read as before on their own (their parent changed); delete them or keep them only under the child`] : []),
+        ]);
+        return;
+      }
+      // A batch: bounded concurrency, go on past failures, one report at the end.
+      const results: Array<Record<string, unknown>> = [];
+      let next = 0;
+      const lane = async () => {
+        while (next < children.length) {
+          const child = children[next++];
+          try {
+            const r = await merge(child, opts());
+            results.push({ ...r, ok: true });
+            if (!args.json) process.stdout.write(`${safe(`ok     ${child} -> ${r.target} (${r.sectorsMerged} sectors, ${r.seconds.toFixed(2)} s)`)}\n`);
+          } catch (e) {
+            const error = e instanceof VhdError ? e.toJSON() : { code: 'INTERNAL', message: String((e as Error)?.message ?? e) };
+            results.push({ child, ok: false, error, exitCode: exitCodeFor(e) });
+            if (!args.json) process.stdout.write(`${safe(`FAILED ${child}: ${error.message}`)}\n`);
+          }
+        }
+      };
+      await Promise.all(Array.from({ length: Math.max(1, Math.min(args.concurrency ?? 2, children.length)) }, lane));
+      const failed = results.filter((r) => !r.ok).length;
+      const sum = (k: string) => results.reduce((n, r) => n + (typeof r[k] === 'number' ? (r[k] as number) : 0), 0);
+      const summary = {
+        ok: failed === 0,
+        merged: results.length - failed,
+        failed,
+        sectorsMerged: sum('sectorsMerged'),
+        blocksAllocated: sum('blocksAllocated'),
+        bytesWritten: sum('bytesWritten'),
+        results,
+      };
+      if (args.json) printJson(summary);
+      else printLines([`${summary.merged} merged, ${failed} failed`]);
+      if (failed > 0) process.exitCode = EXIT_PROBLEMS;
+    } catch (e) {
+      reportError(e, args);
+    }
+  },
+};

@@ -1,0 +1,161 @@
+/**
+ * The merge journal and the lock, both files next to the merge target.
+ *
+ *   TARGET.vhdkit-merge.json   the plan of a merge in progress: written (fsynced, atomically) before
+ *                              the target's first byte changes, removed after its last metadata write.
+ *                              While it exists the target is "pending": `info`/`check` say so, and
+ *                              only the same merge (run again, or `--resume`) may touch the target.
+ *   TARGET.vhdkit-lock         held while a merge (or, later, an upload) runs; names the holder's pid
+ *                              and host. A lock whose process is gone (killed) is taken over.
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { ErrorCodes, VhdError } from '../errors.js';
+
+export const JOURNAL_SUFFIX = '.vhdkit-merge.json';
+export const LOCK_SUFFIX = '.vhdkit-lock';
+
+export function journalPath(target: string): string {
+  return `${target}${JOURNAL_SUFFIX}`;
+}
+
+export function lockPath(target: string): string {
+  return `${target}${LOCK_SUFFIX}`;
+}
+
+export interface JournalSource {
+  path: string;
+  uuid: string;
+  size: number;
+}
+
+export interface MergeJournal {
+  version: 1;
+  kind: 'vhdkit-merge';
+  target: string;
+  targetUuid: string;
+  /** Newest first: the child, then the disks between it and the target. */
+  sources: JournalSource[];
+  /** Data end of the target before the merge (its old trailing footer's offset). */
+  oldEnd: number;
+  /** File size after the merge (new trailing footer included). */
+  newEnd: number;
+  /** New blocks: pairs (block index, sector of its bitmap), base64 of a little-endian Uint32Array. */
+  newBlocks: string;
+  /** The trailing footer to write at newEnd - 512 (base64, 512 bytes). */
+  footer: string;
+  /** When the footer copy at 0 changes too (virtual size grown): true. */
+  footerCopy: boolean;
+  /** A new dynamic header (base64) when the BAT moves, with the BAT's new offset and size. */
+  header?: string;
+  headerOffset?: number;
+  batOffset?: number;
+  batEntries?: number;
+  deleteChild: boolean;
+  started: string;
+}
+
+function fsyncDir(dir: string): void {
+  try {
+    const fd = fs.openSync(dir, 'r');
+    fs.fsyncSync(fd);
+    fs.closeSync(fd);
+  } catch {
+    // not every platform can fsync a directory
+  }
+}
+
+/** Writes the journal atomically and durably: temporary file, fsync, rename, fsync of the directory. */
+export function writeJournal(target: string, journal: MergeJournal): void {
+  const file = journalPath(target);
+  const tmp = `${file}.${process.pid}.tmp`;
+  const fd = fs.openSync(tmp, 'w', 0o644);
+  try {
+    fs.writeSync(fd, JSON.stringify(journal));
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.renameSync(tmp, file);
+  fsyncDir(path.dirname(path.resolve(file)));
+}
+
+export function readJournal(target: string): MergeJournal | undefined {
+  const file = journalPath(target);
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch {
+    return undefined;
+  }
+  try {
+    const j = JSON.parse(text) as MergeJournal;
+    if (j.kind !== 'vhdkit-merge' || j.version !== 1) throw new Error('not a vhdkit merge journal');
+    return j;
+  } catch (e) {
+    throw new VhdError(ErrorCodes.MERGE_JOURNAL, `the merge journal cannot be read (${(e as Error).message}); it was not written by this version of vhdkit`, {
+      file,
+      cause: e,
+    });
+  }
+}
+
+export function removeJournal(target: string): void {
+  fs.rmSync(journalPath(target), { force: true });
+  fsyncDir(path.dirname(path.resolve(target)));
+}
+
+export function hasPendingMerge(file: string): boolean {
+  return fs.existsSync(journalPath(file));
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Takes the lock of `target` for `what` ("merge", "upload"). Throws LOCKED naming the holder when
+ * another live process has it; takes over a lock left by a process that no longer runs.
+ */
+export function acquireLock(target: string, what: string): () => void {
+  const file = lockPath(target);
+  const me = JSON.stringify({ pid: process.pid, host: os.hostname(), what, since: new Date().toISOString() });
+  for (let attempt = 0; attempt < 3; attempt++) {
+    try {
+      const fd = fs.openSync(file, 'wx', 0o644);
+      fs.writeSync(fd, me);
+      fs.closeSync(fd);
+      let released = false;
+      return () => {
+        if (released) return;
+        released = true;
+        fs.rmSync(file, { force: true });
+      };
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+    }
+    let holder: { pid?: number; host?: string; what?: string; since?: string } = {};
+    try {
+      holder = JSON.parse(fs.readFileSync(file, 'utf8'));
+    } catch {
+      // a lock being written right now, or damaged: treat as held unless it stays unreadable
+    }
+    const sameHost = holder.host === os.hostname();
+    if (holder.pid !== undefined && sameHost && !alive(holder.pid)) {
+      fs.rmSync(file, { force: true }); // the holder was killed: take over
+      continue;
+    }
+    throw new VhdError(
+      ErrorCodes.LOCKED,
+      `locked by ${holder.what ?? 'another vhdkit process'} (pid ${holder.pid ?? '?'} on ${holder.host ?? '?'} since ${holder.since ?? '?'}); wait for it, or remove ${file} if that process is gone`,
+      { file: target },
+    );
+  }
+  throw new VhdError(ErrorCodes.LOCKED, `could not take the lock ${file}`, { file: target });
+}

@@ -1,0 +1,495 @@
+/**
+ * `merge`: coalesce a differencing child (or a chain of them) into an ancestor in place,
+ * sector-exact, crash-safe and resumable.
+ *
+ * Sector exact: for every block of the sources only the sectors whose bitmap bit is set are copied,
+ * each from the newest source holding it; the target's bitmaps gain those bits when it is itself a
+ * differencing disk. Partly filled child blocks (the Hyper-V norm) therefore merge correctly.
+ *
+ * Crash safety — the write order, with the journal (see journal.ts):
+ *   1. plan everything (new block positions, new footer, a moved BAT when it must grow) and write
+ *      the journal durably. Until then the target is untouched.
+ *   2. data: cut the file at its old data end (the old trailing footer is in the journal) and extend
+ *      it to its new end, so new blocks start as zeros; write new blocks' bitmaps and sectors, then the
+ *      sectors (and bitmap bits) of existing blocks; fsync.
+ *   3. metadata: the BAT entries of new blocks (or the moved BAT and the new header), the footer at
+ *      the new end (and its copy at 0 when it changed); fsync.
+ *   4. remove the journal.
+ * Every step only copies from the sources, which a merge never changes, to positions fixed by the
+ * journal: repeating any prefix of it is harmless. So a merge killed at any instant is completed by
+ * running it again; the target is its old self only until step 2 starts.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { ErrorCodes, type Finding, VhdError } from '../errors.js';
+import type { VhdImage } from '../disk/image.js';
+import { normalizeRanges, totalLength, type Range } from '../disk/ranges.js';
+import { batByteSize, BAT_UNUSED, encodeBat } from '../format/bat.js';
+import { bitmapByteSize, setBits } from '../format/bitmap.js';
+import { decodeFooter, encodeFooter, FOOTER_SIZE } from '../format/footer.js';
+import { encodeHeader, HEADER_SIZE } from '../format/header.js';
+import { FileSink } from '../io/file.js';
+import { throwIfAborted, type OperationOptions } from './common.js';
+import { newUuid } from './create.js';
+import { acquireLock, hasPendingMerge, journalPath, type MergeJournal, readJournal, removeJournal, writeJournal } from './journal.js';
+import { openDisk } from './open.js';
+
+export interface MergeOptions extends OperationOptions {
+  /** Merge into this ancestor (default: the child's parent), every disk in between included. */
+  to?: string;
+  /** Merge even though other children depend on the target. */
+  force?: boolean;
+  /** More folders to search for other children of the target (its own folder always is). */
+  search?: string[];
+  /** Merge into a copy of the target made at this path (reflink when the file system can). */
+  intoCopy?: string;
+  /** Delete the merged child (and, with --to, the disks in between) afterwards. */
+  deleteChild?: boolean;
+  /** Only complete a pending merge; refuse to start a new one. */
+  resume?: boolean;
+  allowedDirs?: string[];
+}
+
+export interface MergeResult {
+  child: string;
+  target: string;
+  sources: string[];
+  resumed: boolean;
+  sectorsMerged: number;
+  blocksAllocated: number;
+  blocksUpdated: number;
+  bytesWritten: number;
+  deleted: string[];
+  /** Disks between the child and the target (with --to) whose own view changed; kept unless deleted. */
+  invalidated: string[];
+  seconds: number;
+  warnings: Finding[];
+}
+
+/** Blocks processed concurrently (reads of one overlap writes of others). */
+const BLOCKS_IN_FLIGHT = 4;
+
+interface Segment {
+  /** Virtual byte range. */
+  start: number;
+  end: number;
+  /** Index into the sources (0 = newest). */
+  source: number;
+}
+
+/** Assigns every sector held by any source to the newest source holding it. */
+async function overlay(sources: VhdImage[], limit: number): Promise<Segment[]> {
+  let covered: Range[] = [];
+  const segments: Segment[] = [];
+  for (let i = 0; i < sources.length; i++) {
+    const own = (await sources[i].ownSectorRanges()).map(([a, b]) => [a, Math.min(b, limit)] as Range).filter(([a, b]) => b > a);
+    for (const [a, b] of subtract(own, covered)) segments.push({ start: a, end: b, source: i });
+    covered = normalizeRanges([...covered, ...own]);
+  }
+  return segments.sort((x, y) => x.start - y.start);
+}
+
+/** Ranges of `a` not in `b` (both sorted, coalesced). */
+function subtract(a: Range[], b: Range[]): Range[] {
+  const out: Range[] = [];
+  let j = 0;
+  for (const [s0, e] of a) {
+    let s = s0;
+    while (j < b.length && b[j][1] <= s) j++;
+    let k = j;
+    while (s < e) {
+      if (k >= b.length || b[k][0] >= e) {
+        out.push([s, e]);
+        break;
+      }
+      if (b[k][0] > s) out.push([s, b[k][0]]);
+      s = Math.max(s, b[k][1]);
+      k++;
+    }
+  }
+  return out;
+}
+
+function resolveReal(p: string): string {
+  try {
+    return fs.realpathSync(p);
+  } catch {
+    return path.resolve(p);
+  }
+}
+
+/** Other differencing disks whose parent is `target` (UUID match), in the given folders. */
+export function findSiblings(targetUuid: Uint8Array, dirs: string[], exclude: Set<string>): string[] {
+  const found: string[] = [];
+  const seen = new Set<string>();
+  const head = new Uint8Array(FOOTER_SIZE + HEADER_SIZE);
+  for (const dir of dirs) {
+    let names: string[];
+    try {
+      names = fs.readdirSync(dir);
+    } catch {
+      continue;
+    }
+    for (const name of names) {
+      if (!/\.vhd$/i.test(name)) continue;
+      const file = path.join(dir, name);
+      const real = resolveReal(file);
+      if (exclude.has(real) || seen.has(real)) continue;
+      seen.add(real);
+      try {
+        const fd = fs.openSync(file, 'r');
+        let n = 0;
+        try {
+          n = fs.readSync(fd, head, 0, head.length, 0);
+        } finally {
+          fs.closeSync(fd);
+        }
+        if (n < head.length) continue;
+        const footer = decodeFooter(head.subarray(0, FOOTER_SIZE));
+        if (footer.diskType !== 4 || footer.dataOffset !== 512n) continue;
+        const parentUuid = head.subarray(512 + 40, 512 + 56);
+        if (parentUuid.every((v, i) => v === targetUuid[i])) found.push(file);
+      } catch {
+        // not a VHD, or unreadable: not a child of the target
+      }
+    }
+  }
+  return found;
+}
+
+export async function merge(childPath: string, options: MergeOptions = {}): Promise<MergeResult> {
+  const started = performance.now();
+  const warnings: Finding[] = [];
+  const child = await openDisk(childPath, { allowedDirs: options.allowedDirs, onFinding: (f) => warnings.push(f) });
+  let depth = 1;
+  let target: VhdImage;
+  try {
+    if (child.type !== 'differencing' || !child.parent) {
+      throw new VhdError(ErrorCodes.USAGE, `only a differencing disk can be merged into its parent; this one is ${child.type}`, { file: childPath });
+    }
+    // The target: the parent, or the ancestor named by --to.
+    const chain = child.chain;
+    if (options.to !== undefined) {
+      const want = resolveReal(options.to);
+      depth = chain.findIndex((d, i) => i > 0 && d.id === want);
+      if (depth < 0) {
+        throw new VhdError(ErrorCodes.USAGE, `${options.to} is not an ancestor of ${childPath} (its chain: ${chain.map((d) => d.name).join(' -> ')})`, {
+          file: childPath,
+        });
+      }
+    }
+    target = chain[depth];
+    // Damage anywhere in the chain stops a merge before it writes. A target left by an interrupted
+    // merge (pending journal, footer not yet rewritten) is expected: the journal completes it.
+    const pending = hasPendingMerge(target.id);
+    for (const d of chain) {
+      if (pending && d === target) continue;
+      const f = d.findings.find((x) => x.severity === 'error');
+      if (f) throw new VhdError(ErrorCodes.TARGET_DAMAGED, `cannot merge: ${f.message}`, { file: childPath });
+    }
+  } finally {
+    await child.close();
+  }
+  if (options.intoCopy === undefined) return mergeIntoFile(childPath, target.id, depth, options, warnings, started, false);
+  // Into a copy: made once; a copy with a pending journal is an interrupted merge to complete.
+  const copy = fs.existsSync(journalPath(options.intoCopy)) ? resolveReal(options.intoCopy) : await copyTarget(target, options.intoCopy);
+  return mergeIntoFile(childPath, copy, depth, options, warnings, started, true);
+}
+
+/** Makes the copy for --into-copy: reflink or copy_file_range when possible, with a new UUID. */
+async function copyTarget(target: VhdImage, dest: string): Promise<string> {
+  if (fs.existsSync(dest)) throw new VhdError(ErrorCodes.OUTPUT_EXISTS, 'the copy already exists', { file: dest });
+  const tmp = path.join(path.dirname(path.resolve(dest)), `.${path.basename(dest)}.${process.pid}.tmp`);
+  fs.copyFileSync(target.id, tmp, fs.constants.COPYFILE_FICLONE);
+  try {
+    // A new identity: the copy is a different disk once merged (the original's children keep theirs).
+    const sink = await FileSink.open(tmp, 'r+');
+    try {
+      const uuid = newUuid();
+      const footer = { ...target.footer, uniqueId: uuid };
+      const bytes = encodeFooter(footer);
+      if (target.type !== 'fixed') await sink.write(bytes, 0);
+      await sink.write(bytes, target.footerOffset);
+      await sink.sync();
+    } finally {
+      await sink.close();
+    }
+    fs.renameSync(tmp, dest);
+    return resolveReal(dest);
+  } catch (e) {
+    fs.rmSync(tmp, { force: true });
+    throw e;
+  }
+}
+
+/**
+ * The merge proper, into `targetFile` which is `depth` levels above the child (or a copy of it).
+ * Opens everything again by path so that a resumed merge and a fresh one share one code path.
+ */
+async function mergeIntoFile(
+  childPath: string,
+  targetFile: string,
+  depth: number,
+  options: MergeOptions,
+  warnings: Finding[],
+  started: number,
+  intoCopy: boolean,
+): Promise<MergeResult> {
+  const release = acquireLock(targetFile, 'merge');
+  let child: VhdImage | undefined;
+  try {
+    child = await openDisk(childPath, { allowedDirs: intoCopy ? undefined : options.allowedDirs });
+    const chain = child.chain;
+    const sources = chain.slice(0, depth);
+    const targetInChain = chain[depth];
+    let journal = readJournal(targetFile);
+    const resumed = journal !== undefined;
+    // The target itself, opened on its own (its footer may be gone mid-merge: the copy at 0 serves).
+    const target = intoCopy ? await openDisk(targetFile, { resolveParents: false }) : targetInChain;
+    try {
+      if (journal) {
+        const want = sources.map((s) => s.uuid).join(',');
+        const have = journal.sources.map((s) => s.uuid).join(',');
+        if (want !== have || journal.targetUuid !== target.uuid) {
+          throw new VhdError(
+            ErrorCodes.MERGE_PENDING,
+            `a different merge is pending on this disk (of ${journal.sources.map((s) => s.path).join(', ')}); run it again to complete it first`,
+            { file: targetFile },
+          );
+        }
+      } else {
+        if (options.resume) throw new VhdError(ErrorCodes.USAGE, 'no merge is pending on this disk: nothing to resume', { file: targetFile });
+        if (!intoCopy && !options.force) {
+          const exclude = new Set(chain.map((d) => d.id));
+          const dirs = [path.dirname(targetFile), ...(options.search ?? [])];
+          const siblings = findSiblings(target.footer.uniqueId, dirs, exclude);
+          if (siblings.length > 0) {
+            throw new VhdError(
+              ErrorCodes.SIBLINGS,
+              `other children depend on this disk and would be broken by a merge: ${siblings.join(', ')} (use --into-copy PATH to merge into a copy, or --force)`,
+              { file: targetFile },
+            );
+          }
+        }
+        journal = await plan(target, sources, targetFile, !!options.deleteChild);
+        writeJournal(targetFile, journal);
+      }
+      const stats = await execute(target, sources, journal, options);
+      removeJournal(targetFile);
+      const deleted: string[] = [];
+      const between = sources.slice(1).map((s) => s.id);
+      if (journal.deleteChild) {
+        for (const s of sources) {
+          fs.rmSync(s.id, { force: true });
+          deleted.push(s.id);
+        }
+      }
+      return {
+        child: childPath,
+        target: targetFile,
+        sources: sources.map((s) => s.id),
+        resumed,
+        ...stats,
+        deleted,
+        invalidated: journal.deleteChild ? [] : between,
+        seconds: (performance.now() - started) / 1000,
+        warnings,
+      };
+    } finally {
+      if (intoCopy) await target.close();
+    }
+  } finally {
+    await child?.close();
+    release();
+  }
+}
+
+function b64(bytes: Uint8Array): string {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('base64');
+}
+
+function unb64(text: string): Uint8Array {
+  return new Uint8Array(Buffer.from(text, 'base64'));
+}
+
+/** Computes the journal: where new blocks go, the final footer, a moved BAT if it must grow. */
+async function plan(target: VhdImage, sources: VhdImage[], targetFile: string, deleteChild: boolean): Promise<MergeJournal> {
+  const newSize = Math.max(target.virtualSize, sources[0].virtualSize);
+  const footer = { ...target.footer, currentSize: BigInt(newSize) };
+  const footerCopy = newSize !== target.virtualSize;
+  const base: Omit<MergeJournal, 'newBlocks' | 'newEnd' | 'footer'> = {
+    version: 1,
+    kind: 'vhdkit-merge',
+    target: targetFile,
+    targetUuid: target.uuid,
+    sources: sources.map((s) => ({ path: s.id, uuid: s.uuid, size: s.source.size })),
+    oldEnd: target.dataEnd,
+    footerCopy,
+    deleteChild,
+    started: new Date().toISOString(),
+  };
+  if (target.type === 'fixed') {
+    if (newSize > target.virtualSize) {
+      throw new VhdError(ErrorCodes.USAGE, `the child (${newSize} bytes) is larger than the fixed target (${target.virtualSize} bytes); convert the target to dynamic first`, {
+        file: targetFile,
+      });
+    }
+    return { ...base, newBlocks: '', newEnd: target.dataEnd + FOOTER_SIZE, footer: b64(encodeFooter(footer)) };
+  }
+  const bs = target.blockSize;
+  const segments = await overlay(sources, newSize);
+  const touched = new Set<number>();
+  for (const seg of segments) for (let b = Math.floor(seg.start / bs); b * bs < seg.end; b++) touched.add(b);
+  const bat = target.bat!;
+  const needed = Math.ceil(newSize / bs);
+  const span = bitmapByteSize(bs) + bs;
+  let end = target.dataEnd;
+  const pairs: number[] = [];
+  for (const b of [...touched].sort((x, y) => x - y)) {
+    if (b < bat.length && bat[b] !== BAT_UNUSED) continue;
+    // Data areas 4 KiB aligned for blocks of 64 KiB or more, as the writer lays them out.
+    let start = Math.ceil(end / 512) * 512;
+    if (bs >= 65536) start = Math.ceil((start + bitmapByteSize(bs)) / 4096) * 4096 - bitmapByteSize(bs);
+    pairs.push(b, start / 512);
+    end = start + span;
+  }
+  const journal: MergeJournal = { ...base, newBlocks: b64(new Uint8Array(Uint32Array.from(pairs).buffer)), newEnd: 0, footer: '' };
+  if (needed > target.header!.maxTableEntries) {
+    // The BAT must grow: it moves to the end of the data, the header points at it.
+    const batOffset = Math.ceil(end / 512) * 512;
+    journal.batOffset = batOffset;
+    journal.batEntries = needed;
+    journal.headerOffset = target.headerOffset!;
+    journal.header = b64(encodeHeader({ ...target.header!, tableOffset: BigInt(batOffset), maxTableEntries: needed }));
+    end = batOffset + batByteSize(needed);
+  }
+  journal.newEnd = end + FOOTER_SIZE;
+  journal.footer = b64(encodeFooter(footer));
+  return journal;
+}
+
+interface Stats {
+  sectorsMerged: number;
+  blocksAllocated: number;
+  blocksUpdated: number;
+  bytesWritten: number;
+}
+
+async function execute(target: VhdImage, sources: VhdImage[], journal: MergeJournal, options: MergeOptions): Promise<Stats> {
+  const stats: Stats = { sectorsMerged: 0, blocksAllocated: 0, blocksUpdated: 0, bytesWritten: 0 };
+  const newSize = Number(decodeFooter(unb64(journal.footer)).currentSize);
+  const sink = await FileSink.open(journal.target, 'r+');
+  try {
+    const segments = await overlay(sources, newSize);
+    const total = totalLength(segments.map((s) => [s.start, s.end] as Range));
+    let done = 0;
+    const copy = async (seg: Segment, at: number) => {
+      const bytes = new Uint8Array(seg.end - seg.start);
+      await sources[seg.source].read(bytes, seg.start);
+      await sink.write(bytes, at);
+      stats.bytesWritten += bytes.length;
+      stats.sectorsMerged += bytes.length / 512;
+      done += bytes.length;
+      options.onProgress?.({ done, total });
+    };
+
+    if (target.type === 'fixed') {
+      await inFlight(segments, BLOCKS_IN_FLIGHT, options.signal, (seg) => copy(seg, seg.start));
+    } else {
+      const bs = target.blockSize;
+      const bitmapSize = bitmapByteSize(bs);
+      const pairs = new Uint32Array(unb64(journal.newBlocks).slice().buffer);
+      const newAt = new Map<number, number>();
+      for (let i = 0; i < pairs.length; i += 2) newAt.set(pairs[i], pairs[i + 1]);
+      const bat = target.bat!;
+      // Step 2: new blocks start as zeros (the old trailing footer is cut away), then every block.
+      await sink.truncate(journal.oldEnd);
+      await sink.truncate(journal.newEnd);
+      const byBlock = new Map<number, Segment[]>();
+      for (const seg of segments) {
+        for (let b = Math.floor(seg.start / bs); b * bs < seg.end; b++) {
+          const piece = { start: Math.max(seg.start, b * bs), end: Math.min(seg.end, (b + 1) * bs), source: seg.source };
+          if (!byBlock.has(b)) byBlock.set(b, []);
+          byBlock.get(b)!.push(piece);
+        }
+      }
+      const blocks = [...byBlock.keys()].sort((x, y) => x - y);
+      await inFlight(blocks, BLOCKS_IN_FLIGHT, options.signal, async (b) => {
+        const pieces = byBlock.get(b)!;
+        const fresh = newAt.get(b);
+        const sector = fresh ?? bat[b];
+        const blockStart = sector * 512;
+        const bitmap = new Uint8Array(bitmapSize);
+        if (fresh !== undefined) {
+          // A dynamic target's new block holds the whole block (unwritten sectors are zeros);
+          // a differencing target's holds only the merged sectors.
+          if (target.type === 'dynamic') bitmap.fill(0xff);
+          stats.blocksAllocated++;
+        } else {
+          bitmap.set(await target.bitmap(b));
+          stats.blocksUpdated++;
+        }
+        for (const p of pieces) setBits(bitmap, (p.start - b * bs) / 512, (p.end - b * bs) / 512);
+        for (const p of pieces) await copy(p, blockStart + bitmapSize + (p.start - b * bs));
+        await sink.write(bitmap, blockStart);
+      });
+      await sink.sync();
+      // Step 3: metadata.
+      if (journal.header !== undefined) {
+        const grown = new Uint32Array(journal.batEntries!).fill(BAT_UNUSED);
+        grown.set(bat.subarray(0, Math.min(bat.length, grown.length)));
+        for (const [b, s] of newAt) grown[b] = s;
+        await sink.write(encodeBat(grown), journal.batOffset!);
+        await sink.write(unb64(journal.header), journal.headerOffset!);
+      } else {
+        await writeBatEntries(sink, Number(target.header!.tableOffset), newAt);
+      }
+    }
+    const footer = unb64(journal.footer);
+    await sink.write(footer, journal.newEnd - FOOTER_SIZE);
+    if (journal.footerCopy && target.type !== 'fixed') await sink.write(footer, 0);
+    await sink.truncate(journal.newEnd);
+    await sink.sync();
+    throwIfAborted(options.signal);
+    return stats;
+  } finally {
+    await sink.close();
+  }
+}
+
+/** Writes the BAT entries of new blocks, one write per BAT sector touched. */
+async function writeBatEntries(sink: FileSink, tableOffset: number, entries: Map<number, number>): Promise<void> {
+  const bySector = new Map<number, Array<[number, number]>>();
+  for (const [b, s] of entries) {
+    const sec = Math.floor(b / 128);
+    if (!bySector.has(sec)) bySector.set(sec, []);
+    bySector.get(sec)!.push([b, s]);
+  }
+  const buf = new Uint8Array(512);
+  const view = new DataView(buf.buffer);
+  for (const [sec, list] of [...bySector].sort((x, y) => x[0] - y[0])) {
+    await sink.read(buf, tableOffset + sec * 512);
+    for (const [b, s] of list) view.setUint32((b % 128) * 4, s);
+    await sink.write(buf, tableOffset + sec * 512);
+  }
+}
+
+/** Runs `fn` over `items` with at most `limit` in flight. */
+async function inFlight<T>(items: T[], limit: number, signal: AbortSignal | undefined, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  let failure: unknown;
+  const lane = async () => {
+    while (failure === undefined && next < items.length) {
+      const item = items[next++];
+      try {
+        throwIfAborted(signal);
+        await fn(item);
+      } catch (e) {
+        failure ??= e;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, lane));
+  if (failure !== undefined) throw failure;
+}
+
