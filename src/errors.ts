@@ -83,6 +83,17 @@ export interface VhdErrorContext {
   cause?: unknown;
 }
 
+/**
+ * Messages are one line whatever the files say: control characters and line separators that come
+ * from a file (a parent name, a locator path) are shown as escapes.
+ */
+export function oneLine(text: string): string {
+  return text.replace(/[\x00-\x1f\x7f-\x9f\u2028\u2029]/g, (c) => {
+    const n = c.charCodeAt(0);
+    return n < 0x100 ? `\\x${n.toString(16).padStart(2, '0')}` : `\\u${n.toString(16).padStart(4, '0')}`;
+  });
+}
+
 export class VhdError extends Error {
   override name = 'VhdError';
   readonly code: ErrorCode;
@@ -96,9 +107,9 @@ export class VhdError extends Error {
   readonly actual?: unknown;
 
   constructor(code: ErrorCode, detail: string, context: VhdErrorContext = {}) {
-    super(detail, context.cause === undefined ? undefined : { cause: context.cause });
+    super(oneLine(detail), context.cause === undefined ? undefined : { cause: context.cause });
     this.code = code;
-    this.detail = detail;
+    this.detail = oneLine(detail);
     this.file = context.file;
     this.structure = context.structure;
     this.offset = context.offset;
@@ -121,7 +132,7 @@ export class VhdError extends Error {
     let where = '';
     if (this.structure !== undefined) where = this.structure;
     if (this.offset !== undefined) where += `${where ? ' ' : ''}at offset ${this.offset}`;
-    const parts = [this.file, where].filter((p) => p !== undefined && p !== '');
+    const parts = [this.file === undefined ? undefined : oneLine(this.file), where].filter((p) => p !== undefined && p !== '');
     return parts.length > 0 ? `${parts.join(': ')}: ${this.detail}` : this.detail;
   }
 

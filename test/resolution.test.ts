@@ -91,3 +91,23 @@ describe('parent resolution', () => {
     expect((e as VhdError).code).toBe(ErrorCodes.PARENT_NOT_ALLOWED);
   });
 });
+
+describe('messages stay on one line', () => {
+  it('a parent name and locator with line breaks and escapes are shown escaped', async () => {
+    const d = path.join(dir, 'nl');
+    fs.mkdirSync(d, { recursive: true });
+    const base = path.join(d, 'base.vhd');
+    await create(base, { size: 1024 * 1024 });
+    const child = path.join(d, 'child.vhd');
+    await childWithLocators(child, base, [{ code: 'W2ru', path: '.\\evil\nname\u2028x\u001b[31m.vhd' }]);
+    fs.rmSync(base);
+    const e = (await openDisk(child).then(
+      () => undefined,
+      (x: unknown) => x,
+    )) as VhdError;
+    expect(e).toBeInstanceOf(VhdError);
+    expect(e.code).toBe(ErrorCodes.PARENT_MISSING);
+    expect(e.message).not.toMatch(/[\n\r\u2028\u001b]/);
+    expect(e.message).toContain('evil\\x0aname\\u2028x\\x1b[31m.vhd');
+  });
+});
