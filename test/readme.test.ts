@@ -59,7 +59,7 @@ describe('README', () => {
     .filter((l) => l.startsWith('npx vhdkit '));
 
   it('has CLI examples for every command', () => {
-    for (const cmd of ['info', 'check', 'create', 'convert', 'hash', 'diff']) expect(examples.some((l) => l.startsWith(`npx vhdkit ${cmd} `))).toBe(true);
+    for (const cmd of ['info', 'check', 'create', 'convert', 'hash', 'diff', 'merge']) expect(examples.some((l) => l.startsWith(`npx vhdkit ${cmd} `))).toBe(true);
   });
 
   // In order: later examples use files made by earlier ones, as a reader following along would.
@@ -77,6 +77,12 @@ describe('README', () => {
     const empty = JSON.parse(spawnSync(process.execPath, [cli, 'info', 'vhdkit-quickstart/empty.vhd', '--json'], { cwd: work, encoding: 'utf8' }).stdout);
     expect(empty.virtualSize).toBe(10 * 2 ** 30);
     expect(empty.allocatedBlocks).toBe(0);
+    // The merge examples: the copy holds generation 2, the original base is untouched.
+    const digest = (f: string) =>
+      JSON.parse(spawnSync(process.execPath, [cli, 'hash', f, '--json'], { cwd: work, encoding: 'utf8' }).stdout).digest as string;
+    expect(digest('vhdkit-quickstart/gen2-merged.vhd')).toBe(digest('vhdkit-quickstart/gen2.raw'));
+    expect(digest('vhdkit-quickstart/base.vhd')).toBe(digest('vhdkit-quickstart/disk.raw'));
+    expect(fs.existsSync(path.join(work, 'vhdkit-quickstart', 'patch3.vhd'))).toBe(false);
   });
 
   it('runs the library example', () => {
