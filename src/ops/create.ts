@@ -63,8 +63,10 @@ export async function create(file: string, options: CreateOptions): Promise<Crea
     }
     const parent = await openDisk(options.parent);
     try {
-      if (parent.allFindings.some((f) => f.severity === 'error')) {
-        const first = parent.allFindings.find((f) => f.severity === 'error')!;
+      const errors = parent.allFindings.filter((f) => f.severity === 'error');
+      if (errors.length > 0) {
+        // An interrupted merge explains every other finding on that disk: name it first.
+        const first = errors.find((f) => f.code === ErrorCodes.MERGE_PENDING) ?? errors[0];
         throw new VhdError(first.code, `the parent is damaged: ${first.message}`, { file: options.parent });
       }
       const blockSize = options.blockSize ?? (parent.type === 'fixed' ? DEFAULT_BLOCK_SIZE : parent.blockSize);

@@ -47,6 +47,13 @@ export interface MergeJournal {
   footer: string;
   /** When the footer copy at 0 changes too (virtual size grown): true. */
   footerCopy: boolean;
+  /**
+   * The target's dynamic header and footer copy at offset 0 as they were before the merge (base64).
+   * Every run writes them back before it cuts the file, so a run interrupted after the header moved
+   * the BAT starts again from the original, intact layout.
+   */
+  originalHeader?: string;
+  originalFooterCopy?: string;
   /** A new dynamic header (base64) when the BAT moves, with the BAT's new offset and size. */
   header?: string;
   headerOffset?: number;
@@ -69,7 +76,9 @@ function fsyncDir(dir: string): void {
 /** Writes the journal atomically and durably: temporary file, fsync, rename, fsync of the directory. */
 export function writeJournal(target: string, journal: MergeJournal): void {
   const file = journalPath(target);
-  const tmp = `${file}.${process.pid}.tmp`;
+  // One fixed temporary name (the lock makes this process the only writer): a run killed before the
+  // rename leaves it, and the next run overwrites it.
+  const tmp = `${file}.tmp`;
   const fd = fs.openSync(tmp, 'w', 0o644);
   try {
     fs.writeSync(fd, JSON.stringify(journal));
@@ -103,6 +112,7 @@ export function readJournal(target: string): MergeJournal | undefined {
 
 export function removeJournal(target: string): void {
   fs.rmSync(journalPath(target), { force: true });
+  fs.rmSync(`${journalPath(target)}.tmp`, { force: true });
   fsyncDir(path.dirname(path.resolve(target)));
 }
 

@@ -24,10 +24,11 @@ import path from 'node:path';
 import { ErrorCodes, type Finding, VhdError } from '../errors.js';
 import type { VhdImage } from '../disk/image.js';
 import { normalizeRanges, totalLength, type Range } from '../disk/ranges.js';
-import { batByteSize, BAT_UNUSED, encodeBat } from '../format/bat.js';
+import { batByteSize, BAT_UNUSED, decodeBat, encodeBat } from '../format/bat.js';
 import { bitmapByteSize, setBits } from '../format/bitmap.js';
 import { decodeFooter, encodeFooter, FOOTER_SIZE } from '../format/footer.js';
-import { encodeHeader, HEADER_SIZE } from '../format/header.js';
+import { decodeHeader, encodeHeader, HEADER_SIZE } from '../format/header.js';
+import { geometryForWrite } from '../format/geometry.js';
 import { FileSink } from '../io/file.js';
 import { throwIfAborted, type OperationOptions } from './common.js';
 import { newUuid } from './create.js';
@@ -157,10 +158,55 @@ export function findSiblings(targetUuid: Uint8Array, dirs: string[], exclude: Se
   return found;
 }
 
+/**
+ * Puts a target with a pending merge back to its layout before the merge: the file cut at its old
+ * data end, the original footer after it and at offset 0, the original dynamic header. Data already
+ * merged into existing blocks stays (it is merged again anyway); new blocks and a moved BAT go.
+ * Every merge run does this first; a disk left unopenable by an interrupted run opens again after it.
+ */
+async function restoreLayout(sink: FileSink, journal: MergeJournal): Promise<void> {
+  if (!journal.originalHeader || !journal.originalFooterCopy || journal.headerOffset === undefined) return;
+  const footer = unb64(journal.originalFooterCopy);
+  await sink.truncate(journal.oldEnd);
+  await sink.write(footer, journal.oldEnd);
+  await sink.write(unb64(journal.originalHeader), journal.headerOffset);
+  await sink.write(footer, 0);
+  await sink.sync();
+}
+
+/** restoreLayout for a disk found unopenable, under the lock (never beside a live merge). */
+async function restoreOriginalLayout(file: string): Promise<boolean> {
+  const journal = readJournal(file);
+  if (!journal?.originalHeader) return false;
+  const release = acquireLock(file, 'merge');
+  try {
+    const sink = await FileSink.open(file, 'r+');
+    try {
+      await restoreLayout(sink, journal);
+    } finally {
+      await sink.close();
+    }
+  } finally {
+    release();
+  }
+  return true;
+}
+
+/** Opens the child's chain; a disk of it left unopenable by an interrupted merge is restored first. */
+async function openChain(childPath: string, options: MergeOptions, warnings: Finding[]): Promise<VhdImage> {
+  const open = () => openDisk(childPath, { allowedDirs: options.allowedDirs, onFinding: (f) => warnings.push(f) });
+  try {
+    return await open();
+  } catch (e) {
+    if (e instanceof VhdError && e.file !== undefined && hasPendingMerge(e.file) && (await restoreOriginalLayout(e.file))) return open();
+    throw e;
+  }
+}
+
 export async function merge(childPath: string, options: MergeOptions = {}): Promise<MergeResult> {
   const started = performance.now();
   const warnings: Finding[] = [];
-  const child = await openDisk(childPath, { allowedDirs: options.allowedDirs, onFinding: (f) => warnings.push(f) });
+  const child = await openChain(childPath, options, warnings);
   let depth = 1;
   let target: VhdImage;
   try {
@@ -315,8 +361,9 @@ function unb64(text: string): Uint8Array {
 /** Computes the journal: where new blocks go, the final footer, a moved BAT if it must grow. */
 async function plan(target: VhdImage, sources: VhdImage[], targetFile: string, deleteChild: boolean): Promise<MergeJournal> {
   const newSize = Math.max(target.virtualSize, sources[0].virtualSize);
-  const footer = { ...target.footer, currentSize: BigInt(newSize) };
   const footerCopy = newSize !== target.virtualSize;
+  // A grown disk gets the geometry of its new size (readers keyed on CHS, like qemu, see it).
+  const footer = footerCopy ? { ...target.footer, currentSize: BigInt(newSize), geometry: geometryForWrite(newSize) } : target.footer;
   const base: Omit<MergeJournal, 'newBlocks' | 'newEnd' | 'footer'> = {
     version: 1,
     kind: 'vhdkit-merge',
@@ -353,13 +400,24 @@ async function plan(target: VhdImage, sources: VhdImage[], targetFile: string, d
     pairs.push(b, start / 512);
     end = start + span;
   }
-  const journal: MergeJournal = { ...base, newBlocks: b64(new Uint8Array(Uint32Array.from(pairs).buffer)), newEnd: 0, footer: '' };
+  const headerBytes = new Uint8Array(HEADER_SIZE);
+  await target.source.read(headerBytes, target.headerOffset!);
+  const copyBytes = new Uint8Array(FOOTER_SIZE);
+  await target.source.read(copyBytes, 0);
+  const journal: MergeJournal = {
+    ...base,
+    newBlocks: b64(new Uint8Array(Uint32Array.from(pairs).buffer)),
+    newEnd: 0,
+    footer: '',
+    originalHeader: b64(headerBytes),
+    originalFooterCopy: b64(copyBytes),
+    headerOffset: target.headerOffset!,
+  };
   if (needed > target.header!.maxTableEntries) {
     // The BAT must grow: it moves to the end of the data, the header points at it.
     const batOffset = Math.ceil(end / 512) * 512;
     journal.batOffset = batOffset;
     journal.batEntries = needed;
-    journal.headerOffset = target.headerOffset!;
     journal.header = b64(encodeHeader({ ...target.header!, tableOffset: BigInt(batOffset), maxTableEntries: needed }));
     end = batOffset + batByteSize(needed);
   }
@@ -401,7 +459,18 @@ async function execute(target: VhdImage, sources: VhdImage[], journal: MergeJour
       const pairs = new Uint32Array(unb64(journal.newBlocks).slice().buffer);
       const newAt = new Map<number, number>();
       for (let i = 0; i < pairs.length; i += 2) newAt.set(pairs[i], pairs[i + 1]);
-      const bat = target.bat!;
+      // Start from the layout before the merge, whatever an interrupted run left: the original
+      // header and footer copy back in place (durably, before the cut below removes a moved BAT),
+      // the original BAT read from its original place (only entries of new blocks may have been
+      // written there; they were unused before and are again).
+      const originalHeader = decodeHeader(unb64(journal.originalHeader!), journal.headerOffset!);
+      await restoreLayout(sink, journal);
+      const tableOffset = Number(originalHeader.tableOffset);
+      const entries = Math.ceil(target.virtualSize / bs);
+      const batBytes = new Uint8Array(entries * 4);
+      await sink.read(batBytes, tableOffset);
+      const bat = decodeBat(batBytes, entries);
+      for (const b of newAt.keys()) if (b < bat.length) bat[b] = BAT_UNUSED;
       // Step 2: new blocks start as zeros (the old trailing footer is cut away), then every block.
       await sink.truncate(journal.oldEnd);
       await sink.truncate(journal.newEnd);
@@ -426,7 +495,7 @@ async function execute(target: VhdImage, sources: VhdImage[], journal: MergeJour
           if (target.type === 'dynamic') bitmap.fill(0xff);
           stats.blocksAllocated++;
         } else {
-          bitmap.set(await target.bitmap(b));
+          await sink.read(bitmap, blockStart); // from the file: an interrupted run may have added bits
           stats.blocksUpdated++;
         }
         for (const p of pieces) setBits(bitmap, (p.start - b * bs) / 512, (p.end - b * bs) / 512);
@@ -442,7 +511,7 @@ async function execute(target: VhdImage, sources: VhdImage[], journal: MergeJour
         await sink.write(encodeBat(grown), journal.batOffset!);
         await sink.write(unb64(journal.header), journal.headerOffset!);
       } else {
-        await writeBatEntries(sink, Number(target.header!.tableOffset), newAt);
+        await writeBatEntries(sink, tableOffset, newAt);
       }
     }
     const footer = unb64(journal.footer);

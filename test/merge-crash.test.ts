@@ -1,0 +1,615 @@
+/**
+ * Crash safety of `merge` (src/ops/merge.ts, header comment: journal first, then data, then
+ * metadata, then the journal removed; "a merge killed at any instant is completed by running it
+ * again").
+ *
+ * 1. Real processes, random SIGKILL: a chain (64 MiB parent with 2 MiB blocks, ~24 MiB of child
+ *    data in partial blocks, some over allocated parent blocks, some new), and one whose child is
+ *    larger than the parent (the BAT moves). `node dist/cli/main.js merge child.vhd --json` is
+ *    killed after a random delay (0, tiny, anywhere in a typical run, or shortly after the journal
+ *    appears); then the same command runs again (sometimes killed once more, sometimes with
+ *    --resume) until it exits 0. Afterwards: the parent equals the model, `check --strict` exits 0,
+ *    no journal / lock / temp file is left, the child is byte-identical to its pristine copy. And
+ *    after every kill that leaves no journal, the parent is either pristine or fully merged.
+ *    The kills are classified (before the journal, journal only, data, metadata, after completion)
+ *    and the counts printed.
+ * 2. Every crash point, deterministically: an in-process fault injector makes the target's n-th
+ *    write/truncate/fsync (and everything after it) fail, as if the process died there; single
+ *    crashes at every point and double crashes (a crash, then a crash of the rerun), then a clean
+ *    run; same checks.
+ * 3. Real processes with a preload hook (`node --import`) that SIGKILLs the CLI at an exact point:
+ *    right after the moved BAT's header is written, then again early in the rerun's data phase;
+ *    and in the middle of writing the journal (between its temporary file and the rename).
+ *
+ * The CLI runs from dist/: `npm run build` first (npm test does it in pretest).
+ */
+import { spawn } from 'node:child_process';
+import { randomFillSync } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { DynamicWriter } from '../src/disk/writer.js';
+import { bitmapByteSize, setBits } from '../src/format/bitmap.js';
+import { decodeHeader } from '../src/format/header.js';
+import { FileSink } from '../src/io/file.js';
+import { check } from '../src/ops/check.js';
+import { newUuid, parentLinkFor } from '../src/ops/create.js';
+import { journalPath, lockPath, type MergeJournal } from '../src/ops/journal.js';
+import { merge } from '../src/ops/merge.js';
+import { openDisk } from '../src/ops/open.js';
+import { repoRoot, tmpDir } from './helpers.js';
+
+vi.setConfig({ testTimeout: 180_000, hookTimeout: 180_000 });
+
+const CLI = path.join(repoRoot, 'dist/cli/main.js');
+const KiB = 1024;
+const MiB = 1024 * 1024;
+const SECTOR = 512;
+
+beforeAll(() => {
+  if (!fs.existsSync(CLI)) throw new Error('dist/cli/main.js is missing: run "npm run build" first (npm test does it in pretest)');
+});
+
+// -------------------------------------------------------------------------------------------------
+// Helpers
+
+function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** A run of child sectors: first sector and its bytes (a whole number of sectors). */
+type Run = [number, Uint8Array];
+
+interface Chain {
+  /** Where it was built (removed afterwards: runs use copies, found only through relative locators). */
+  parent: string;
+  child: string;
+  parentBytes: Buffer;
+  childBytes: Buffer;
+  /** Content of the parent after a correct merge. */
+  model: Uint8Array;
+  /** Target file after an uninterrupted merge. */
+  reference?: Buffer;
+  /** Pristine BAT offset and entries (for classifying metadata writes). */
+  tableOffset: number;
+  tableEntries: number;
+}
+
+/**
+ * Builds parent.vhd (dynamic) and child.vhd in a temporary folder, keeps their bytes and removes the
+ * folder: copies made for each run then find their parent only through the relative locator (the
+ * absolute one names a file that is gone), so a run can never touch another copy. Parent: `allocated` blocks of random data.
+ * Child: `childBlocks`, each holding `runsPerBlock` odd-length runs of random sectors at random
+ * places (0xEE garbage under the clear bits).
+ */
+async function buildChain(
+  o: { parentSize: number; childSize: number; blockSize: number; allocated: number[]; childBlocks: number[]; runsPerBlock: number; maxRun: number; seed: number },
+): Promise<Chain> {
+  const dir = tmpDir('vhdkit-crash-build-');
+  const rnd = mulberry32(o.seed);
+  const bs = o.blockSize;
+  const parent = path.join(dir, 'parent.vhd');
+  const child = path.join(dir, 'child.vhd');
+  const content = new Uint8Array(o.parentSize);
+  for (const b of o.allocated) randomFillSync(content, b * bs, Math.min(bs, o.parentSize - b * bs));
+  const puuid = newUuid();
+  let sink = await FileSink.open(parent, 'wx');
+  let w = await DynamicWriter.create(sink, { virtualSize: o.parentSize, blockSize: bs, uuid: puuid });
+  for (const b of [...o.allocated].reverse()) await w.writeBlock(b, content.slice(b * bs, Math.min((b + 1) * bs, o.parentSize)));
+  await w.finish();
+  await sink.close();
+  const pimg = await openDisk(parent);
+  const link = parentLinkFor(child, parent, pimg.footer.uniqueId, pimg.footer.timestamp);
+  await pimg.close();
+
+  const model = new Uint8Array(o.childSize);
+  model.set(content);
+  sink = await FileSink.open(child, 'wx');
+  w = await DynamicWriter.create(sink, { virtualSize: o.childSize, blockSize: bs, uuid: newUuid(), parent: link });
+  for (const b of o.childBlocks) {
+    const len = Math.min(bs, o.childSize - b * bs);
+    const data = new Uint8Array(len).fill(0xee);
+    const bitmap = new Uint8Array(bitmapByteSize(bs));
+    const runs: Run[] = [];
+    for (let k = 0; k < o.runsPerBlock; k++) {
+      const count = Math.min(len / SECTOR, 1 + 2 * Math.floor(rnd() * (o.maxRun / 2)));
+      const first = Math.floor(rnd() * (len / SECTOR - count + 1));
+      const bytes = randomFillSync(new Uint8Array(count * SECTOR));
+      runs.push([first, bytes]);
+    }
+    for (const [first, bytes] of runs) {
+      data.set(bytes, first * SECTOR);
+      setBits(bitmap, first, first + bytes.length / SECTOR);
+      model.set(bytes, b * bs + first * SECTOR);
+    }
+    await w.writeBlock(b, data, bitmap);
+  }
+  await w.finish();
+  await sink.close();
+  const header = decodeHeader(fs.readFileSync(parent).subarray(512, 1536));
+  const chain: Chain = {
+    parent,
+    child,
+    parentBytes: fs.readFileSync(parent),
+    childBytes: fs.readFileSync(child),
+    model,
+    tableOffset: Number(header.tableOffset),
+    tableEntries: header.maxTableEntries,
+  };
+  fs.rmSync(dir, { recursive: true, force: true });
+  return chain;
+}
+
+/** A fresh copy of the pristine pair in a new folder. */
+function freshCopy(c: Chain): { dir: string; parent: string; child: string } {
+  const dir = tmpDir('vhdkit-crash-run-');
+  const parent = path.join(dir, 'parent.vhd');
+  const child = path.join(dir, 'child.vhd');
+  fs.writeFileSync(parent, c.parentBytes);
+  fs.writeFileSync(child, c.childBytes);
+  return { dir, parent, child };
+}
+
+async function readDisk(file: string): Promise<Uint8Array> {
+  const img = await openDisk(file);
+  try {
+    const out = new Uint8Array(img.virtualSize);
+    await img.read(out, 0);
+    return out;
+  } finally {
+    await img.close();
+  }
+}
+
+function firstDifference(a: Uint8Array, b: Uint8Array): string | undefined {
+  if (a.length !== b.length) return `length ${a.length}, want ${b.length}`;
+  if (Buffer.compare(a, b) === 0) return undefined;
+  let i = 0;
+  while (a[i] === b[i]) i++;
+  return `first difference at byte ${i} (sector ${Math.floor(i / SECTOR)}): ${a[i]} vs ${b[i]}`;
+}
+
+/** Files a merge must not leave behind: journal, its temporary file, lock, copies' temporary files. */
+function leftovers(dir: string): string[] {
+  return fs.readdirSync(dir).filter((n) => /vhdkit-(merge|lock)|\.tmp$/.test(n));
+}
+
+interface Exit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+  ms: number;
+}
+
+/**
+ * Runs the CLI; `killAfterMs` SIGKILLs it after that delay, `killAfterJournalMs` that long after the
+ * journal file appears (polled).
+ */
+function runCli(args: string[], cwd: string, o: { killAfterMs?: number; killAfterJournalMs?: number; journal?: string; env?: NodeJS.ProcessEnv; nodeArgs?: string[] } = {}): Promise<Exit> {
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now();
+    const p = spawn(process.execPath, [...(o.nodeArgs ?? []), CLI, ...args], { cwd, env: { ...process.env, ...o.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    p.stdout.on('data', (d) => (stdout += d));
+    p.stderr.on('data', (d) => (stderr += d));
+    let timer: NodeJS.Timeout | undefined;
+    let poll: NodeJS.Timeout | undefined;
+    const kill = () => {
+      if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
+    };
+    if (o.killAfterMs !== undefined) {
+      if (o.killAfterMs <= 0) kill();
+      else timer = setTimeout(kill, o.killAfterMs);
+    } else if (o.killAfterJournalMs !== undefined && o.journal) {
+      const jf = o.journal;
+      poll = setInterval(() => {
+        if (fs.existsSync(jf)) {
+          clearInterval(poll);
+          poll = undefined;
+          if (o.killAfterJournalMs! <= 0) kill();
+          else timer = setTimeout(kill, o.killAfterJournalMs);
+        }
+      }, 1);
+    }
+    p.on('error', reject);
+    p.on('close', (code, signal) => {
+      if (timer) clearTimeout(timer);
+      if (poll) clearInterval(poll);
+      resolve({ code, signal, stdout, stderr, ms: performance.now() - t0 });
+    });
+  });
+}
+
+/** Whether the metadata step (BAT entries, moved BAT or header, new footer) has started, judged from the file. */
+function metadataStarted(file: Buffer, j: MergeJournal, c: Chain): boolean {
+  const footer = Buffer.from(j.footer, 'base64');
+  if (file.length >= j.newEnd && file.subarray(j.newEnd - 512, j.newEnd).equals(footer)) return true;
+  if (j.header !== undefined) {
+    const header = Buffer.from(j.header, 'base64');
+    if (file.subarray(j.headerOffset!, j.headerOffset! + header.length).equals(header)) return true;
+    const bat = file.subarray(j.batOffset!, Math.min(file.length, j.batOffset! + j.batEntries! * 4));
+    if (bat.some((v) => v !== 0)) return true;
+  }
+  const batNow = file.subarray(c.tableOffset, c.tableOffset + c.tableEntries * 4);
+  const batThen = c.parentBytes.subarray(c.tableOffset, c.tableOffset + c.tableEntries * 4);
+  return !batNow.equals(batThen);
+}
+
+// -------------------------------------------------------------------------------------------------
+// 1. Real processes, random SIGKILL
+
+type KillClass = 'before-journal' | 'journal-only' | 'data' | 'metadata' | 'after-completion' | 'no-kill';
+
+describe('SIGKILL at random instants, then the same merge again', () => {
+  const seed = Number(process.env.VHDKIT_CRASH_SEED ?? Date.now() % 1_000_000);
+  const rnd = mulberry32(seed);
+  const chains: Record<'same' | 'grow', Chain> = {} as never;
+  const typical: Record<'same' | 'grow', { wallMs: number; mergeMs: number }> = {} as never;
+  const counts: Record<KillClass, number> = { 'before-journal': 0, 'journal-only': 0, data: 0, metadata: 0, 'after-completion': 0, 'no-kill': 0 };
+  let doubleKills = 0;
+  let resumes = 0;
+
+  beforeAll(async () => {
+    // 64 MiB, 2 MiB blocks, every third block allocated; the child touches 26 blocks (~1 MiB each).
+    const touched = Array.from({ length: 32 }, (_, b) => b).filter((b) => b % 5 !== 4);
+    chains.same = await buildChain({
+      parentSize: 64 * MiB,
+      childSize: 64 * MiB,
+      blockSize: 2 * MiB,
+      allocated: Array.from({ length: 32 }, (_, b) => b).filter((b) => b % 3 === 0),
+      childBlocks: touched,
+      runsPerBlock: 3,
+      maxRun: 1400,
+      seed: seed + 1,
+    });
+    // The child is larger: 48 MiB parent (24 BAT entries), 96 MiB child (48): the BAT moves.
+    chains.grow = await buildChain({
+      parentSize: 48 * MiB,
+      childSize: 96 * MiB,
+      blockSize: 2 * MiB,
+      allocated: Array.from({ length: 24 }, (_, b) => b).filter((b) => b % 4 === 0),
+      childBlocks: Array.from({ length: 48 }, (_, b) => b).filter((b) => b % 2 === 0 || b === 47),
+      runsPerBlock: 3,
+      maxRun: 1200,
+      seed: seed + 2,
+    });
+    // One uninterrupted run of each: the reference result and the typical duration.
+    for (const k of ['same', 'grow'] as const) {
+      const run = freshCopy(chains[k]);
+      const r = await runCli(['merge', 'child.vhd', '--json'], run.dir);
+      expect(r.stderr).toBe('');
+      expect(r.code).toBe(0);
+      typical[k] = { wallMs: r.ms, mergeMs: JSON.parse(r.stdout).seconds * 1000 };
+      chains[k].reference = fs.readFileSync(run.parent);
+      expect(firstDifference(await readDisk(run.parent), chains[k].model)).toBeUndefined();
+      fs.rmSync(run.dir, { recursive: true, force: true });
+    }
+    expect(chains.grow.tableEntries).toBe(24);
+  });
+
+  afterAll(() => {
+    console.log(
+      `merge-crash (seed ${seed}; set VHDKIT_CRASH_SEED to repeat): typical run ${JSON.stringify(typical)}; kills landed: ${JSON.stringify(counts)}; ` +
+        `reruns killed again: ${doubleKills}; --resume used: ${resumes}`,
+    );
+  });
+
+  /** One iteration: kill, observe, rerun until done, check everything. Returns the problems found. */
+  async function iteration(kind: 'same' | 'grow', i: number): Promise<string[]> {
+    const c = chains[kind];
+    const t = typical[kind];
+    const run = freshCopy(c);
+    const journal = journalPath(run.parent);
+    const problems: string[] = [];
+    const say = (m: string) => problems.push(`${kind} #${i}: ${m}`);
+
+    // The kill: at once, after a few ms, anywhere in a typical run, near its end, or within the
+    // merge proper (counted from the moment the journal appears; most of a run is node starting up).
+    const pick = rnd();
+    let how: { killAfterMs?: number; killAfterJournalMs?: number } = {};
+    if (i === 0) how = { killAfterMs: 0 };
+    else if (pick < 0.1) how = { killAfterMs: 1 + Math.floor(rnd() * 5) };
+    else if (pick < 0.3) how = { killAfterMs: Math.floor(rnd() * t.wallMs) };
+    else if (pick < 0.45) how = { killAfterMs: Math.floor(t.wallMs - 1.5 * t.mergeMs + rnd() * 1.5 * t.mergeMs + 10) };
+    else how = { killAfterJournalMs: Math.floor(rnd() * (t.mergeMs * 1.1)) };
+    const first = await runCli(['merge', 'child.vhd', '--json'], run.dir, { ...how, journal });
+
+    // Observe the state the kill left.
+    let cls: KillClass;
+    const file = fs.readFileSync(run.parent);
+    const hasJournal = fs.existsSync(journal);
+    if (first.signal !== 'SIGKILL') {
+      cls = 'no-kill';
+      if (first.code !== 0) say(`uninterrupted run failed: ${first.stderr}`);
+    } else if (!hasJournal) {
+      if (file.equals(c.parentBytes)) cls = 'before-journal';
+      else if (file.equals(c.reference!)) cls = 'after-completion';
+      else {
+        const diff = firstDifference(await readDisk(run.parent).catch(() => new Uint8Array()), c.model);
+        if (diff === undefined && (await check(run.parent, { strict: true })).ok) cls = 'after-completion';
+        else {
+          cls = 'data';
+          say(`killed after ${JSON.stringify(how)}: NO journal, but the parent is neither pristine nor fully merged (${diff ?? 'check fails'})`);
+        }
+      }
+    } else {
+      const j = JSON.parse(fs.readFileSync(journal, 'utf8')) as MergeJournal;
+      if (file.equals(c.parentBytes)) cls = 'journal-only';
+      else cls = metadataStarted(file, j, c) ? 'metadata' : 'data';
+    }
+    counts[cls]++;
+
+    // Run the same merge again until it succeeds (sometimes killing the first rerun too).
+    let done = first.signal === null && first.code === 0;
+    for (let attempt = 0; !done && attempt < 5; attempt++) {
+      const pending = fs.existsSync(journal);
+      const args = ['merge', 'child.vhd', '--json'];
+      if (pending && rnd() < 0.4) {
+        args.push('--resume');
+        resumes++;
+      }
+      const killAgain = attempt === 0 && rnd() < 0.25;
+      const r = await runCli(args, run.dir, killAgain ? { killAfterMs: Math.floor(rnd() * t.wallMs) } : {});
+      if (r.signal === 'SIGKILL') {
+        doubleKills++;
+        continue;
+      }
+      if (r.code !== 0) {
+        say(`rerun ${attempt} (${args.join(' ')}) after a kill in "${cls}" exited ${r.code}: ${r.stderr.trim()}`);
+        break;
+      }
+      const out = JSON.parse(r.stdout);
+      if (pending && out.resumed !== true) say(`a pending journal was not reported as resumed`);
+      done = true;
+    }
+    if (!done) say('the merge never completed');
+
+    // The end state.
+    const left = leftovers(run.dir);
+    if (left.length > 0) say(`left behind after the kill in "${cls}": ${left.join(', ')}`);
+    if (!fs.readFileSync(run.child).equals(c.childBytes)) say('the child changed');
+    const diff = firstDifference(await readDisk(run.parent).catch((e) => new TextEncoder().encode(String(e))), c.model);
+    if (diff) say(`after a kill in "${cls}": parent content ${diff}`);
+    const chk = await runCli(['check', '--strict', 'parent.vhd'], run.dir);
+    if (chk.code !== 0) say(`after a kill in "${cls}": check --strict exited ${chk.code}: ${chk.stdout.trim()} ${chk.stderr.trim()}`);
+    fs.rmSync(run.dir, { recursive: true, force: true });
+    return problems;
+  }
+
+  it('parent same size as the child: 18 kills', async () => {
+    const problems: string[] = [];
+    for (let i = 0; i < 18; i++) problems.push(...(await iteration('same', i)));
+    expect(problems).toEqual([]);
+  });
+
+  it('child larger than the parent (BAT moves): 12 kills', async () => {
+    const problems: string[] = [];
+    for (let i = 0; i < 12; i++) problems.push(...(await iteration('grow', i)));
+    expect(problems).toEqual([]);
+  });
+});
+
+// -------------------------------------------------------------------------------------------------
+// 2. Every crash point, in process
+
+/**
+ * Makes the target's I/O fail from its `at`-th write/truncate/fsync on (0-based), as if the process
+ * had died right before it: nothing after that point reaches the file.
+ */
+async function crashingMerge(child: string, target: string, at: number): Promise<{ crashed: boolean; ops: number }> {
+  const real = fs.realpathSync(target);
+  const proto = FileSink.prototype as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>;
+  const saved: Record<string, (...a: unknown[]) => Promise<unknown>> = {};
+  let ops = 0;
+  let crashed = false;
+  for (const m of ['write', 'truncate', 'sync']) {
+    saved[m] = proto[m];
+    proto[m] = async function (this: FileSink, ...args: unknown[]) {
+      if (path.resolve(this.name) === real) {
+        if (crashed || ops >= at) {
+          crashed = true;
+          throw new Error('simulated crash');
+        }
+        ops++;
+      }
+      return saved[m].apply(this, args);
+    };
+  }
+  try {
+    await merge(child);
+  } catch (e) {
+    if (!crashed) throw e;
+  } finally {
+    for (const m of Object.keys(saved)) proto[m] = saved[m];
+  }
+  return { crashed, ops };
+}
+
+describe('a crash at every write of the merge, then once more in the rerun', () => {
+  async function smallChain(grow: boolean): Promise<Chain> {
+    return buildChain({
+      parentSize: 4 * MiB,
+      childSize: grow ? 8 * MiB : 4 * MiB,
+      blockSize: 512 * KiB,
+      allocated: [1, 3, 6],
+      childBlocks: grow ? [0, 1, 5, 9, 14, 15] : [0, 1, 5, 6, 7],
+      runsPerBlock: 3,
+      maxRun: 300,
+      seed: grow ? 7 : 8,
+    });
+  }
+
+  async function verify(c: Chain, run: { dir: string; parent: string; child: string }, what: string): Promise<string[]> {
+    const problems: string[] = [];
+    const diff = firstDifference(await readDisk(run.parent).catch((e) => new TextEncoder().encode(String(e))), c.model);
+    if (diff) problems.push(`${what}: content ${diff}`);
+    const chk = await check(run.parent, { strict: true });
+    if (!chk.ok) problems.push(`${what}: check --strict: ${[...new Set(chk.errors.map((e) => e.code))].join(', ')}`);
+    const left = leftovers(run.dir);
+    if (left.length) problems.push(`${what}: left behind ${left.join(', ')}`);
+    if (!fs.readFileSync(run.child).equals(c.childBytes)) problems.push(`${what}: the child changed`);
+    return problems;
+  }
+
+  for (const grow of [false, true]) {
+    it(`${grow ? 'BAT moves' : 'BAT in place'}: single crashes at every point, double crashes`, async () => {
+      const c = await smallChain(grow);
+      // How many target I/O operations a clean merge does.
+      const probe = freshCopy(c);
+      const { ops: total, crashed } = await crashingMerge(probe.child, probe.parent, Number.MAX_SAFE_INTEGER);
+      expect(crashed).toBe(false);
+      expect(await verify(c, probe, 'clean run')).toEqual([]);
+      expect(total).toBeGreaterThan(8);
+      fs.rmSync(probe.dir, { recursive: true, force: true });
+
+      const problems: string[] = [];
+      const seconds = [0, 1, 2, 3, Math.floor(total / 2)];
+      for (let a = 0; a <= total; a++) {
+        for (const b of [undefined, ...seconds]) {
+          const run = freshCopy(c);
+          const r1 = await crashingMerge(run.child, run.parent, a);
+          if (a < total) expect(r1.crashed).toBe(true);
+          // A crash without a journal must leave the parent pristine (the journal comes first).
+          if (!fs.existsSync(journalPath(run.parent)) && !fs.readFileSync(run.parent).equals(c.parentBytes)) {
+            const d = firstDifference(await readDisk(run.parent), c.model);
+            if (d) problems.push(`crash at ${a}: no journal, half state (${d})`);
+          }
+          if (b !== undefined && fs.existsSync(journalPath(run.parent))) await crashingMerge(run.child, run.parent, b);
+          let finalError = '';
+          try {
+            await merge(run.child);
+          } catch (e) {
+            finalError = String((e as Error).message);
+          }
+          const what = `crash at op ${a}${b !== undefined ? `, rerun crashed at op ${b}` : ''} (of ${total})`;
+          if (finalError) problems.push(`${what}: the last run failed: ${finalError}`);
+          else problems.push(...(await verify(c, run, what)));
+          fs.rmSync(run.dir, { recursive: true, force: true });
+        }
+      }
+      expect(problems).toEqual([]);
+    });
+  }
+});
+
+// -------------------------------------------------------------------------------------------------
+// 3. Real processes killed at exact points (preload hook)
+
+const HOOK = `
+import fs from 'node:fs';
+import path from 'node:path';
+import { FileSink } from ${JSON.stringify(pathToFileURL(path.join(repoRoot, 'dist/io/file.js')).href)};
+const target = process.env.VHDKIT_CRASH_FILE;
+const at = process.env.VHDKIT_CRASH_AT === undefined ? -1 : Number(process.env.VHDKIT_CRASH_AT);
+const afterWriteAt = process.env.VHDKIT_CRASH_AFTER_WRITE_AT === undefined ? -1 : Number(process.env.VHDKIT_CRASH_AFTER_WRITE_AT);
+// Which write at that offset (1 = the first): every run first restores the original header at 512.
+let afterWriteNth = process.env.VHDKIT_CRASH_AFTER_WRITE_NTH === undefined ? 1 : Number(process.env.VHDKIT_CRASH_AFTER_WRITE_NTH);
+const die = () => { process.kill(process.pid, 'SIGKILL'); Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10000); };
+let n = 0;
+for (const m of ['write', 'truncate', 'sync']) {
+  const orig = FileSink.prototype[m];
+  FileSink.prototype[m] = async function (...args) {
+    const mine = target && path.resolve(this.name) === target;
+    if (mine && n++ === at) die();
+    const r = await orig.apply(this, args);
+    if (mine && m === 'write' && args[1] === afterWriteAt && --afterWriteNth === 0) die();
+    return r;
+  };
+}
+if (process.env.VHDKIT_CRASH_ON_JOURNAL_RENAME) {
+  const orig = fs.renameSync;
+  fs.renameSync = function (from, to) {
+    if (String(to).endsWith('.vhdkit-merge.json')) die();
+    return orig.call(this, from, to);
+  };
+}
+`;
+
+describe('real processes killed at exact points', () => {
+  let hookArgs: string[];
+  let c: Chain;
+
+  beforeAll(async () => {
+    const dir = tmpDir('vhdkit-crash-hook-');
+    const hook = path.join(dir, 'crash-hook.mjs');
+    fs.writeFileSync(hook, HOOK);
+    hookArgs = ['--import', pathToFileURL(hook).href];
+    c = await buildChain({
+      parentSize: 6 * MiB,
+      childSize: 16 * MiB,
+      blockSize: 2 * MiB,
+      allocated: [0, 2],
+      childBlocks: [0, 1, 2, 4, 7],
+      runsPerBlock: 4,
+      maxRun: 500,
+      seed: 11,
+    });
+  });
+
+  it('the hook kills where it is told (sanity)', async () => {
+    const run = freshCopy(c);
+    const env = { VHDKIT_CRASH_FILE: fs.realpathSync(run.parent), VHDKIT_CRASH_AT: '0' };
+    const r = await runCli(['merge', 'child.vhd'], run.dir, { env, nodeArgs: hookArgs });
+    expect(r.signal).toBe('SIGKILL');
+    expect(fs.existsSync(journalPath(run.parent))).toBe(true); // the journal comes before the first target write
+    expect(fs.readFileSync(run.parent).equals(c.parentBytes)).toBe(true);
+    expect(fs.existsSync(lockPath(run.parent))).toBe(true); // a killed holder leaves its lock
+    const again = await runCli(['merge', 'child.vhd', '--json'], run.dir);
+    expect(again.code).toBe(0);
+    expect(JSON.parse(again.stdout).resumed).toBe(true);
+    expect(firstDifference(await readDisk(run.parent), c.model)).toBeUndefined();
+    expect(leftovers(run.dir)).toEqual([]);
+  });
+
+  it('killed right after the moved BAT and the new header are written, then early in the rerun: the third run completes correctly', async () => {
+    const run = freshCopy(c);
+    const target = fs.realpathSync(run.parent);
+    // 1st run: killed right after the new dynamic header is written at offset 512 (metadata step, BAT
+    // moved) — the second write there: the run first puts the original header back.
+    const r1 = await runCli(['merge', 'child.vhd'], run.dir, {
+      env: { VHDKIT_CRASH_FILE: target, VHDKIT_CRASH_AFTER_WRITE_AT: '512', VHDKIT_CRASH_AFTER_WRITE_NTH: '2' },
+      nodeArgs: hookArgs,
+    });
+    expect(r1.signal).toBe('SIGKILL');
+    const j = JSON.parse(fs.readFileSync(journalPath(run.parent), 'utf8')) as MergeJournal;
+    expect(j.header).toBeDefined(); // this chain does move the BAT
+    expect(metadataStarted(fs.readFileSync(run.parent), j, c)).toBe(true);
+    // 2nd run: killed before its 4th target operation (after cutting and re-extending the file).
+    const r2 = await runCli(['merge', 'child.vhd'], run.dir, { env: { VHDKIT_CRASH_FILE: target, VHDKIT_CRASH_AT: '3' }, nodeArgs: hookArgs });
+    expect(r2.signal).toBe('SIGKILL');
+    // 3rd run: must complete the merge and leave the model.
+    const r3 = await runCli(['merge', 'child.vhd', '--json'], run.dir);
+    expect(r3.stderr).toBe('');
+    expect(r3.code).toBe(0);
+    expect(firstDifference(await readDisk(run.parent), c.model)).toBeUndefined();
+    const chk = await runCli(['check', '--strict', 'parent.vhd'], run.dir);
+    expect(chk.stdout).toContain('OK');
+    expect(chk.code).toBe(0);
+    expect(leftovers(run.dir)).toEqual([]);
+  });
+
+  it('killed while the journal is being put in place: the parent is pristine, the rerun completes, nothing is left behind', async () => {
+    const run = freshCopy(c);
+    const r1 = await runCli(['merge', 'child.vhd'], run.dir, { env: { VHDKIT_CRASH_ON_JOURNAL_RENAME: '1' }, nodeArgs: hookArgs });
+    expect(r1.signal).toBe('SIGKILL');
+    expect(fs.existsSync(journalPath(run.parent))).toBe(false);
+    expect(fs.readFileSync(run.parent).equals(c.parentBytes)).toBe(true);
+    const r2 = await runCli(['merge', 'child.vhd', '--json'], run.dir);
+    expect(r2.code).toBe(0);
+    expect(firstDifference(await readDisk(run.parent), c.model)).toBeUndefined();
+    expect(fs.readFileSync(run.child).equals(c.childBytes)).toBe(true);
+    // The journal's temporary file of the killed run must not stay next to the disk forever.
+    expect(leftovers(run.dir)).toEqual([]);
+  });
+});
+
