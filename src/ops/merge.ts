@@ -213,7 +213,6 @@ export async function merge(childPath: string, options: MergeOptions = {}): Prom
   const warnings: Finding[] = [];
   const child = await openChain(childPath, options, warnings);
   let depth = 1;
-  let target: VhdImage;
   try {
     if (child.type !== 'differencing' || !child.parent) {
       throw new VhdError(ErrorCodes.USAGE, `only a differencing disk can be merged into its parent; this one is ${child.type}`, { file: childPath });
@@ -229,7 +228,7 @@ export async function merge(childPath: string, options: MergeOptions = {}): Prom
         });
       }
     }
-    target = chain[depth];
+    const target = chain[depth];
     // Damage anywhere in the chain stops a merge before it writes. A target left by an interrupted
     // merge (pending journal, footer not yet rewritten) is expected: the journal completes it.
     const pending = hasPendingMerge(target.id);
@@ -238,13 +237,13 @@ export async function merge(childPath: string, options: MergeOptions = {}): Prom
       const f = d.findings.find((x) => x.severity === 'error');
       if (f) throw new VhdError(ErrorCodes.TARGET_DAMAGED, `cannot merge: ${f.message}`, { file: childPath });
     }
+    if (options.intoCopy === undefined) return await mergeInto(child, childPath, target.id, depth, options, warnings, started, false);
+    // Into a copy: made once; a copy with a pending journal is an interrupted merge to complete.
+    const copy = fs.existsSync(journalPath(options.intoCopy)) ? resolveReal(options.intoCopy) : await copyTarget(target, options.intoCopy);
+    return await mergeInto(child, childPath, copy, depth, options, warnings, started, true);
   } finally {
     await child.close();
   }
-  if (options.intoCopy === undefined) return mergeIntoFile(childPath, target.id, depth, options, warnings, started, false);
-  // Into a copy: made once; a copy with a pending journal is an interrupted merge to complete.
-  const copy = fs.existsSync(journalPath(options.intoCopy)) ? resolveReal(options.intoCopy) : await copyTarget(target, options.intoCopy);
-  return mergeIntoFile(childPath, copy, depth, options, warnings, started, true);
 }
 
 /** Makes the copy for --into-copy: reflink or copy_file_range when possible, with a new UUID. */
@@ -274,10 +273,11 @@ async function copyTarget(target: VhdImage, dest: string): Promise<string> {
 }
 
 /**
- * The merge proper, into `targetFile` which is `depth` levels above the child (or a copy of it).
- * Opens everything again by path so that a resumed merge and a fresh one share one code path.
+ * The merge proper, into `targetFile`, which is `depth` levels above the child in its open chain
+ * (or a copy of that disk). A fresh merge and a resumed one share this path.
  */
-async function mergeIntoFile(
+async function mergeInto(
+  child: VhdImage,
   childPath: string,
   targetFile: string,
   depth: number,
@@ -287,14 +287,13 @@ async function mergeIntoFile(
   intoCopy: boolean,
 ): Promise<MergeResult> {
   const release = acquireLock(targetFile, 'merge');
-  let child: VhdImage | undefined;
   try {
-    child = await openDisk(childPath, { allowedDirs: intoCopy ? undefined : options.allowedDirs });
     const chain = child.chain;
     const sources = chain.slice(0, depth);
     const targetInChain = chain[depth];
     let journal = readJournal(targetFile);
     const resumed = journal !== undefined;
+    let planned: Segment[] | undefined;
     // The target itself, opened on its own (its footer may be gone mid-merge: the copy at 0 serves).
     const target = intoCopy ? await openDisk(targetFile, { resolveParents: false }) : targetInChain;
     try {
@@ -322,10 +321,12 @@ async function mergeIntoFile(
             );
           }
         }
-        journal = await plan(target, sources, targetFile, !!options.deleteChild);
+        const made = await plan(target, sources, targetFile, !!options.deleteChild);
+        journal = made.journal;
+        planned = made.segments;
         writeJournal(targetFile, journal);
       }
-      const stats = await execute(target, sources, journal, options);
+      const stats = await execute(target, sources, journal, options, planned);
       removeJournal(targetFile);
       const deleted: string[] = [];
       const between = sources.slice(1).map((s) => s.id);
@@ -350,7 +351,6 @@ async function mergeIntoFile(
       if (intoCopy) await target.close();
     }
   } finally {
-    await child?.close();
     release();
   }
 }
@@ -364,7 +364,12 @@ function unb64(text: string): Uint8Array {
 }
 
 /** Computes the journal: where new blocks go, the final footer, a moved BAT if it must grow. */
-async function plan(target: VhdImage, sources: VhdImage[], targetFile: string, deleteChild: boolean): Promise<MergeJournal> {
+async function plan(
+  target: VhdImage,
+  sources: VhdImage[],
+  targetFile: string,
+  deleteChild: boolean,
+): Promise<{ journal: MergeJournal; segments?: Segment[] }> {
   const newSize = Math.max(target.virtualSize, sources[0].virtualSize);
   const footerCopy = newSize !== target.virtualSize;
   // A grown disk gets the geometry of its new size (readers keyed on CHS, like qemu, see it).
@@ -386,7 +391,7 @@ async function plan(target: VhdImage, sources: VhdImage[], targetFile: string, d
         file: targetFile,
       });
     }
-    return { ...base, newBlocks: '', newEnd: target.dataEnd + FOOTER_SIZE, footer: b64(encodeFooter(footer)) };
+    return { journal: { ...base, newBlocks: '', newEnd: target.dataEnd + FOOTER_SIZE, footer: b64(encodeFooter(footer)) } };
   }
   const bs = target.blockSize;
   const segments = await overlay(sources, newSize);
@@ -428,7 +433,7 @@ async function plan(target: VhdImage, sources: VhdImage[], targetFile: string, d
   }
   journal.newEnd = end + FOOTER_SIZE;
   journal.footer = b64(encodeFooter(footer));
-  return journal;
+  return { journal, segments };
 }
 
 interface Stats {
@@ -438,12 +443,12 @@ interface Stats {
   bytesWritten: number;
 }
 
-async function execute(target: VhdImage, sources: VhdImage[], journal: MergeJournal, options: MergeOptions): Promise<Stats> {
+async function execute(target: VhdImage, sources: VhdImage[], journal: MergeJournal, options: MergeOptions, planned?: Segment[]): Promise<Stats> {
   const stats: Stats = { sectorsMerged: 0, blocksAllocated: 0, blocksUpdated: 0, bytesWritten: 0 };
   const newSize = Number(decodeFooter(unb64(journal.footer)).currentSize);
   const sink = await FileSink.open(journal.target, 'r+');
   try {
-    const segments = await overlay(sources, newSize);
+    const segments = planned ?? (await overlay(sources, newSize));
     const total = totalLength(segments.map((s) => [s.start, s.end] as Range));
     let done = 0;
     // Reused page-aligned buffers, one per copy in flight; data written back in the background
@@ -486,14 +491,20 @@ async function execute(target: VhdImage, sources: VhdImage[], journal: MergeJour
       // header and footer copy back in place (durably, before the cut below removes a moved BAT),
       // the original BAT read from its original place (only entries of new blocks may have been
       // written there; they were unused before and are again).
+      // (A fresh merge, planned just now on an untouched target, skips this: nothing to undo.)
       const originalHeader = decodeHeader(unb64(journal.originalHeader!), journal.headerOffset!);
-      await restoreLayout(sink, journal);
       const tableOffset = Number(originalHeader.tableOffset);
-      const entries = Math.ceil(target.virtualSize / bs);
-      const batBytes = new Uint8Array(entries * 4);
-      await sink.read(batBytes, tableOffset);
-      const bat = decodeBat(batBytes, entries);
-      for (const b of newAt.keys()) if (b < bat.length) bat[b] = BAT_UNUSED;
+      let bat: Uint32Array;
+      if (planned) {
+        bat = target.bat!;
+      } else {
+        await restoreLayout(sink, journal);
+        const entries = Math.ceil(Number(decodeFooter(unb64(journal.originalFooterCopy!)).currentSize) / bs);
+        const batBytes = new Uint8Array(entries * 4);
+        await sink.read(batBytes, tableOffset);
+        bat = decodeBat(batBytes, entries);
+        for (const b of newAt.keys()) if (b < bat.length) bat[b] = BAT_UNUSED;
+      }
       // Step 2: new blocks start as zeros (the old trailing footer is cut away), then every block.
       await sink.truncate(journal.oldEnd);
       await sink.truncate(journal.newEnd);
