@@ -105,3 +105,15 @@ export function interruptSignal(): AbortSignal {
   }
   return controller.signal;
 }
+
+/**
+ * What every long operation gets from the command line: strictness, parent confinement, a progress
+ * bar on a terminal and the interrupt signal. Call `done()` when the operation returns.
+ */
+export function operationContext(label: string, args: GlobalArgs & { 'parent-dir'?: string[] }) {
+  const bar = progressBar(label, args);
+  return {
+    common: { strict: args.strict, allowedDirs: args['parent-dir'], onProgress: bar.update, signal: interruptSignal() },
+    done: bar.done,
+  };
+}

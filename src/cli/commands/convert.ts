@@ -1,7 +1,7 @@
 import type { CommandModule } from 'yargs';
 import { ErrorCodes, VhdError } from '../../errors.js';
 import { withChain, withGlobal } from '../options.js';
-import { type GlobalArgs, interruptSignal, printFindings, printJson, printLines, progressBar, reportError } from '../output.js';
+import { type GlobalArgs, operationContext, printFindings, printJson, printLines, reportError } from '../output.js';
 import { formatSize, parseSize } from '../sizes.js';
 
 interface Args extends GlobalArgs {
@@ -34,19 +34,16 @@ export const convertCommand: CommandModule<object, Args> = {
     try {
       if (!args.to && !args.azure) throw new VhdError(ErrorCodes.USAGE, 'give the output format with --to raw|fixed|dynamic (or --azure)');
       const { convert } = await import('../../ops/convert.js');
-      const bar = progressBar('convert', args);
+      const op = operationContext('convert', args);
       const r = await convert(args.src, args.dst, {
         to: args.to ?? 'fixed',
         from: args.from,
         azure: args.azure,
         blockSize: args['block-size'] !== undefined ? parseSize(args['block-size'], '--block-size') : undefined,
         force: args.force,
-        strict: args.strict,
-        allowedDirs: args['parent-dir'],
-        onProgress: bar.update,
-        signal: interruptSignal(),
+        ...op.common,
       });
-      bar.done();
+      op.done();
       if (args.json) return printJson(r);
       printFindings(r.warnings, args);
       printLines([

@@ -1,6 +1,6 @@
 import type { CommandModule } from 'yargs';
 import { withChain, withGlobal, withWorkers } from '../options.js';
-import { type GlobalArgs, interruptSignal, printFindings, printJson, printLines, progressBar, reportError } from '../output.js';
+import { type GlobalArgs, operationContext, printFindings, printJson, printLines, reportError } from '../output.js';
 import { formatSize, parseSize } from '../sizes.js';
 
 interface Args extends GlobalArgs {
@@ -30,18 +30,15 @@ export const diffCommand: CommandModule<object, Args> = {
   handler: async (args) => {
     try {
       const { diff } = await import('../../ops/diff.js');
-      const bar = progressBar('diff', args);
+      const op = operationContext('diff', args);
       const r = await diff(args.old, args.new, {
         out: args.out,
         workers: args.workers,
         force: args.force,
         blockSize: args['block-size'] !== undefined ? parseSize(args['block-size'], '--block-size') : undefined,
-        strict: args.strict,
-        allowedDirs: args['parent-dir'],
-        onProgress: bar.update,
-        signal: interruptSignal(),
+        ...op.common,
       });
-      bar.done();
+      op.done();
       if (args.json) return printJson(r);
       printFindings(r.warnings, args);
       const lines = [

@@ -1,6 +1,6 @@
 import type { CommandModule } from 'yargs';
 import { withChain, withGlobal, withWorkers } from '../options.js';
-import { type GlobalArgs, interruptSignal, printFindings, printJson, printLines, progressBar, reportError } from '../output.js';
+import { type GlobalArgs, operationContext, printFindings, printJson, printLines, reportError } from '../output.js';
 import { formatSize, parseSize } from '../sizes.js';
 
 interface Args extends GlobalArgs {
@@ -28,19 +28,16 @@ export const hashCommand: CommandModule<object, Args> = {
   handler: async (args) => {
     try {
       const { hash } = await import('../../ops/hash.js');
-      const bar = progressBar('hash', args);
+      const op = operationContext('hash', args);
       const r = await hash(args.disk, {
         manifest: args.manifest,
         chunkSize: args['chunk-size'] !== undefined ? parseSize(args['chunk-size'], '--chunk-size') : undefined,
         workers: args.workers,
         from: args.from,
         force: args.force,
-        strict: args.strict,
-        allowedDirs: args['parent-dir'],
-        onProgress: bar.update,
-        signal: interruptSignal(),
+        ...op.common,
       });
-      bar.done();
+      op.done();
       if (args.json) return printJson(r);
       printFindings(r.warnings, args);
       printLines([
