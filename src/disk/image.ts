@@ -69,6 +69,8 @@ const DEFAULT_MAX_DEPTH = 64;
 const BITMAP_CACHE_BYTES = 8 * 1024 * 1024;
 /** Above this many bitmap runs in one read, read whole spans and merge in memory. */
 const MAX_RUN_READS = 16;
+/** Sector bitmaps read together when listing a differencing disk's sectors. */
+const BITMAP_BATCH = 32;
 /** Block pieces of one read issued concurrently (small blocks would otherwise flood the I/O queue). */
 const MAX_PARALLEL_PIECES = 8;
 
@@ -769,11 +771,16 @@ export class VhdImage {
     const out: Range[] = [];
     const bs = this.blockSize;
     const sectorsPerBlock = bs / 512;
-    for (const block of this.allocated) {
-      const bitmap = await this.bitmap(block);
-      const base = block * bs;
-      forEachBitRun(bitmap, 0, sectorsPerBlock, (s, e, present) => {
-        if (present) out.push([base + s * 512, Math.min(base + e * 512, this.virtualSize)]);
+    // Bitmaps are small reads scattered over the file: fetch a batch of them together (the device
+    // sees a queue, not one round trip at a time), then scan.
+    for (let k = 0; k < this.allocated.length; k += BITMAP_BATCH) {
+      const batch = Array.from(this.allocated.subarray(k, k + BITMAP_BATCH));
+      const bitmaps = await Promise.all(batch.map((block) => this.bitmap(block)));
+      batch.forEach((block, i) => {
+        const base = block * bs;
+        forEachBitRun(bitmaps[i], 0, sectorsPerBlock, (s, e, present) => {
+          if (present) out.push([base + s * 512, Math.min(base + e * 512, this.virtualSize)]);
+        });
       });
     }
     return normalizeRanges(out);
