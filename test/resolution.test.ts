@@ -111,3 +111,36 @@ describe('messages stay on one line', () => {
     expect(e.message).toContain('evil\\x0aname\\u2028x\\x1b[31m.vhd');
   });
 });
+
+describe('a disk with a merge pending', () => {
+  it('is reported by info and check, and refused as a source by convert, hash and diff', async () => {
+    const { info } = await import('../src/ops/info.js');
+    const { check } = await import('../src/ops/check.js');
+    const { convert } = await import('../src/ops/convert.js');
+    const { hash } = await import('../src/ops/hash.js');
+    const { diff } = await import('../src/ops/diff.js');
+    const { journalPath } = await import('../src/ops/journal.js');
+    const d = path.join(dir, 'pending');
+    fs.mkdirSync(d, { recursive: true });
+    const base = path.join(d, 'base.vhd');
+    const child = path.join(d, 'child.vhd');
+    await create(base, { size: 2 * 1024 * 1024 });
+    await create(child, { parent: base });
+    fs.writeFileSync(journalPath(base), JSON.stringify({ version: 1, kind: 'vhdkit-merge' }));
+    expect((await info(child)).findings.map((f) => f.code)).toContain(ErrorCodes.MERGE_PENDING);
+    const c = await check(base);
+    expect(c.ok).toBe(false);
+    expect(c.errors.map((f) => f.code)).toContain(ErrorCodes.MERGE_PENDING);
+    const refused = async (p: Promise<unknown>) =>
+      p.then(
+        () => 'resolved',
+        (e: unknown) => (e as VhdError).code,
+      );
+    expect(await refused(convert(child, path.join(d, 'out.raw'), { to: 'raw' }))).toBe(ErrorCodes.MERGE_PENDING);
+    expect(fs.existsSync(path.join(d, 'out.raw'))).toBe(false);
+    expect(await refused(hash(base, { workers: 0 }))).toBe(ErrorCodes.MERGE_PENDING);
+    expect(await refused(diff(base, child, { workers: 0 }))).toBe(ErrorCodes.MERGE_PENDING);
+    fs.rmSync(journalPath(base));
+    expect((await check(base)).ok).toBe(true);
+  });
+});

@@ -63,7 +63,14 @@ export async function openAny(
 ): Promise<{ disk: VirtualDisk; format: 'vhd' | 'raw' }> {
   if (format === 'raw') return { disk: new RawDisk(await FileSink.open(file, 'r')), format: 'raw' };
   try {
-    return { disk: await openDisk(file, options), format: 'vhd' };
+    const disk = await openDisk(file, options);
+    // A disk mid-merge reads as neither its old nor its new self: refuse to take content from it.
+    const pending = disk.allFindings.find((f) => f.code === ErrorCodes.MERGE_PENDING);
+    if (pending) {
+      await disk.close();
+      throw new VhdError(ErrorCodes.MERGE_PENDING, pending.message.replace(/^.*?: /, ''), { file: pending.file });
+    }
+    return { disk, format: 'vhd' };
   } catch (e) {
     const notVhd = e instanceof VhdError && (e.code === ErrorCodes.NOT_VHD || e.code === ErrorCodes.FILE_TOO_SMALL);
     if (format === 'auto' && notVhd && !/\.vhd$/i.test(file)) {
