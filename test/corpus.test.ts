@@ -14,7 +14,7 @@ import { openDisk } from '../src/ops/open.js';
 import { info } from '../src/ops/info.js';
 import { check } from '../src/ops/check.js';
 import { vhdTimestampToDate } from '../src/format/timestamp.js';
-import { corpusDir, corpusExpected, corpusPresent, sha256OfDisk, unpackCorpus, type CorpusSample } from './helpers.js';
+import { corpusDir, corpusExpected, corpusPresent, sha256OfDisk, unpackCorpus, type CorpusSample, mulberry32 } from './helpers.js';
 
 if (!corpusPresent) console.warn(`corpus.test.ts: SKIPPED — the conformance corpus is not at ${corpusDir}`);
 
@@ -56,17 +56,6 @@ async function rejection(p: Promise<unknown>): Promise<VhdError> {
     return e as VhdError;
   }
   throw new Error('expected a VhdError, but the promise resolved');
-}
-
-/** Deterministic pseudo-random numbers (mulberry32) for read offsets. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) | 0;
-    let t = Math.imul(a ^ (a >>> 15), 1 | a);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 const ZEROS = Buffer.alloc(4 << 20);
@@ -207,7 +196,7 @@ describe.skipIf(!corpusPresent)('conformance corpus', () => {
       expect(img.allocatedBlocks).toBe(0);
       expect(img.dataRanges()).toEqual([]);
       expect(img.ownBlockRanges()).toEqual([]);
-      const r = rng(0x127);
+      const r = mulberry32(0x127);
       const buf = new Uint8Array(65536);
       const offsets = [0, img.virtualSize - buf.length];
       for (let i = 0; i < 6; i++) offsets.push(Math.floor((r() * (img.virtualSize - buf.length)) / 512) * 512);

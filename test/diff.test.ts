@@ -31,7 +31,7 @@ import { create, parentLinkFor } from '../src/ops/create.js';
 import { diff } from '../src/ops/diff.js';
 import { info } from '../src/ops/info.js';
 import { openDisk } from '../src/ops/open.js';
-import { corpusDir, corpusPresent, fixturesDir, hasQemu, readCorpusFile, repoRoot, sha256OfDisk, tmpDir } from './helpers.js';
+import { corpusDir, corpusPresent, fixturesDir, hasQemu, readCorpusFile, repoRoot, sha256OfDisk, tmpDir, mulberry32 } from './helpers.js';
 
 vi.setConfig({ testTimeout: 120_000, hookTimeout: 120_000 });
 
@@ -75,19 +75,9 @@ function changedSectors(a: Uint8Array, b: Uint8Array): Range[] {
 
 const total = (rs: Range[]) => rs.reduce((n, [a, b]) => n + b - a, 0);
 
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function fillRandom(b: Uint8Array, seed: number): void {
-  const r = prng(seed);
+  const r = mulberry32(seed);
   for (let i = 0; i < b.length; i++) b[i] = ((r() * 255) | 0) + 1; // never 0: every write is data
 }
 

@@ -28,7 +28,7 @@ import { FileSink } from '../src/io/file.js';
 import { convert } from '../src/ops/convert.js';
 import { hash } from '../src/ops/hash.js';
 import { openAny } from '../src/ops/open.js';
-import { corpusDir, corpusPresent, fixturesDir, readCorpusFile, repoRoot, tmpDir } from './helpers.js';
+import { corpusDir, corpusPresent, fixturesDir, readCorpusFile, repoRoot, tmpDir, mulberry32 } from './helpers.js';
 
 vi.setConfig({ testTimeout: 120_000, hookTimeout: 120_000 });
 
@@ -185,20 +185,9 @@ function expectManifestOf(file: string, content: Uint8Array, chunkSize: number, 
   expect(badFlag, badFlag >= 0 ? `zero flag of chunk ${badFlag}` : '').toBe(-1);
 }
 
-/** Deterministic pseudo-random bytes (mulberry32). */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function fillRandom(b: Uint8Array, seed: number): void {
-  const r = prng(seed);
+  const r = mulberry32(seed);
   for (let i = 0; i < b.length; i++) b[i] = (r() * 256) | 0;
 }
 
@@ -358,7 +347,7 @@ describe('any single changed byte changes the digest, and only its own chunk has
     dir = tmpDir('vhdkit-hash-flip-');
     // Random data with zero chunks in between (a flip may turn a zero chunk into data).
     base = Buffer.alloc(SIZE);
-    const r = prng(7);
+    const r = mulberry32(7);
     for (let c = 0; c < SIZE / CHUNK; c++) if (r() < 0.6) fillRandom(base.subarray(c * CHUNK, (c + 1) * CHUNK), 100 + c);
     // One chunk that differs from zero in a single byte (a flip may turn it into a zero chunk).
     base.fill(0, 5 * CHUNK, 6 * CHUNK);
@@ -498,7 +487,7 @@ describe('the manifest file, parsed independently', () => {
     dir = tmpDir('vhdkit-hash-manifest-');
     ({ dir: fx } = await fixturesDir());
     content = Buffer.alloc(RAW_SIZE);
-    const r = prng(99);
+    const r = mulberry32(99);
     for (let i = 0; i < 40; i++) {
       const at = Math.floor(r() * RAW_SIZE);
       const len = Math.min(RAW_SIZE - at, 1 + Math.floor(r() * 100 * KiB));

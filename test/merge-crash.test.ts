@@ -38,7 +38,7 @@ import { newUuid, parentLinkFor } from '../src/ops/create.js';
 import { journalPath, lockPath, type MergeJournal } from '../src/ops/journal.js';
 import { merge } from '../src/ops/merge.js';
 import { openDisk } from '../src/ops/open.js';
-import { repoRoot, tmpDir } from './helpers.js';
+import { repoRoot, tmpDir, mulberry32 } from './helpers.js';
 
 vi.setConfig({ testTimeout: 180_000, hookTimeout: 180_000 });
 
@@ -54,16 +54,6 @@ beforeAll(() => {
 // -------------------------------------------------------------------------------------------------
 // Helpers
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** A run of child sectors: first sector and its bytes (a whole number of sectors). */
 type Run = [number, Uint8Array];
