@@ -63,7 +63,7 @@ export interface MergeJournal {
   started: string;
 }
 
-function fsyncDir(dir: string): void {
+export function fsyncDir(dir: string): void {
   try {
     const fd = fs.openSync(dir, 'r');
     fs.fsyncSync(fd);

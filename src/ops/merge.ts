@@ -33,7 +33,7 @@ import { alignedBuffer } from '../io/aligned.js';
 import { FileSink } from '../io/file.js';
 import { throwIfAborted, type OperationOptions } from './common.js';
 import { newUuid } from './create.js';
-import { acquireLock, hasPendingMerge, journalPath, type MergeJournal, readJournal, removeJournal, writeJournal } from './journal.js';
+import { acquireLock, fsyncDir, hasPendingMerge, journalPath, type MergeJournal, readJournal, removeJournal, writeJournal } from './journal.js';
 import { openDisk } from './open.js';
 
 export interface MergeOptions extends OperationOptions {
@@ -238,36 +238,41 @@ export async function merge(childPath: string, options: MergeOptions = {}): Prom
       if (f) throw new VhdError(ErrorCodes.TARGET_DAMAGED, `cannot merge: ${f.message}`, { file: childPath });
     }
     if (options.intoCopy === undefined) return await mergeInto(child, childPath, target.id, depth, options, warnings, started, false);
-    // Into a copy: made once; a copy with a pending journal is an interrupted merge to complete.
-    const copy = fs.existsSync(journalPath(options.intoCopy)) ? resolveReal(options.intoCopy) : await copyTarget(target, options.intoCopy);
-    return await mergeInto(child, childPath, copy, depth, options, warnings, started, true);
+    // Into a copy. The copy is made and merged under a fixed temporary name beside the final one,
+    // which it takes only once the merge is complete. The original is never written, so a run
+    // interrupted before the merge's journal exists simply starts over; one with a journal resumes.
+    const final = path.resolve(options.intoCopy);
+    if (fs.existsSync(final)) throw new VhdError(ErrorCodes.OUTPUT_EXISTS, 'the copy already exists', { file: options.intoCopy });
+    const work = path.join(path.dirname(final), `.${path.basename(final)}.vhdkit-copy`);
+    if (!fs.existsSync(journalPath(work))) {
+      fs.rmSync(work, { force: true });
+      await copyTarget(target, work);
+    }
+    const result = await mergeInto(child, childPath, work, depth, options, warnings, started, true);
+    fs.renameSync(work, final);
+    fsyncDir(path.dirname(final));
+    return { ...result, target: final };
   } finally {
     await child.close();
   }
 }
 
-/** Makes the copy for --into-copy: reflink or copy_file_range when possible, with a new UUID. */
-async function copyTarget(target: VhdImage, dest: string): Promise<string> {
-  if (fs.existsSync(dest)) throw new VhdError(ErrorCodes.OUTPUT_EXISTS, 'the copy already exists', { file: dest });
-  const tmp = path.join(path.dirname(path.resolve(dest)), `.${path.basename(dest)}.${process.pid}.tmp`);
-  fs.copyFileSync(target.id, tmp, fs.constants.COPYFILE_FICLONE);
+/** Makes the copy for --into-copy at `dest`: reflink or copy_file_range when possible, a new UUID. */
+async function copyTarget(target: VhdImage, dest: string): Promise<void> {
+  fs.copyFileSync(target.id, dest, fs.constants.COPYFILE_FICLONE);
   try {
     // A new identity: the copy is a different disk once merged (the original's children keep theirs).
-    const sink = await FileSink.open(tmp, 'r+');
+    const sink = await FileSink.open(dest, 'r+');
     try {
-      const uuid = newUuid();
-      const footer = { ...target.footer, uniqueId: uuid };
-      const bytes = encodeFooter(footer);
-      if (target.type !== 'fixed') await sink.write(bytes, 0);
-      await sink.write(bytes, target.footerOffset);
+      const footer = encodeFooter({ ...target.footer, uniqueId: newUuid() });
+      if (target.type !== 'fixed') await sink.write(footer, 0);
+      await sink.write(footer, target.footerOffset);
       await sink.sync();
     } finally {
       await sink.close();
     }
-    fs.renameSync(tmp, dest);
-    return resolveReal(dest);
   } catch (e) {
-    fs.rmSync(tmp, { force: true });
+    fs.rmSync(dest, { force: true });
     throw e;
   }
 }

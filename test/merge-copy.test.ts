@@ -1,0 +1,112 @@
+/**
+ * `merge --into-copy` interrupted at any point: running it again ends with the merged copy, and the
+ * original parent is never written.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { DynamicWriter } from '../src/disk/writer.js';
+import { FileSink } from '../src/io/file.js';
+import { create, parentLinkFor } from '../src/ops/create.js';
+import { hash } from '../src/ops/hash.js';
+import { merge } from '../src/ops/merge.js';
+import { openDisk } from '../src/ops/open.js';
+import { mulberry32, repoRoot } from './helpers.js';
+
+vi.setConfig({ testTimeout: 180_000, hookTimeout: 180_000 });
+
+const cli = path.join(repoRoot, 'dist', 'cli', 'main.js');
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vhdkit-merge-copy-'));
+const MiB = 1024 * 1024;
+let pristine: { parent: Buffer; child: Buffer; sibling: Buffer; digest: string };
+
+afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+const sha = (b: Uint8Array) => crypto.createHash('sha256').update(b).digest('hex');
+
+/** base (64 MiB, a few blocks) ← child (partial blocks, 24 MiB of data) and ← sibling. */
+beforeAll(async () => {
+  const d = path.join(dir, 'pristine');
+  fs.mkdirSync(d);
+  const base = path.join(d, 'base.vhd');
+  await create(base, { size: 64 * MiB });
+  const r = mulberry32(5);
+  const parent = await openDisk(base);
+  const child = path.join(d, 'child.vhd');
+  const sink = await FileSink.open(child, 'wx');
+  const w = await DynamicWriter.create(sink, {
+    virtualSize: 64 * MiB,
+    uuid: crypto.randomBytes(16),
+    parent: parentLinkFor(child, base, parent.footer.uniqueId, parent.footer.timestamp),
+  });
+  await parent.close();
+  for (let b = 0; b < 32; b += 2) {
+    const data = new Uint8Array(2 * MiB);
+    for (let i = 0; i < data.length; i += 4096) data[i] = (r() * 255) | 1;
+    const bitmap = new Uint8Array(512);
+    for (let s = 0; s < 4096; s++) if (r() < 0.7) bitmap[s >> 3] |= 0x80 >> (s & 7);
+    await w.writeBlock(b, data, bitmap);
+  }
+  await w.finish();
+  await sink.close();
+  await create(path.join(d, 'sibling.vhd'), { parent: base });
+  pristine = {
+    parent: fs.readFileSync(base),
+    child: fs.readFileSync(child),
+    sibling: fs.readFileSync(path.join(d, 'sibling.vhd')),
+    digest: (await hash(child, { workers: 0 })).digest,
+  };
+});
+
+function fresh(name: string): string {
+  const d = path.join(dir, name);
+  fs.mkdirSync(d);
+  fs.writeFileSync(path.join(d, 'base.vhd'), pristine.parent);
+  fs.writeFileSync(path.join(d, 'child.vhd'), pristine.child);
+  fs.writeFileSync(path.join(d, 'sibling.vhd'), pristine.sibling);
+  return d;
+}
+
+describe('merge --into-copy, interrupted', () => {
+  it('a leftover working copy without a journal is discarded and the merge starts over', async () => {
+    const d = fresh('leftover');
+    fs.writeFileSync(path.join(d, '.merged.vhd.vhdkit-copy'), 'half a copy');
+    const r = await merge(path.join(d, 'child.vhd'), { intoCopy: path.join(d, 'merged.vhd') });
+    expect(r.target).toBe(path.join(d, 'merged.vhd'));
+    expect((await hash(path.join(d, 'merged.vhd'), { workers: 0 })).digest).toBe(pristine.digest);
+    expect(fs.readdirSync(d).sort()).toEqual(['base.vhd', 'child.vhd', 'merged.vhd', 'sibling.vhd']);
+  });
+
+  it('killed at random instants, then run again: the copy holds the merged content, the originals are untouched', async () => {
+    const r = mulberry32(17);
+    const outcomes = { killedBeforeDone: 0, finishedFirst: 0 };
+    for (let round = 0; round < 10; round++) {
+      const d = fresh(`kill-${round}`);
+      const args = [cli, 'merge', 'child.vhd', '--into-copy', 'merged.vhd', '--json'];
+      const first = spawn(process.execPath, args, { cwd: d, stdio: 'ignore' });
+      const delay = Math.floor(r() * 1200);
+      const timer = setTimeout(() => first.kill('SIGKILL'), delay);
+      const code = await new Promise<number | null>((resolve) => first.on('exit', (c) => resolve(c)));
+      clearTimeout(timer);
+      if (code === 0) outcomes.finishedFirst++;
+      else if (code !== null) throw new Error(`round ${round}: the first run exited with ${code}, not killed`);
+      else outcomes.killedBeforeDone++;
+      if (code !== 0) {
+        const again = spawnSync(process.execPath, args, { cwd: d, encoding: 'utf8' });
+        expect(again.status, `round ${round}, killed after ${delay} ms: ${again.stderr}`).toBe(0);
+      }
+      expect((await hash(path.join(d, 'merged.vhd'), { workers: 0 })).digest, `round ${round}`).toBe(pristine.digest);
+      expect(sha(fs.readFileSync(path.join(d, 'base.vhd')))).toBe(sha(pristine.parent));
+      expect(sha(fs.readFileSync(path.join(d, 'sibling.vhd')))).toBe(sha(pristine.sibling));
+      expect(sha(fs.readFileSync(path.join(d, 'child.vhd')))).toBe(sha(pristine.child));
+      expect(fs.readdirSync(d).sort()).toEqual(['base.vhd', 'child.vhd', 'merged.vhd', 'sibling.vhd']);
+      const chk = spawnSync(process.execPath, [cli, 'check', '--strict', 'merged.vhd'], { cwd: d, encoding: 'utf8' });
+      expect(chk.status, chk.stdout).toBe(0);
+    }
+    console.log(`merge --into-copy kills: ${JSON.stringify(outcomes)}`);
+    expect(outcomes.killedBeforeDone).toBeGreaterThan(0);
+  });
+});
