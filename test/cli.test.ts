@@ -15,7 +15,10 @@ import { DynamicWriter } from '../src/disk/writer.js';
 import { FileSink } from '../src/io/file.js';
 import { check } from '../src/ops/check.js';
 import { openDisk } from '../src/ops/open.js';
-import { fixturesDir, repoRoot, sha256OfDisk, tmpDir, type FixturesExpected } from './helpers.js';
+import { fixturesDir, repoRoot, sha256OfDisk, tmpDir, type FixturesExpected, runProcess, type ProcessRun } from './helpers.js';
+
+const run = (cmd: string, args: string[], cwd: string, timeoutMs = 60_000) =>
+  runProcess(cmd, args, { cwd, timeoutMs, env: { ...process.env, FORCE_COLOR: '0' } });
 
 const CLI = path.join(repoRoot, 'dist/cli/main.js');
 const MiB = 1024 * 1024;
@@ -23,41 +26,15 @@ const MiB = 1024 * 1024;
 // -------------------------------------------------------------------------------------------------
 // Local helpers: run a process, hash files, list leftovers
 
-interface Run {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: string;
-  stderr: string;
-  stderrBytes: Buffer;
-}
 
-function run(cmd: string, args: string[], cwd: string, timeoutMs = 60_000): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { cwd, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, FORCE_COLOR: '0' } });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout.on('data', (b: Buffer) => out.push(b));
-    child.stderr.on('data', (b: Buffer) => err.push(b));
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.on('error', (e) => {
-      clearTimeout(timer);
-      reject(e);
-    });
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      const stderrBytes = Buffer.concat(err);
-      resolve({ code, signal, stdout: Buffer.concat(out).toString('utf8'), stderr: stderrBytes.toString('utf8'), stderrBytes });
-    });
-  });
-}
 
 /** Runs `vhdkit ARGS` in `cwd`. */
-function vhdkit(args: string[], cwd: string): Promise<Run> {
+function vhdkit(args: string[], cwd: string): Promise<ProcessRun> {
   return run(process.execPath, [CLI, ...args], cwd);
 }
 
 /** Parses the whole stdout as one JSON document (fails the test with the text when it is not). */
-function json(r: Run): any {
+function json(r: ProcessRun): any {
   try {
     return JSON.parse(r.stdout);
   } catch (e) {
@@ -65,11 +42,11 @@ function json(r: Run): any {
   }
 }
 
-function describeRun(r: Run): string {
+function describeRun(r: ProcessRun): string {
   return `exit ${r.code}${r.signal ? ` (signal ${r.signal})` : ''}\nstdout: ${r.stdout.slice(0, 2000)}\nstderr: ${r.stderr.slice(0, 2000)}`;
 }
 
-function expectExit(r: Run, code: number): void {
+function expectExit(r: ProcessRun, code: number): void {
   expect(r.code, describeRun(r)).toBe(code);
 }
 
@@ -123,7 +100,7 @@ async function infoJson(file: string, cwd: string): Promise<any> {
 }
 
 /** A one-line error on stderr, without a stack trace. */
-function expectOneLineError(r: Run): void {
+function expectOneLineError(r: ProcessRun): void {
   const lines = r.stderr.split('\n').filter((l) => l.length > 0);
   expect(lines, r.stderr).toHaveLength(1);
   expect(lines[0]).toMatch(/^vhdkit: /);

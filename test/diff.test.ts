@@ -16,7 +16,6 @@
  *
  * The pool runs the compiled worker from dist/: `npm run build` first (npm test does it in pretest).
  */
-import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -31,7 +30,7 @@ import { create, parentLinkFor } from '../src/ops/create.js';
 import { diff } from '../src/ops/diff.js';
 import { info } from '../src/ops/info.js';
 import { openDisk } from '../src/ops/open.js';
-import { corpusDir, corpusPresent, fixturesDir, hasQemu, readCorpusFile, repoRoot, sha256OfDisk, tmpDir, mulberry32 } from './helpers.js';
+import { corpusDir, corpusPresent, fixturesDir, hasQemu, readCorpusFile, repoRoot, sha256OfDisk, tmpDir, mulberry32, runProcess, readVirtual, type ProcessRun } from './helpers.js';
 
 vi.setConfig({ testTimeout: 120_000, hookTimeout: 120_000 });
 
@@ -92,16 +91,6 @@ async function chainSha256(file: string): Promise<string> {
   }
 }
 
-async function virtualBytes(file: string): Promise<Buffer> {
-  const img = await openDisk(file);
-  try {
-    const out = Buffer.alloc(img.virtualSize);
-    await img.read(out, 0);
-    return out;
-  } finally {
-    await img.close();
-  }
-}
 
 async function ownSectorRanges(file: string): Promise<Range[]> {
   const img = await openDisk(file);
@@ -129,34 +118,9 @@ function markSectors(bitmap: Uint8Array, from: number, to: number): void {
   for (let s = from; s < to; s++) bitmap[s >>> 3] |= 0x80 >>> (s & 7);
 }
 
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
+const vhdkit = (args: string[], cwd: string) => runProcess(process.execPath, [CLI, ...args], { cwd });
 
-function run(cmd: string, args: string[], cwd: string): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout.on('data', (b: Buffer) => out.push(b));
-    child.stderr.on('data', (b: Buffer) => err.push(b));
-    const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
-    child.on('error', (e) => {
-      clearTimeout(timer);
-      reject(e);
-    });
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8') });
-    });
-  });
-}
-
-const vhdkit = (args: string[], cwd: string) => run(process.execPath, [CLI, ...args], cwd);
-
-function json(r: Run): any {
+function json(r: ProcessRun): any {
   try {
     return JSON.parse(r.stdout);
   } catch (e) {
@@ -164,7 +128,7 @@ function json(r: Run): any {
   }
 }
 
-const show = (r: Run) => `exit ${r.code}\nstdout: ${r.stdout.slice(0, 1500)}\nstderr: ${r.stderr.slice(0, 1500)}`;
+const show = (r: ProcessRun) => `exit ${r.code}\nstdout: ${r.stdout.slice(0, 1500)}\nstderr: ${r.stderr.slice(0, 1500)}`;
 
 async function rejection(p: Promise<unknown>): Promise<unknown> {
   return p.then(
@@ -372,7 +336,7 @@ describe('diff --out: a differencing child of old whose chain is new', () => {
       const child = path.join(dir, 'child-q.vhd');
       await diff(path.join(dir, 'old.vhd'), path.join(dir, 'new.raw'), { out: child, workers: 2 });
       const outRaw = path.join(dir, 'child-q.raw');
-      const q = await run('qemu-img', ['convert', '-f', 'vpc', '-O', 'raw', child, outRaw], dir);
+      const q = await runProcess('qemu-img', ['convert', '-f', 'vpc', '-O', 'raw', child, outRaw], { cwd: dir });
       expect(q.code, show(q)).toBe(0);
       const seen = fs.readFileSync(outRaw);
       expect(seen.length).toBe(SIZE);
@@ -461,7 +425,7 @@ describe("ancestor method ('bitmap')", () => {
     //  (c) sector 100 with new bytes (a real change against both);
     //  (d) a whole block (block 6) with the chain's bytes, all identical.
     const blockSize = 512 * KiB;
-    const chainNow = await virtualBytes(F('child.vhd'));
+    const chainNow = await readVirtual(F('child.vhd'));
     const content = Buffer.from(chainNow);
     content.set(raw0.subarray(10 * SECTOR, 20 * SECTOR), 10 * SECTOR);
     fillRandom(content.subarray(100 * SECTOR, 101 * SECTOR), 30);
@@ -503,7 +467,7 @@ describe("ancestor method ('bitmap')", () => {
     expect(a.method).toBe('bitmap');
     expect(b.method).toBe('compare');
     expect(a.ranges).toEqual(b.ranges);
-    expect(a.ranges).toEqual(changedSectors(await virtualBytes(path.join(fx, 'chain/base.vhd')), fs.readFileSync(flat)));
+    expect(a.ranges).toEqual(changedSectors(await readVirtual(path.join(fx, 'chain/base.vhd')), fs.readFileSync(flat)));
   });
 
   describe.skipIf(!corpusPresent)('corpus (blktap base ← child ← grandchild)', () => {
@@ -516,7 +480,7 @@ describe("ancestor method ('bitmap')", () => {
       expect(a.method).toBe('bitmap');
       expect(b.method).toBe('compare');
       expect(a.ranges).toEqual(b.ranges);
-      expect(a.ranges).toEqual(changedSectors(await virtualBytes(C('base.vhd')), await virtualBytes(C('grandchild.vhd'))));
+      expect(a.ranges).toEqual(changedSectors(await readVirtual(C('base.vhd')), await readVirtual(C('grandchild.vhd'))));
       expect(a.changedSectors).toBeGreaterThan(0);
     });
   });
@@ -635,7 +599,7 @@ describe('vhdkit diff --json (CLI)', () => {
     const lib = await diff(path.join(fx, 'chain/base.vhd'), path.join(fx, 'chain/child.vhd'), { workers: 0 });
     expect(j.ranges).toEqual(lib.ranges);
     // Against the model over the flattened contents.
-    expect(j.ranges).toEqual(changedSectors(await virtualBytes(path.join(fx, 'chain/base.vhd')), await virtualBytes(path.join(fx, 'chain/child.vhd'))));
+    expect(j.ranges).toEqual(changedSectors(await readVirtual(path.join(fx, 'chain/base.vhd')), await readVirtual(path.join(fx, 'chain/child.vhd'))));
     // compare method between two unrelated disks of the same content: no ranges.
     const same = await vhdkit(['diff', 'dynamic-2m-blocks.vhd', 'dynamic-2m-blocks.raw', '--json', '--workers', '0'], fx);
     expect(same.code, show(same)).toBe(0);

@@ -6,7 +6,7 @@
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { ErrorCodes, VhdError, type Finding } from '../src/errors.js';
 import { VhdImage, type OpenOptions } from '../src/disk/image.js';
 import { MemoryResolver, MemorySink } from '../src/io/memory.js';

@@ -16,7 +16,6 @@
  *
  * The pool runs the compiled worker from dist/: `npm run build` first (npm test does it in pretest).
  */
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import fc from 'fast-check';
@@ -28,7 +27,7 @@ import { FileSink } from '../src/io/file.js';
 import { convert } from '../src/ops/convert.js';
 import { hash } from '../src/ops/hash.js';
 import { openAny } from '../src/ops/open.js';
-import { corpusDir, corpusPresent, fixturesDir, readCorpusFile, repoRoot, tmpDir, mulberry32 } from './helpers.js';
+import { corpusDir, corpusPresent, fixturesDir, readCorpusFile, repoRoot, tmpDir, mulberry32, runProcess, readVirtual, type ProcessRun } from './helpers.js';
 
 vi.setConfig({ testTimeout: 120_000, hookTimeout: 120_000 });
 
@@ -50,17 +49,6 @@ beforeAll(async () => {
   ({ h64Raw } = await xxhash());
 });
 
-/** The whole virtual content of a disk (VHD, chain or raw), read through vhdkit's reader. */
-async function virtualBytes(file: string): Promise<Buffer> {
-  const { disk } = await openAny(file);
-  try {
-    const out = Buffer.alloc(disk.virtualSize);
-    if (out.length > 0) await disk.read(out, 0);
-    return out;
-  } finally {
-    await disk.close();
-  }
-}
 
 function isAllZero(b: Uint8Array): boolean {
   for (let i = 0; i < b.length; i++) if (b[i] !== 0) return false;
@@ -196,32 +184,11 @@ function ls(dir: string): string[] {
   return fs.readdirSync(dir).sort();
 }
 
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
 
-function vhdkit(args: string[], cwd: string): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout.on('data', (b: Buffer) => out.push(b));
-    child.stderr.on('data', (b: Buffer) => err.push(b));
-    const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
-    child.on('error', (e) => {
-      clearTimeout(timer);
-      reject(e);
-    });
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8') });
-    });
-  });
-}
 
-function json(r: Run): any {
+const vhdkit = (args: string[], cwd: string) => runProcess(process.execPath, [CLI, ...args], { cwd });
+
+function json(r: ProcessRun): any {
   try {
     return JSON.parse(r.stdout);
   } catch (e) {
@@ -229,7 +196,7 @@ function json(r: Run): any {
   }
 }
 
-const show = (r: Run) => `exit ${r.code}\nstdout: ${r.stdout.slice(0, 1500)}\nstderr: ${r.stderr.slice(0, 1500)}`;
+const show = (r: ProcessRun) => `exit ${r.code}\nstdout: ${r.stdout.slice(0, 1500)}\nstderr: ${r.stderr.slice(0, 1500)}`;
 
 // -------------------------------------------------------------------------------------------------
 // Digest equality across forms
@@ -538,7 +505,7 @@ describe('the manifest file, parsed independently', () => {
   for (const rel of ['dynamic-512k-blocks.vhd', 'chain/grandchild.vhd', 'dynamic-2m-blocks.vhd']) {
     it(`fixture ${rel} with 4K and 1M chunks: manifest = xxh64 of the virtual bytes`, async () => {
       const f = path.join(fx, rel);
-      const bytes = await virtualBytes(f);
+      const bytes = await readVirtual(f);
       for (const cs of [4 * KiB, 1 * MiB]) {
         const man = path.join(dir, `${rel.replace(/\W/g, '_')}-${cs}.vhdhash`);
         const r = await hash(f, { chunkSize: cs, workers: 2, manifest: man });
@@ -604,7 +571,7 @@ describe('the manifest is written atomically', () => {
     expect(fs.readFileSync(man, 'utf8')).toBe('keep me');
     expect(ls(d)).toEqual(['m.vhdhash']);
     const r = await hash(src, { workers: 2, manifest: man, force: true });
-    expectManifestOf(man, await virtualBytes(src), 64 * KiB, r);
+    expectManifestOf(man, await readVirtual(src), 64 * KiB, r);
     expect(ls(d)).toEqual(['m.vhdhash']);
   });
 });
@@ -643,7 +610,7 @@ describe('vhdkit hash (CLI)', () => {
     const j = json(r);
     expect(j.chunkSize).toBe(4096);
     expect(j.manifest).toBe(man);
-    expectManifestOf(man, await virtualBytes(path.join(fx, 'chain/grandchild.vhd')), 4096, j);
+    expectManifestOf(man, await readVirtual(path.join(fx, 'chain/grandchild.vhd')), 4096, j);
     const r0 = await vhdkit(['hash', 'chain/grandchild.vhd', '--json', '--workers', '0', '--chunk-size', '4K'], fx);
     expect(r0.code, show(r0)).toBe(0);
     const j0 = json(r0);

@@ -3,7 +3,7 @@
  * own fixtures (generated once per test process), hashing of virtual disks, temp dirs and qemu
  * detection. Every temp dir made here is removed when the process exits.
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -225,4 +225,53 @@ export function mulberry32(seed: number): () => number {
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
+}
+
+export interface ProcessRun {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+  stderrBytes: Buffer;
+  /** Wall time of the process. */
+  ms: number;
+}
+
+/** Runs a process to its end, collecting its output; SIGKILL after `timeoutMs`. */
+export function runProcess(
+  cmd: string,
+  args: string[],
+  options: { cwd: string; timeoutMs?: number; env?: NodeJS.ProcessEnv },
+): Promise<ProcessRun> {
+  return new Promise((resolve, reject) => {
+    const started = performance.now();
+    const child = spawn(cmd, args, { cwd: options.cwd, stdio: ['ignore', 'pipe', 'pipe'], env: options.env ?? process.env });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    child.stdout.on('data', (b: Buffer) => out.push(b));
+    child.stderr.on('data', (b: Buffer) => err.push(b));
+    const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 60_000);
+    child.on('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      const stderrBytes = Buffer.concat(err);
+      resolve({ code, signal, stdout: Buffer.concat(out).toString('utf8'), stderr: stderrBytes.toString('utf8'), stderrBytes, ms: performance.now() - started });
+    });
+  });
+}
+
+/** The whole virtual content of a disk (VHD, chain or raw), read through vhdkit's reader. */
+export async function readVirtual(file: string): Promise<Buffer> {
+  const { openAny } = await import('../src/ops/open.js');
+  const { disk } = await openAny(file);
+  try {
+    const out = Buffer.alloc(disk.virtualSize);
+    if (out.length > 0) await disk.read(out, 0);
+    return out;
+  } finally {
+    await disk.close();
+  }
 }

@@ -14,24 +14,13 @@
  *
  * vhdkit runs as the real CLI (dist/cli/main.js, built by `npm run build`).
  */
-import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { check } from '../src/ops/check.js';
 import { openDisk } from '../src/ops/open.js';
-import {
-  corpusDir,
-  corpusExpected,
-  corpusPresent,
-  fixturesDir,
-  hasQemu,
-  readCorpusFile,
-  repoRoot,
-  tmpDir,
-  type FixturesExpected,
-} from './helpers.js';
+import { corpusDir, corpusExpected, corpusPresent, fixturesDir, hasQemu, readCorpusFile, repoRoot, tmpDir, type FixturesExpected, runProcess, type ProcessRun } from './helpers.js';
 
 if (!hasQemu) console.warn('interop.test.ts: SKIPPED — qemu-img is not on PATH (install qemu-utils to run the qemu oracle tests)');
 if (hasQemu && !corpusPresent) console.warn(`interop.test.ts: corpus part SKIPPED — the conformance corpus is not at ${corpusDir}`);
@@ -42,32 +31,11 @@ const MiB = 1024 * 1024;
 // -------------------------------------------------------------------------------------------------
 // Local helpers
 
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
 
-function run(cmd: string, args: string[], cwd: string, timeoutMs = 60_000): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout.on('data', (b: Buffer) => out.push(b));
-    child.stderr.on('data', (b: Buffer) => err.push(b));
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.on('error', (e) => {
-      clearTimeout(timer);
-      reject(e);
-    });
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8') });
-    });
-  });
-}
 
-async function ok(cmd: string, args: string[], cwd: string): Promise<Run> {
+const run = (cmd: string, args: string[], cwd: string, timeoutMs = 60_000) => runProcess(cmd, args, { cwd, timeoutMs });
+
+async function ok(cmd: string, args: string[], cwd: string): Promise<ProcessRun> {
   const r = await run(cmd, args, cwd);
   expect(r.code, `${path.basename(cmd)} ${args.join(' ')}\nexit ${r.code}\nstdout: ${r.stdout.slice(0, 1500)}\nstderr: ${r.stderr.slice(0, 1500)}`).toBe(0);
   return r;

@@ -38,7 +38,7 @@ import { newUuid, parentLinkFor } from '../src/ops/create.js';
 import { journalPath, lockPath, type MergeJournal } from '../src/ops/journal.js';
 import { merge } from '../src/ops/merge.js';
 import { openDisk } from '../src/ops/open.js';
-import { repoRoot, tmpDir, mulberry32 } from './helpers.js';
+import { repoRoot, tmpDir, mulberry32, readVirtual } from './helpers.js';
 
 vi.setConfig({ testTimeout: 180_000, hookTimeout: 180_000 });
 
@@ -148,16 +148,6 @@ function freshCopy(c: Chain): { dir: string; parent: string; child: string } {
   return { dir, parent, child };
 }
 
-async function readDisk(file: string): Promise<Uint8Array> {
-  const img = await openDisk(file);
-  try {
-    const out = new Uint8Array(img.virtualSize);
-    await img.read(out, 0);
-    return out;
-  } finally {
-    await img.close();
-  }
-}
 
 function firstDifference(a: Uint8Array, b: Uint8Array): string | undefined {
   if (a.length !== b.length) return `length ${a.length}, want ${b.length}`;
@@ -281,7 +271,7 @@ describe('SIGKILL at random instants, then the same merge again', () => {
       expect(r.code).toBe(0);
       typical[k] = { wallMs: r.ms, mergeMs: JSON.parse(r.stdout).seconds * 1000 };
       chains[k].reference = fs.readFileSync(run.parent);
-      expect(firstDifference(await readDisk(run.parent), chains[k].model)).toBeUndefined();
+      expect(firstDifference(await readVirtual(run.parent), chains[k].model)).toBeUndefined();
       fs.rmSync(run.dir, { recursive: true, force: true });
     }
     expect(chains.grow.tableEntries).toBe(24);
@@ -325,7 +315,7 @@ describe('SIGKILL at random instants, then the same merge again', () => {
       if (file.equals(c.parentBytes)) cls = 'before-journal';
       else if (file.equals(c.reference!)) cls = 'after-completion';
       else {
-        const diff = firstDifference(await readDisk(run.parent).catch(() => new Uint8Array()), c.model);
+        const diff = firstDifference(await readVirtual(run.parent).catch(() => new Uint8Array()), c.model);
         if (diff === undefined && (await check(run.parent, { strict: true })).ok) cls = 'after-completion';
         else {
           cls = 'data';
@@ -368,7 +358,7 @@ describe('SIGKILL at random instants, then the same merge again', () => {
     const left = leftovers(run.dir);
     if (left.length > 0) say(`left behind after the kill in "${cls}": ${left.join(', ')}`);
     if (!fs.readFileSync(run.child).equals(c.childBytes)) say('the child changed');
-    const diff = firstDifference(await readDisk(run.parent).catch((e) => new TextEncoder().encode(String(e))), c.model);
+    const diff = firstDifference(await readVirtual(run.parent).catch((e) => new TextEncoder().encode(String(e))), c.model);
     if (diff) say(`after a kill in "${cls}": parent content ${diff}`);
     const chk = await runCli(['check', '--strict', 'parent.vhd'], run.dir);
     if (chk.code !== 0) say(`after a kill in "${cls}": check --strict exited ${chk.code}: ${chk.stdout.trim()} ${chk.stderr.trim()}`);
@@ -441,7 +431,7 @@ describe('a crash at every write of the merge, then once more in the rerun', () 
 
   async function verify(c: Chain, run: { dir: string; parent: string; child: string }, what: string): Promise<string[]> {
     const problems: string[] = [];
-    const diff = firstDifference(await readDisk(run.parent).catch((e) => new TextEncoder().encode(String(e))), c.model);
+    const diff = firstDifference(await readVirtual(run.parent).catch((e) => new TextEncoder().encode(String(e))), c.model);
     if (diff) problems.push(`${what}: content ${diff}`);
     const chk = await check(run.parent, { strict: true });
     if (!chk.ok) problems.push(`${what}: check --strict: ${[...new Set(chk.errors.map((e) => e.code))].join(', ')}`);
@@ -471,7 +461,7 @@ describe('a crash at every write of the merge, then once more in the rerun', () 
           if (a < total) expect(r1.crashed).toBe(true);
           // A crash without a journal must leave the parent pristine (the journal comes first).
           if (!fs.existsSync(journalPath(run.parent)) && !fs.readFileSync(run.parent).equals(c.parentBytes)) {
-            const d = firstDifference(await readDisk(run.parent), c.model);
+            const d = firstDifference(await readVirtual(run.parent), c.model);
             if (d) problems.push(`crash at ${a}: no journal, half state (${d})`);
           }
           if (b !== undefined && fs.existsSync(journalPath(run.parent))) await crashingMerge(run.child, run.parent, b);
@@ -557,7 +547,7 @@ describe('real processes killed at exact points', () => {
     const again = await runCli(['merge', 'child.vhd', '--json'], run.dir);
     expect(again.code).toBe(0);
     expect(JSON.parse(again.stdout).resumed).toBe(true);
-    expect(firstDifference(await readDisk(run.parent), c.model)).toBeUndefined();
+    expect(firstDifference(await readVirtual(run.parent), c.model)).toBeUndefined();
     expect(leftovers(run.dir)).toEqual([]);
   });
 
@@ -581,7 +571,7 @@ describe('real processes killed at exact points', () => {
     const r3 = await runCli(['merge', 'child.vhd', '--json'], run.dir);
     expect(r3.stderr).toBe('');
     expect(r3.code).toBe(0);
-    expect(firstDifference(await readDisk(run.parent), c.model)).toBeUndefined();
+    expect(firstDifference(await readVirtual(run.parent), c.model)).toBeUndefined();
     const chk = await runCli(['check', '--strict', 'parent.vhd'], run.dir);
     expect(chk.stdout).toContain('OK');
     expect(chk.code).toBe(0);
@@ -596,7 +586,7 @@ describe('real processes killed at exact points', () => {
     expect(fs.readFileSync(run.parent).equals(c.parentBytes)).toBe(true);
     const r2 = await runCli(['merge', 'child.vhd', '--json'], run.dir);
     expect(r2.code).toBe(0);
-    expect(firstDifference(await readDisk(run.parent), c.model)).toBeUndefined();
+    expect(firstDifference(await readVirtual(run.parent), c.model)).toBeUndefined();
     expect(fs.readFileSync(run.child).equals(c.childBytes)).toBe(true);
     // The journal's temporary file of the killed run must not stay next to the disk forever.
     expect(leftovers(run.dir)).toEqual([]);

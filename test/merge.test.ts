@@ -36,7 +36,7 @@ import { create, newUuid, parentLinkFor } from '../src/ops/create.js';
 import { journalPath, lockPath } from '../src/ops/journal.js';
 import { merge } from '../src/ops/merge.js';
 import { openDisk } from '../src/ops/open.js';
-import { corpusDir, corpusPresent, hasQemu, readCorpusFile, repoRoot, tmpDir } from './helpers.js';
+import { corpusDir, corpusPresent, hasQemu, readCorpusFile, repoRoot, tmpDir, readVirtual } from './helpers.js';
 
 vi.setConfig({ testTimeout: 180_000, hookTimeout: 180_000 });
 
@@ -138,16 +138,6 @@ function overlay(base: Uint8Array, size: number, ...layers: Array<Map<number, Ui
 }
 
 /** The whole virtual content of a disk (its chain resolved). */
-async function readDisk(file: string): Promise<Uint8Array> {
-  const img = await openDisk(file);
-  try {
-    const out = new Uint8Array(img.virtualSize);
-    await img.read(out, 0);
-    return out;
-  } finally {
-    await img.close();
-  }
-}
 
 /** The sectors the file itself holds (bitmap bits for a differencing disk). */
 async function ownSectors(file: string): Promise<number[]> {
@@ -246,7 +236,7 @@ describe.skipIf(!corpusPresent)('blktap corpus chains merge to the MANIFEST hash
     const dir = copyCorpus();
     const child = path.join(dir, c.child);
     const parent = path.join(dir, c.parent);
-    const before = sha(await readDisk(child));
+    const before = sha(await readVirtual(child));
     expect(before).toBe(c.want); // the chain already reads as the MANIFEST says
     const childBytes = fileSha(child);
 
@@ -261,7 +251,7 @@ describe.skipIf(!corpusPresent)('blktap corpus chains merge to the MANIFEST hash
     expect(out.bytesWritten).toBeGreaterThanOrEqual(c.sectors * SECTOR);
 
     // The parent now holds the chain's content, and it is a plain dynamic disk that checks clean.
-    const merged = await readDisk(parent);
+    const merged = await readVirtual(parent);
     expect(sha(merged)).toBe(c.want);
     const chk = cli(['check', '--strict', c.parent], dir);
     expect(chk.stdout + chk.stderr).toContain('OK');
@@ -275,7 +265,7 @@ describe.skipIf(!corpusPresent)('blktap corpus chains merge to the MANIFEST hash
     } else {
       // The child was not changed, and its chain still reads exactly as before.
       expect(fileSha(child)).toBe(childBytes);
-      expect(sha(await readDisk(child))).toBe(before);
+      expect(sha(await readVirtual(child))).toBe(before);
       expect(out.deleted).toEqual([]);
       expect(out.invalidated.map((p: string) => path.basename(p))).toEqual(c.between ?? []);
     }
@@ -385,8 +375,8 @@ describe('merge against a model (property)', () => {
               expect([r.blocksAllocated, r.blocksUpdated]).toEqual(blockCounts([...gOwn.keys()], blocksOf([...cOwn.keys()], p.cbs), p.cbs));
               const want = [...new Set([...childOwnBefore, ...gOwn.keys()])].sort((a, b) => a - b);
               expect(await ownSectors(childF)).toEqual(want);
-              expectSameBytes(await readDisk(childF), model, 'child chain after merge');
-              expectSameBytes(await readDisk(grandF), model, 'grandchild chain after merge');
+              expectSameBytes(await readVirtual(childF), model, 'child chain after merge');
+              expectSameBytes(await readVirtual(grandF), model, 'grandchild chain after merge');
               expect(fileSha(parent)).toBe(parentBytes);
               expect(fileSha(grandF)).toBe(grandBytes);
               const c = await check(childF, { strict: true });
@@ -400,7 +390,7 @@ describe('merge against a model (property)', () => {
               const merged = [...new Set([...cOwn.keys(), ...gOwn.keys()])];
               expect(r.sectorsMerged).toBe(merged.length);
               expect([r.blocksAllocated, r.blocksUpdated]).toEqual(blockCounts(merged, new Set(blocks), p.pbs));
-              expectSameBytes(await readDisk(parent), model, `${p.mode}: parent after merge`);
+              expectSameBytes(await readVirtual(parent), model, `${p.mode}: parent after merge`);
               const c = await check(parent, { strict: true });
               expect(c.errors).toEqual([]);
               expect(c.ok).toBe(true);
@@ -409,10 +399,10 @@ describe('merge against a model (property)', () => {
               expect(fileSha(childF)).toBe(childBytes);
               if (p.mode === 'to') {
                 expect(fileSha(grandF)).toBe(grandBytes);
-                expectSameBytes(await readDisk(grandF), model, 'grandchild chain after --to merge');
+                expectSameBytes(await readVirtual(grandF), model, 'grandchild chain after --to merge');
                 expect(r.invalidated).toEqual([fs.realpathSync(childF)]);
               } else {
-                expectSameBytes(await readDisk(childF), model, 'child chain after merge');
+                expectSameBytes(await readVirtual(childF), model, 'child chain after merge');
               }
             }
             expect(leftovers(dir)).toEqual([]);
@@ -443,15 +433,15 @@ describe('merge against a model (property)', () => {
     const gOwn = sectorsFrom([[2, 3, 4], [spb + 7, 1, 5], [spb + 100, 13, 6], [spb * 3 + 9, 1, 7]], size / SECTOR);
     await writeChild(grand, child, size, bs, gOwn);
     const model = overlay(content, size, cOwn, gOwn);
-    const chainBefore = await readDisk(grand);
+    const chainBefore = await readVirtual(grand);
     expectSameBytes(chainBefore, model, 'chain before');
     const r = await merge(grand);
     expect(r.blocksAllocated).toBe(1); // block 1 is new in the child
     expect(r.blocksUpdated).toBe(2); // blocks 0 and 3
     expect(r.sectorsMerged).toBe(3 + 1 + 13 + 1);
     expect(await ownSectors(child)).toEqual([1, 2, 3, 4, 5, 6, 7, spb + 7, ...Array.from({ length: 13 }, (_, i) => spb + 100 + i), spb * 3 + 9]);
-    expectSameBytes(await readDisk(grand), model, 'grandchild chain after');
-    expectSameBytes(await readDisk(child), model, 'child chain after');
+    expectSameBytes(await readVirtual(grand), model, 'grandchild chain after');
+    expectSameBytes(await readVirtual(child), model, 'child chain after');
     expect((await check(child, { strict: true })).ok).toBe(true);
   });
 });
@@ -473,7 +463,7 @@ describe('targets of other shapes', () => {
     const fd = fs.openSync(parent, 'r+');
     fs.writeSync(fd, content, 0, size, 0);
     fs.closeSync(fd);
-    expectSameBytes(await readDisk(parent), content, 'fixed before');
+    expectSameBytes(await readVirtual(parent), content, 'fixed before');
     const own = sectorsFrom([[0, 1, 1], [200, 7, 2], [5000, 33, 3], [size / SECTOR - 1, 1, 4]], size / SECTOR);
     await writeChild(child, parent, size, 512 * KiB, own);
     const model = overlay(content, size, own);
@@ -489,10 +479,10 @@ describe('targets of other shapes', () => {
     const img = await openDisk(parent);
     expect(img.type).toBe('fixed');
     await img.close();
-    expectSameBytes(await readDisk(parent), model, 'fixed after merge');
+    expectSameBytes(await readVirtual(parent), model, 'fixed after merge');
     expect(cli(['check', '--strict', 'fixed.vhd'], dir).code).toBe(0);
     if (hasQemu) expectSameBytes(qemuRaw(parent), model, 'qemu-img reading of the merged fixed disk');
-    expectSameBytes(await readDisk(child), model, 'child chain after');
+    expectSameBytes(await readVirtual(child), model, 'child chain after');
   });
 
   /** Parent 4177920 bytes (CHS 120/4/17 exactly, as geometryForWrite keeps it); child 9 MiB. */
@@ -538,7 +528,7 @@ describe('targets of other shapes', () => {
     expect(Number(after.header!.tableOffset)).not.toBe(oldTable);
     expect(after.findings).toEqual([]);
     await after.close();
-    const merged = await readDisk(g.parent);
+    const merged = await readVirtual(g.parent);
     expectSameBytes(merged, g.model, 'grown parent');
     // zeros past the old end except the child's sectors
     const ownSet = new Set((await ownSectors(g.child)).map((s) => s));
@@ -550,7 +540,7 @@ describe('targets of other shapes', () => {
     const c = cli(['check', '--strict', 'small.vhd'], dir);
     expect(c.stdout + c.stderr).toContain('OK');
     expect(c.code).toBe(0);
-    expectSameBytes(await readDisk(g.child), g.model, 'child chain after');
+    expectSameBytes(await readVirtual(g.child), g.model, 'child chain after');
   });
 
   it.skipIf(!hasQemu)('BAT growth: qemu-img reads the grown parent at its new size (footer geometry follows the size)', async () => {
@@ -606,7 +596,7 @@ describe('other children of the target', () => {
     const sibling = path.join(sdir, 'sibling.vhd');
     const sOwn = sectorsFrom([[7, 3, 99], [4096 * 2 + 1, 1, 98]], pair.content.length / SECTOR);
     await writeChild(sibling, pair.parent, pair.content.length, 2 * MiB, sOwn);
-    const siblingContent = await readDisk(sibling);
+    const siblingContent = await readVirtual(sibling);
     return { dir, ...pair, sibling, siblingContent };
   }
 
@@ -643,7 +633,7 @@ describe('other children of the target', () => {
     const ok = cli(['merge', 'child.vhd'], f.dir);
     expect(ok.stderr).toBe('');
     expect(ok.code).toBe(0);
-    expectSameBytes(await readDisk(f.parent), f.model, 'parent after merge');
+    expectSameBytes(await readVirtual(f.parent), f.model, 'parent after merge');
   });
 
   it('--force merges anyway', async () => {
@@ -651,7 +641,7 @@ describe('other children of the target', () => {
     const r = cli(['merge', 'child.vhd', '--force', '--json'], f.dir);
     expect(r.code).toBe(0);
     expect(JSON.parse(r.stdout).sectorsMerged).toBe(f.own.size);
-    expectSameBytes(await readDisk(f.parent), f.model, 'parent after --force merge');
+    expectSameBytes(await readVirtual(f.parent), f.model, 'parent after --force merge');
     expect(cli(['check', '--strict', 'parent.vhd'], f.dir).code).toBe(0);
   });
 
@@ -673,13 +663,13 @@ describe('other children of the target', () => {
     expect(fileSha(f.parent)).toBe(parentBytes);
     expect(fileSha(f.sibling)).toBe(siblingBytes);
     expect(fileSha(f.child)).toBe(childBytes);
-    expectSameBytes(await readDisk(f.sibling), f.siblingContent, 'sibling after --into-copy');
-    expectSameBytes(await readDisk(f.child), f.model, 'child after --into-copy');
+    expectSameBytes(await readVirtual(f.sibling), f.siblingContent, 'sibling after --into-copy');
+    expectSameBytes(await readVirtual(f.child), f.model, 'child after --into-copy');
     const img = await openDisk(copy);
     expect(img.type).toBe('dynamic');
     expect(img.uuid).not.toBe(parentUuid);
     await img.close();
-    expectSameBytes(await readDisk(copy), f.model, 'copy content');
+    expectSameBytes(await readVirtual(copy), f.model, 'copy content');
     expect(cli(['check', '--strict', 'merged-copy.vhd'], f.dir).code).toBe(0);
     if (hasQemu) expectSameBytes(qemuRaw(copy), f.model, 'qemu-img reading of the copy');
     expect(leftovers(f.dir)).toEqual([]);
@@ -721,7 +711,7 @@ describe('the lock next to the target', () => {
     const r = cli(['merge', 'child.vhd', '--json'], dir);
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
-    expectSameBytes(await readDisk(parent), model, 'parent after merge');
+    expectSameBytes(await readVirtual(parent), model, 'parent after merge');
     expect(leftovers(dir)).toEqual([]);
   });
 });
@@ -800,7 +790,7 @@ describe('an interrupted merge (pending journal)', () => {
     expect(JSON.parse(again.stdout).resumed).toBe(true);
     expect(fs.existsSync(journalPath(parent))).toBe(false);
     expect(leftovers(dir)).toEqual([]);
-    expectSameBytes(await readDisk(parent), model, 'parent after the completed merge');
+    expectSameBytes(await readVirtual(parent), model, 'parent after the completed merge');
     expect(content.length).toBe(size);
     expect(cli(['check', '--strict', 'parent.vhd'], dir).code).toBe(0);
     if (hasQemu) expectSameBytes(qemuRaw(parent), model, 'qemu-img reading after completion');
@@ -833,7 +823,7 @@ describe('batch merges and the JSON summary', () => {
     expect(failed.error.code).toBe('PARENT_MISSING');
     const okOne = out.results.find((x: { ok: boolean }) => x.ok);
     expect(okOne.target).toBe(fs.realpathSync(good.parent));
-    expectSameBytes(await readDisk(good.parent), good.model, 'the good parent');
+    expectSameBytes(await readVirtual(good.parent), good.model, 'the good parent');
     expect(leftovers(dir)).toEqual([]);
   });
 
@@ -846,8 +836,8 @@ describe('batch merges and the JSON summary', () => {
     expect(r.code).toBe(0);
     const out = JSON.parse(r.stdout);
     expect(out).toMatchObject({ ok: true, merged: 2, failed: 0, sectorsMerged: one.own.size + two.own.size });
-    expectSameBytes(await readDisk(one.parent), one.model, 'p1');
-    expectSameBytes(await readDisk(two.parent), two.model, 'p2');
+    expectSameBytes(await readVirtual(one.parent), one.model, 'p1');
+    expectSameBytes(await readVirtual(two.parent), two.model, 'p2');
   });
 
   it('the JSON summary of one merge counts sectors, blocks and bytes as the model says', async () => {
@@ -883,7 +873,7 @@ describe('batch merges and the JSON summary', () => {
     expect(out.resumed).toBe(false);
     expect(out.deleted).toEqual([]);
     expect(out.warnings).toEqual([]);
-    expectSameBytes(await readDisk(pair.parent), pair.model, 'parent');
+    expectSameBytes(await readVirtual(pair.parent), pair.model, 'parent');
     // The human line says the same numbers.
     const dir2 = tmpDir('vhdkit-merge-human-');
     await simplePair(dir2, { size: 4 * bs, blockSize: bs, parentBlocks: [0, 2], childWrites: writes });

@@ -13,7 +13,6 @@
  * The pool runs the compiled worker from dist/: `npm run build` first (npm test does it in pretest).
  * The large disks (8 GiB virtual, 224 MiB allocated) are built with DynamicWriter in a temp dir.
  */
-import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -25,7 +24,7 @@ import { FileSink } from '../src/io/file.js';
 import { diff } from '../src/ops/diff.js';
 import { hash } from '../src/ops/hash.js';
 import { defaultWorkers, destroyPool, getPool } from '../src/pool/pool.js';
-import { fixturesDir, repoRoot, tmpDir } from './helpers.js';
+import { fixturesDir, repoRoot, tmpDir, runProcess, type ProcessRun } from './helpers.js';
 
 vi.setConfig({ testTimeout: 120_000, hookTimeout: 120_000 });
 
@@ -79,38 +78,12 @@ function outDir(name: string): string {
   return fs.mkdtempSync(path.join(dir, `${name}-`));
 }
 
-interface Run {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: string;
-  stderr: string;
-  ms: number;
-}
-
-function run(cmd: string, args: string[], cwd: string, killAfterMs = 30_000): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const started = performance.now();
-    const child = spawn(cmd, args, { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout.on('data', (b: Buffer) => out.push(b));
-    child.stderr.on('data', (b: Buffer) => err.push(b));
-    const timer = setTimeout(() => child.kill('SIGKILL'), killAfterMs);
-    child.on('error', (e) => {
-      clearTimeout(timer);
-      reject(e);
-    });
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code, signal, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8'), ms: performance.now() - started });
-    });
-  });
-}
+const run = (cmd: string, args: string[], cwd: string, killAfterMs = 30_000) => runProcess(cmd, args, { cwd, timeoutMs: killAfterMs });
 
 /** Runs an ES module snippet in a fresh node process. */
 const nodeEval = (code: string, cwd: string) => run(process.execPath, ['--input-type=module', '-e', code], cwd);
 
-const show = (r: Run) => `exit ${r.code}${r.signal ? ` (signal ${r.signal})` : ''} after ${r.ms.toFixed(0)} ms\nstdout: ${r.stdout.slice(0, 1500)}\nstderr: ${r.stderr.slice(0, 1500)}`;
+const show = (r: ProcessRun) => `exit ${r.code}${r.signal ? ` (signal ${r.signal})` : ''} after ${r.ms.toFixed(0)} ms\nstdout: ${r.stdout.slice(0, 1500)}\nstderr: ${r.stderr.slice(0, 1500)}`;
 
 beforeAll(async () => {
   if (!fs.existsSync(path.join(repoRoot, 'dist/pool/worker.js'))) {
