@@ -21,7 +21,7 @@ import { getPool } from '../pool/pool.js';
 import type { DiffTask, DiskRef } from '../pool/tasks.js';
 import { throwIfAborted, type OperationOptions } from './common.js';
 import { newUuid, parentLinkFor } from './create.js';
-import { orderedWindow, TASK_BYTES } from './hash.js';
+import { orderedWindow, TASK_BYTES } from '../pool/schedule.js';
 import { openAny, sameFile, type OpenDiskOptions } from './open.js';
 
 export interface DiffOptions extends OperationOptions, OpenDiskOptions {

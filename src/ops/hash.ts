@@ -13,14 +13,13 @@ import { isPowerOfTwo } from '../format/header.js';
 import { writeAtomically, type FileSink } from '../io/file.js';
 import { getPool } from '../pool/pool.js';
 import { type DiskRef, type HashTask, type HashTaskResult, READ_UNIT } from '../pool/tasks.js';
+import { orderedWindow, splitRanges, TASK_BYTES } from '../pool/schedule.js';
 import { throwIfAborted, type OperationOptions } from './common.js';
 import { openAny, type OpenDiskOptions, type SourceFormat } from './open.js';
 
 export const DEFAULT_CHUNK_SIZE = 64 * 1024;
 /** The largest chunk: 4 MiB, Azure's largest page write (and at most one read buffer). */
 export const MAX_CHUNK_SIZE = Math.min(READ_UNIT, 4 * 1024 * 1024);
-/** Bytes of data per task: 16 blocks of 2 MiB. Per-task overhead (~25 µs) vanishes at this size. */
-export const TASK_BYTES = 32 * 1024 * 1024;
 
 export interface HashOptions extends OperationOptions, OpenDiskOptions {
   chunkSize?: number;
@@ -47,51 +46,6 @@ export interface HashResult {
   seconds: number;
   manifest: string | null;
   warnings: Finding[];
-}
-
-/** Splits ranges into tasks of at most `max` bytes, cutting at multiples of `unit`. */
-export function splitRanges(ranges: Range[], max: number, unit: number): Range[] {
-  const step = Math.max(unit, Math.floor(max / unit) * unit);
-  const out: Range[] = [];
-  for (const [a, b] of ranges) for (let s = a; s < b; s += step) out.push([s, Math.min(b, s + step)]);
-  return out;
-}
-
-/**
- * Runs `tasks` through `run` with at most `window` in flight, delivering results to `take` in task
- * order. Never more than `window` results wait in memory.
- */
-export async function orderedWindow<T, R>(
-  tasks: Iterable<T>,
-  window: number,
-  run: (t: T) => Promise<R>,
-  take: (t: T, r: R) => void | Promise<void>,
-  signal?: AbortSignal,
-): Promise<void> {
-  const queue: Array<{ task: T; result: Promise<R> }> = [];
-  try {
-    for (const task of tasks) {
-      throwIfAborted(signal);
-      const result = run(task);
-      result.catch(() => {}); // observed below, in order
-      queue.push({ task, result });
-      if (queue.length >= window) {
-        const head = queue.shift()!;
-        const r = await head.result;
-        throwIfAborted(signal);
-        await take(head.task, r);
-      }
-    }
-    while (queue.length > 0) {
-      const head = queue.shift()!;
-      const r = await head.result;
-      throwIfAborted(signal);
-      await take(head.task, r);
-    }
-  } finally {
-    // On failure, let the tasks still in flight settle before returning (no stray work).
-    await Promise.allSettled(queue.map((q) => q.result));
-  }
 }
 
 export async function hash(file: string, options: HashOptions = {}): Promise<HashResult> {
