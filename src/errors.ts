@@ -66,6 +66,12 @@ export const ErrorCodes = {
   LOCKED: 'LOCKED',
   SIBLINGS: 'SIBLINGS',
   TARGET_DAMAGED: 'TARGET_DAMAGED',
+  // Azure upload
+  AZURE: 'AZURE',
+  AZURE_AUTH: 'AZURE_AUTH',
+  BLOB_EXISTS: 'BLOB_EXISTS',
+  BASE_INVALID: 'BASE_INVALID',
+  VERIFY_MISMATCH: 'VERIFY_MISMATCH',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];

@@ -41,6 +41,8 @@ export function exitCodeFor(e: unknown): number {
   if (!(e instanceof VhdError)) return EXIT_PROBLEMS;
   // Stopped, or another process holds the disk: the operation failed; the input is fine.
   if (e.code === ErrorCodes.ABORTED || e.code === ErrorCodes.LOCKED) return EXIT_PROBLEMS;
+  // The service refused or failed, or what landed differs: the operation failed.
+  if (e.code === ErrorCodes.AZURE || e.code === ErrorCodes.AZURE_AUTH || e.code === ErrorCodes.VERIFY_MISMATCH) return EXIT_PROBLEMS;
   if (e.code === ErrorCodes.IO) {
     const cause = (e as Error & { cause?: NodeJS.ErrnoException }).cause;
     return cause?.code && INPUT_ERRNO.has(cause.code) ? EXIT_USAGE : EXIT_PROBLEMS;

@@ -1,0 +1,324 @@
+/**
+ * The page-blob target: every request vhdkit makes to Azure Storage for an upload goes through
+ * here, so Azure's rules are enforced once, whatever the server lets through (Azurite accepts page
+ * writes over 4 MiB, past the end of the blob, and blobs over 8 TiB; Azure does not):
+ *   - page writes 512-aligned, at most 4 MiB, inside the blob;
+ *   - page blobs at most 8 TiB, sizes a multiple of 512;
+ *   - every request retried by one policy (./retry.ts), and counted.
+ * Messages name the blob without its URL query: a SAS never reaches an error or a log.
+ */
+import {
+  AnonymousCredential,
+  BlobServiceClient,
+  type ContainerClient,
+  newPipeline,
+  type PageBlobClient,
+  StorageSharedKeyCredential,
+} from '@azure/storage-blob';
+import { ErrorCodes, VhdError } from '../errors.js';
+import type { BlobLocation, ConnectOptions } from './destination.js';
+import { type RetryOptions, RetryCounter, withRetry } from './retry.js';
+
+export const PAGE = 512;
+export const MAX_PAGE_WRITE = 4 * 1024 * 1024;
+export const MAX_PAGE_BLOB = 8 * 1024 ** 4;
+
+export interface BlobProps {
+  size: number;
+  metadata: Record<string, string>;
+  contentMd5?: string;
+  copyStatus?: string;
+  copyId?: string;
+  copyStatusDescription?: string;
+  lastModified?: Date;
+  blobType?: string;
+}
+
+export interface Counters {
+  requests: number;
+  bytesUploaded: number;
+  bytesCleared: number;
+  retries: RetryCounter;
+}
+
+export function newCounters(): Counters {
+  return { requests: 0, bytesUploaded: 0, bytesCleared: 0, retries: new RetryCounter() };
+}
+
+function connectionStringParts(cs: string): Map<string, string> {
+  const parts = new Map<string, string>();
+  for (const kv of cs.split(';')) {
+    const i = kv.indexOf('=');
+    if (i > 0) parts.set(kv.slice(0, i).trim().toLowerCase(), kv.slice(i + 1).trim());
+  }
+  return parts;
+}
+
+const serviceClients = new Map<string, BlobServiceClient>();
+
+/** One service client per account and credential, with the SDK's retry off (ours is the only one). */
+export async function serviceClient(loc: BlobLocation, options: ConnectOptions = {}): Promise<BlobServiceClient> {
+  const key = `${loc.accountUrl}\n${loc.sas ?? ''}\n${loc.connectionString ?? ''}\n${loc.tokenCredential ? 't' : ''}`;
+  const cached = options.policies ? undefined : serviceClients.get(key);
+  if (cached) return cached;
+  let credential: StorageSharedKeyCredential | AnonymousCredential | import('@azure/core-auth').TokenCredential;
+  let url = loc.accountUrl;
+  if (loc.connectionString) {
+    const parts = connectionStringParts(loc.connectionString);
+    const sas = parts.get('sharedaccesssignature');
+    if (parts.get('usedevelopmentstorage') === 'true') {
+      credential = new StorageSharedKeyCredential(
+        'devstoreaccount1',
+        'Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==',
+      );
+    } else if (parts.get('accountkey')) {
+      const account = parts.get('accountname');
+      if (!account) throw new VhdError(ErrorCodes.USAGE, 'the connection string has an AccountKey but no AccountName');
+      credential = new StorageSharedKeyCredential(account, parts.get('accountkey')!);
+    } else if (sas) {
+      credential = new AnonymousCredential();
+      url = `${url}?${sas.replace(/^\?/, '')}`;
+    } else {
+      throw new VhdError(ErrorCodes.USAGE, 'the connection string has neither AccountKey nor SharedAccessSignature');
+    }
+  } else if (loc.sas) {
+    credential = new AnonymousCredential();
+    url = `${url}?${loc.sas}`;
+  } else {
+    // Loaded only when used: @azure/identity is large and most runs use a SAS or a connection string.
+    const { DefaultAzureCredential } = await import('@azure/identity');
+    credential = new DefaultAzureCredential();
+  }
+  const pipeline = newPipeline(credential as StorageSharedKeyCredential, {
+    retryOptions: { maxTries: 1 },
+    userAgentOptions: { userAgentPrefix: 'vhdkit' },
+  });
+  if (options.policies) pipeline.factories.push(...(options.policies as typeof pipeline.factories));
+  const client = new BlobServiceClient(url, pipeline);
+  if (!options.policies) serviceClients.set(key, client);
+  return client;
+}
+
+export async function containerClient(loc: BlobLocation, options: ConnectOptions = {}): Promise<ContainerClient> {
+  return (await serviceClient(loc, options)).getContainerClient(loc.container);
+}
+
+/** A page blob, its size as vhdkit knows it, and the rules Azure applies to it. */
+export class PageBlob {
+  size = 0;
+  readonly client: PageBlobClient;
+
+  constructor(
+    readonly container: ContainerClient,
+    readonly loc: BlobLocation,
+    readonly counters: Counters,
+    readonly retry: RetryOptions & { signal?: AbortSignal } = {},
+    snapshot?: string,
+  ) {
+    const c = container.getPageBlobClient(loc.blob);
+    this.client = snapshot ? c.withSnapshot(snapshot) : c;
+  }
+
+  get name(): string {
+    return `${this.loc.container}/${this.loc.blob}`;
+  }
+
+  /** One request, retried by the policy, counted. */
+  request<T>(what: string, fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
+    return withRetry(
+      `${this.name}: ${what}`,
+      (signal) => {
+        this.counters.requests++;
+        return fn(signal);
+      },
+      { ...this.retry, counter: this.counters.retries },
+    );
+  }
+
+  /** Properties, or undefined when the blob does not exist. */
+  async props(): Promise<BlobProps | undefined> {
+    try {
+      const p = await this.request('get properties', (abortSignal) => this.client.getProperties({ abortSignal }));
+      this.size = p.contentLength ?? 0;
+      return {
+        size: p.contentLength ?? 0,
+        metadata: p.metadata ?? {},
+        contentMd5: p.contentMD5 ? Buffer.from(p.contentMD5).toString('base64') : undefined,
+        copyStatus: p.copyStatus,
+        copyId: p.copyId,
+        copyStatusDescription: p.copyStatusDescription,
+        lastModified: p.lastModified,
+        blobType: p.blobType,
+      };
+    } catch (e) {
+      if (e instanceof VhdError && (e.actual === 404 || (e.cause as { statusCode?: number })?.statusCode === 404)) return undefined;
+      throw e;
+    }
+  }
+
+  /** Creates the container if missing; a SAS scoped to the blob may not allow it, and need not. */
+  async ensureContainer(): Promise<void> {
+    try {
+      await this.request('create container', (abortSignal) => this.container.createIfNotExists({ abortSignal }));
+    } catch (e) {
+      if (!(e instanceof VhdError && e.code === ErrorCodes.AZURE_AUTH)) throw e;
+    }
+  }
+
+  /** Creates (or replaces) the blob, empty, with this size and metadata. */
+  async create(size: number, metadata: Record<string, string>): Promise<void> {
+    checkBlobSize(size, this.name);
+    await this.request('create page blob', (abortSignal) => this.client.create(size, { metadata, abortSignal }));
+    this.size = size;
+  }
+
+  async resize(size: number): Promise<void> {
+    checkBlobSize(size, this.name);
+    await this.request(`resize to ${size} bytes`, (abortSignal) => this.client.resize(size, { abortSignal }));
+    this.size = size;
+  }
+
+  /** One Put Page: 512-aligned, at most 4 MiB, inside the blob. */
+  async writePages(data: Uint8Array, offset: number): Promise<void> {
+    checkPages(offset, data.length, this.size, this.name, MAX_PAGE_WRITE);
+    await this.request(`write ${data.length} bytes of pages at ${offset}`, (abortSignal) =>
+      this.client.uploadPages(Buffer.from(data.buffer, data.byteOffset, data.length), offset, data.length, { abortSignal }),
+    );
+    this.counters.bytesUploaded += data.length;
+  }
+
+  /** One Clear Pages: 512-aligned, inside the blob (no size limit). */
+  async clearPages(offset: number, length: number): Promise<void> {
+    checkPages(offset, length, this.size, this.name, Infinity);
+    await this.request(`clear ${length} bytes of pages at ${offset}`, (abortSignal) => this.client.clearPages(offset, length, { abortSignal }));
+    this.counters.bytesCleared += length;
+  }
+
+  async setMetadata(metadata: Record<string, string>): Promise<void> {
+    await this.request('set metadata', (abortSignal) => this.client.setMetadata(metadata, { abortSignal }));
+  }
+
+  /** Sets Content-MD5 (base64) or clears it (undefined); the other HTTP headers are reset with it. */
+  async setContentMd5(md5: string | undefined): Promise<void> {
+    await this.request('set Content-MD5', (abortSignal) =>
+      this.client.setHTTPHeaders(
+        { blobContentType: 'application/octet-stream', blobContentMD5: md5 ? Buffer.from(md5, 'base64') : undefined },
+        { abortSignal },
+      ),
+    );
+  }
+
+  async snapshot(metadata?: Record<string, string>): Promise<string> {
+    const r = await this.request('create snapshot', (abortSignal) => this.client.createSnapshot({ metadata, abortSignal }));
+    if (!r.snapshot) throw new VhdError(ErrorCodes.AZURE, `${this.name}: the service returned no snapshot time`);
+    return r.snapshot;
+  }
+
+  /**
+   * Starts a server-side copy from `sourceUrl` onto this blob (replacing it), with `metadata`, and
+   * waits for it to finish, polling the copy status.
+   */
+  async copyFrom(sourceUrl: string, metadata: Record<string, string>, onProgress?: (done: number, total: number) => void): Promise<void> {
+    await this.request('start server-side copy', async (abortSignal) => {
+      const poller = await this.client.beginCopyFromURL(sourceUrl, { metadata, abortSignal, intervalInMs: 1 << 30 });
+      poller.stopPolling();
+      return undefined;
+    });
+    await this.waitForCopy(onProgress);
+  }
+
+  /** Polls a copy onto this blob until it ends; an aborted or failed copy is an error. */
+  async waitForCopy(onProgress?: (done: number, total: number) => void): Promise<void> {
+    for (let delay = 100; ; delay = Math.min(delay * 2, 2000)) {
+      const p = await this.props();
+      if (!p) throw new VhdError(ErrorCodes.AZURE, `${this.name}: the blob vanished during the server-side copy`);
+      if (p.copyStatus === 'success' || p.copyStatus === undefined) return;
+      if (p.copyStatus !== 'pending') {
+        throw new VhdError(ErrorCodes.AZURE, `${this.name}: the server-side copy ended "${p.copyStatus}": ${p.copyStatusDescription ?? 'no reason given'}`);
+      }
+      const progress = /^(\d+)\/(\d+)$/.exec((await this.client.getProperties()).copyProgress ?? '');
+      if (progress && onProgress) onProgress(Number(progress[1]), Number(progress[2]));
+      await new Promise((r) => setTimeout(r, delay));
+      if (this.retry.signal?.aborted) throw new VhdError(ErrorCodes.ABORTED, 'operation aborted');
+    }
+  }
+
+  /**
+   * The blob's valid page ranges as [start, end) byte ranges, sorted and merged (Azurite gives
+   * inclusive ends and does not merge neighbours; the Azure API gives inclusive ends too).
+   */
+  async pageRanges(offset = 0, count?: number): Promise<Array<[number, number]>> {
+    const out: Array<[number, number]> = [];
+    await this.request('list page ranges', async (abortSignal) => {
+      out.length = 0;
+      for await (const r of this.client.listPageRanges(offset, count, { abortSignal })) {
+        const start = r.start;
+        const end = r.end + 1;
+        const last = out[out.length - 1];
+        if (last && start <= last[1]) last[1] = Math.max(last[1], end);
+        else out.push([start, end]);
+      }
+    });
+    out.sort((a, b) => a[0] - b[0]);
+    const merged: Array<[number, number]> = [];
+    for (const r of out) {
+      const last = merged[merged.length - 1];
+      if (last && r[0] <= last[1]) last[1] = Math.max(last[1], r[1]);
+      else merged.push([r[0], r[1]]);
+    }
+    return merged;
+  }
+
+  /** Reads `into.length` bytes at `offset`. */
+  async read(into: Uint8Array, offset: number): Promise<void> {
+    await this.request(`read ${into.length} bytes at ${offset}`, (abortSignal) =>
+      this.client.downloadToBuffer(Buffer.from(into.buffer, into.byteOffset, into.length), offset, into.length, { abortSignal, concurrency: 1 }),
+    );
+  }
+
+  /** A block blob beside this one (the hash manifest sidecar). */
+  sidecar(name: string) {
+    return this.container.getBlockBlobClient(name);
+  }
+
+  async uploadSidecar(name: string, file: string): Promise<void> {
+    await this.request(`upload ${name}`, (abortSignal) =>
+      this.sidecar(name).uploadFile(file, {
+        blockSize: 4 * 1024 * 1024,
+        concurrency: 4,
+        abortSignal,
+        blobHTTPHeaders: { blobContentType: 'application/vnd.vhdkit.hash-manifest' },
+        metadata: { vhdkitmanifest: '1', vhdkitfor: this.loc.blob.replace(/[^\x20-\x7e]/g, '?') },
+      }),
+    );
+  }
+
+  async downloadSidecar(name: string, file: string): Promise<boolean> {
+    try {
+      await this.request(`download ${name}`, (abortSignal) => this.sidecar(name).downloadToFile(file, 0, undefined, { abortSignal }));
+      return true;
+    } catch (e) {
+      if (e instanceof VhdError && e.actual === 404) return false;
+      throw e;
+    }
+  }
+}
+
+export function checkBlobSize(size: number, name: string): void {
+  if (!Number.isSafeInteger(size) || size <= 0 || size % PAGE !== 0) {
+    throw new VhdError(ErrorCodes.AZURE_LIMIT, `${name}: a page blob's size must be a positive multiple of 512 bytes, not ${size}`);
+  }
+  if (size > MAX_PAGE_BLOB) {
+    throw new VhdError(ErrorCodes.AZURE_LIMIT, `${name}: ${size} bytes is more than a page blob can hold (8 TiB)`);
+  }
+}
+
+export function checkPages(offset: number, length: number, blobSize: number, name: string, max: number): void {
+  if (offset % PAGE !== 0 || length % PAGE !== 0 || length <= 0) {
+    throw new VhdError(ErrorCodes.AZURE_LIMIT, `${name}: page range of ${length} bytes at ${offset} is not 512-byte aligned`);
+  }
+  if (length > max) throw new VhdError(ErrorCodes.AZURE_LIMIT, `${name}: page write of ${length} bytes at ${offset} is over Azure's 4 MiB limit`);
+  if (offset + length > blobSize) {
+    throw new VhdError(ErrorCodes.AZURE_LIMIT, `${name}: page range ${offset}–${offset + length} is past the end of the ${blobSize}-byte blob`);
+  }
+}

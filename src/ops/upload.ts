@@ -1,0 +1,847 @@
+/**
+ * `upload`: a disk (any form, chains included) to an Azure page blob as a fixed VHD, sending only
+ * what the destination does not already hold.
+ *
+ * Steps (each leaves the blob in a state the next run recognises from its metadata):
+ *   1. Decide what to send. Every upload has a hash manifest of the new content (chunked xxh64, see
+ *      src/format/manifest.ts); the plan compares it chunk by chunk with what the blob will hold
+ *      before any page is written:
+ *        - nothing (a new blob): every non-zero chunk is written, zero chunks are never sent;
+ *        - a base (`--base`, or the blob itself with `--snapshot`): the base's manifest, stored
+ *          beside it. Chunks whose hash differs are written, chunks that became zero are cleared;
+ *        - a differencing child of the disk the base was uploaded from: exactly the child's sectors
+ *          (bitmaps), no hashing of the whole disk; the new manifest is the base's with the
+ *          touched chunks re-hashed.
+ *   2. Prepare the blob: created empty, or a server-side copy of the base (polled to completion),
+ *      resized to the new size. Metadata says "uploading" with the plan's identity.
+ *   3. Send the plan in ascending offset order: page writes of at most 4 MiB (512-aligned, adjacent
+ *      chunks coalesced), clears for ranges that must become zero, then the footer. A watermark
+ *      (everything below it has landed) goes to a local journal every second and to the blob's
+ *      metadata every few seconds: a rerun after a crash resumes from the higher of the two.
+ *   4. Mark it complete: Content-MD5 of the whole VHD (computed in a worker while sending), the
+ *      manifest sidecar, then metadata "complete". A blob without that last step is never taken
+ *      for a complete one (not as a base, not by `generations`).
+ */
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import xxhash from 'xxhash-wasm';
+import { ErrorCodes, type Finding, VhdError } from '../errors.js';
+import { VhdImage } from '../disk/image.js';
+import { normalizeRanges, totalLength, type Range } from '../disk/ranges.js';
+import type { VirtualDisk } from '../disk/source.js';
+import { makeFooter } from '../disk/writer.js';
+import { encodeFooter, MAX_VHD_SIZE } from '../format/footer.js';
+import { alignedBuffer, isZero } from '../io/aligned.js';
+import { getPool } from '../pool/pool.js';
+import type { DiskRef } from '../pool/tasks.js';
+import { type BlobLocation, type ConnectOptions, parseDestination, publicUrl, siblingLocation } from '../azure/destination.js';
+import { type BlobProps, containerClient, type Counters, MAX_PAGE_WRITE, newCounters, PageBlob } from '../azure/pageblob.js';
+import type { RetryOptions } from '../azure/retry.js';
+import { throwIfAborted, type OperationOptions } from './common.js';
+import { azureSize } from './convert.js';
+import { DEFAULT_CHUNK_SIZE, hash } from './hash.js';
+import { acquireLock } from './journal.js';
+import { type ChunkSource, emptyManifest, ManifestFile, manifestDigestHex, WINDOW_CHUNKS } from './manifest-file.js';
+import { openAny, type OpenDiskOptions, type SourceFormat } from './open.js';
+
+const MiB = 1024 * 1024;
+/** Azure's page writes are at most 4 MiB; clears have no such limit, but keep each request modest. */
+const MAX_CLEAR = 1024 * MiB;
+/** How often the watermark is saved: local journal / blob metadata. */
+const JOURNAL_EVERY_MS = 1000;
+const METADATA_EVERY_MS = 5000;
+
+export const DEFAULT_CONCURRENCY = 8;
+
+export interface UploadOptions extends OperationOptions, OpenDiskOptions {
+  /** Connection string for a "container/blob" destination (default: AZURE_STORAGE_CONNECTION_STRING). */
+  connectionString?: string;
+  /** Start from a server-side copy of this blob and send only what differs from it. */
+  base?: string;
+  /** Keep generations as snapshots of the destination blob: dedup against its current content, snapshot when done. */
+  snapshot?: boolean;
+  /** Round the virtual size up to a whole MiB (default true, as Azure requires for disks). */
+  resize?: boolean;
+  /** Compute and set the Content-MD5 of the whole VHD (default true). */
+  md5?: boolean;
+  /** Read back the blob when done and compare it chunk by chunk with the manifest. */
+  verify?: boolean;
+  /** Replace a destination blob that is not an unfinished upload of the same disk. */
+  overwrite?: boolean;
+  /** Requests in flight (default 8). */
+  concurrency?: number;
+  /** Manifest chunk size of an upload without a base (with one, the base's is used). */
+  chunkSize?: number;
+  /** Worker threads for hashing and the MD5 (default: the cores). */
+  workers?: number;
+  from?: SourceFormat;
+  /** Where the local upload journals live (default: $XDG_STATE_HOME/vhdkit or ~/.local/state/vhdkit). */
+  journalDir?: string;
+  /** Extra Azure SDK pipeline factories (tests inject faults with one). */
+  policies?: unknown[];
+  retry?: RetryOptions;
+  /** Told when a step starts: "hash", "copy", "upload", "finish", "verify". */
+  onPhase?: (phase: string) => void;
+}
+
+export type UploadMethod = 'full' | 'chunks' | 'sectors';
+
+export interface UploadResult {
+  source: string;
+  /** container/blob at account URL (no secret). */
+  destination: string;
+  blobSize: number;
+  virtualSize: number;
+  method: UploadMethod;
+  base: string | null;
+  snapshot: string | null;
+  /** Payload bytes sent in page writes (this run). */
+  bytesUploaded: number;
+  /** Bytes cleared with Clear Pages (this run). */
+  bytesCleared: number;
+  /** Bytes the plan writes in all (a resumed run sends only the part past its watermark). */
+  bytesPlanned: number;
+  /** A naive upload's bytes: the whole VHD. */
+  bytesFullUpload: number;
+  /** Bytes of the new content that differ from the base (its chunks, or the child's sectors). */
+  bytesDiffering: number;
+  requests: number;
+  retries: number;
+  /** Where this run started (0 unless resumed). */
+  resumedFrom: number;
+  alreadyComplete: boolean;
+  digest: string;
+  chunkSize: number;
+  contentMd5: string | null;
+  manifest: string;
+  verified: boolean | null;
+  seconds: number;
+  warnings: Finding[];
+}
+
+/** Metadata keys (Azure wants C# identifiers; vhdkit's are lower case and start with "vhdkit"). */
+export const Meta = {
+  marker: 'vhdkit',
+  state: 'vhdkitstate',
+  plan: 'vhdkitplan',
+  done: 'vhdkitdone',
+  method: 'vhdkitmethod',
+  digest: 'vhdkitdigest',
+  chunk: 'vhdkitchunk',
+  manifest: 'vhdkitmanifest',
+  vsize: 'vhdkitvsize',
+  uuid: 'vhdkituuid',
+  stamp: 'vhdkitstamp',
+  base: 'vhdkitbase',
+  baseDigest: 'vhdkitbasedigest',
+  differing: 'vhdkitdiffering',
+  data: 'vhdkitdata',
+  completed: 'vhdkitcompleted',
+} as const;
+
+export function isCompleteUpload(meta: Record<string, string>): boolean {
+  return meta[Meta.marker] === '1' && meta[Meta.state] === 'complete' && !!meta[Meta.digest] && !!meta[Meta.manifest];
+}
+
+/** A source file's quick identity: what changes when the file is written (size, mtime, UUID). */
+function stampOfChain(disk: VirtualDisk, from = 0, file?: string): string {
+  const parts: string[] = [];
+  const files = disk instanceof VhdImage ? disk.chain.slice(from).map((d) => [d.uuid, d.source.name]) : [['raw', file ?? '']];
+  for (const [id, name] of files) {
+    const st = fs.statSync(name);
+    parts.push(`${id}:${st.size}:${Math.round(st.mtimeMs)}`);
+  }
+  return createHash('sha256').update(parts.join('|')).digest('hex').slice(0, 32);
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+function defaultJournalDir(): string {
+  const state = process.env.XDG_STATE_HOME || path.join(os.homedir(), '.local', 'state');
+  return path.join(state, 'vhdkit', 'uploads');
+}
+
+interface LocalJournal {
+  kind: 'vhdkit-upload';
+  destination: string;
+  plan: string;
+  done: number;
+}
+
+class UploadJournal {
+  readonly file: string;
+  constructor(dir: string, destination: string) {
+    this.file = path.join(dir, `${createHash('sha256').update(destination).digest('hex').slice(0, 32)}.json`);
+  }
+  read(plan: string): number {
+    try {
+      const j = JSON.parse(fs.readFileSync(this.file, 'utf8')) as LocalJournal;
+      return j.kind === 'vhdkit-upload' && j.plan === plan && Number.isSafeInteger(j.done) ? j.done : 0;
+    } catch {
+      return 0;
+    }
+  }
+  write(destination: string, plan: string, done: number): void {
+    fs.mkdirSync(path.dirname(this.file), { recursive: true });
+    const tmp = `${this.file}.tmp`;
+    fs.writeFileSync(tmp, JSON.stringify({ kind: 'vhdkit-upload', destination, plan, done } satisfies LocalJournal));
+    fs.renameSync(tmp, this.file);
+  }
+  remove(): void {
+    fs.rmSync(this.file, { force: true });
+  }
+}
+
+/** One step of the plan, in ascending offset order. */
+interface Op {
+  kind: 'write' | 'clear' | 'footer';
+  start: number;
+  end: number;
+}
+
+/**
+ * The plan of a chunk comparison: for each chunk, what the blob holds before (the base's chunk, or
+ * zeros) and what it must hold after. Chunks past the base's content but inside the base blob (its
+ * footer, the partial tail) hold unknown bytes: they are written or cleared whatever their hash.
+ * Adjacent writes coalesce up to 4 MiB, adjacent clears up to MAX_CLEAR.
+ */
+async function* chunkPlan(next: ChunkSource, base: ChunkSource, baseBlobSize: number, from: number): AsyncGenerator<Op> {
+  const cs = next.header.chunkSize;
+  const chunks = next.header.chunks;
+  const vs = next.header.virtualSize;
+  const baseVs = base.header.virtualSize;
+  let pending: Op | undefined;
+  for (let first = Math.floor(from / cs); first < chunks; first += WINDOW_CHUNKS) {
+    const n = Math.min(WINDOW_CHUNKS, chunks - first);
+    const [a, b] = await Promise.all([next.window(first, n), base.window(first, n)]);
+    for (let i = 0; i < n; i++) {
+      const start = (first + i) * cs;
+      const end = Math.min(vs, start + cs);
+      // What the blob holds here before this upload writes anything:
+      const known = end <= baseVs && i < b.hashes.length; // the base's chunk, hash known
+      const zeroBefore = known ? b.zero[i] === 1 : start >= baseBlobSize; // past the base blob: zeros
+      let kind: Op['kind'] | undefined;
+      if (a.zero[i]) kind = zeroBefore ? undefined : 'clear';
+      else kind = known && !zeroBefore && a.hashes[i] === b.hashes[i] ? undefined : 'write';
+      if (!kind) continue;
+      const s = Math.max(start, from);
+      if (s >= end) continue;
+      const limit = kind === 'write' ? MAX_PAGE_WRITE : MAX_CLEAR;
+      if (pending && pending.kind === kind && pending.end === s && end - pending.start <= limit) pending.end = end;
+      else {
+        if (pending) yield pending;
+        pending = { kind, start: s, end };
+      }
+    }
+  }
+  if (pending) yield pending;
+}
+
+/** The plan of a differencing child: its own sectors, in pieces of at most 4 MiB on 4 MiB boundaries. */
+async function* sectorPlan(ranges: Range[], from: number): AsyncGenerator<Op> {
+  for (const [a, b] of ranges) {
+    let s = Math.max(a, from);
+    while (s < b) {
+      const e = Math.min(b, (Math.floor(s / MAX_PAGE_WRITE) + 1) * MAX_PAGE_WRITE);
+      yield { kind: 'write', start: s, end: e };
+      s = e;
+    }
+  }
+}
+
+/** The end of every plan: zeros past the source's end (where a base held data), then the footer. */
+async function* withTail(body: AsyncGenerator<Op>, tail: Op[], from: number): AsyncGenerator<Op> {
+  yield* body;
+  for (const op of tail) if (op.end > from) yield { ...op, start: Math.max(op.start, from) };
+}
+
+async function planTotals(ops: AsyncGenerator<Op>): Promise<{ write: number; clear: number; footer: number }> {
+  const t = { write: 0, clear: 0, footer: 0 };
+  for await (const op of ops) t[op.kind] += op.end - op.start;
+  return t;
+}
+
+export async function upload(file: string, destination: string, options: UploadOptions = {}): Promise<UploadResult> {
+  const started = performance.now();
+  const warnings: Finding[] = [];
+  const signal = options.signal;
+  const concurrency = options.concurrency ?? DEFAULT_CONCURRENCY;
+  if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 256) {
+    throw new VhdError(ErrorCodes.USAGE, `--concurrency must be a whole number from 1 to 256, got ${concurrency}`);
+  }
+  if (options.snapshot && options.base) throw new VhdError(ErrorCodes.USAGE, '--snapshot keeps generations in one blob: it cannot be combined with --base');
+  const connect: ConnectOptions = { connectionString: options.connectionString, policies: options.policies, retry: options.retry };
+  const loc = parseDestination(destination, connect);
+  const counters = newCounters();
+  const retry = { ...options.retry, signal };
+  const container = await containerClient(loc, connect);
+  const blob = new PageBlob(container, loc, counters, retry);
+
+  const pool = getPool({ workers: options.workers });
+  const { disk, format } = await openAny(file, options.from ?? 'auto', {
+    ...options,
+    onFinding: (f) => {
+      warnings.push(f);
+      options.onFinding?.(f);
+    },
+  });
+  const chainFiles = disk instanceof VhdImage ? disk.chain.map((d) => d.source.name) : [file];
+  const releases: Array<() => void> = [];
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'vhdkit-upload-'));
+  try {
+    // A merge into any disk of the chain would change what is being sent: hold their locks.
+    for (const f of chainFiles) {
+      try {
+        releases.push(acquireLock(f, 'upload'));
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code !== 'EACCES' && code !== 'EROFS' && code !== 'EPERM') throw e;
+        warnings.push({ code: ErrorCodes.LOCKED, severity: 'warning', message: `${f}: cannot create a lock file beside it (${code}); a merge into it during the upload would not be stopped` });
+      }
+    }
+    return await run();
+  } finally {
+    for (const r of releases) r();
+    await disk.close();
+    fs.rmSync(tmp, { recursive: true, force: true });
+  }
+
+  async function run(): Promise<UploadResult> {
+    const sourceSize = disk.virtualSize;
+    const virtualSize = options.resize === false ? sourceSize : azureSize(sourceSize);
+    if (virtualSize % 512 !== 0) throw new VhdError(ErrorCodes.AZURE_LIMIT, `virtual size ${virtualSize} is not a multiple of 512 bytes`, { file });
+    if (virtualSize > MAX_VHD_SIZE) {
+      throw new VhdError(ErrorCodes.AZURE_LIMIT, `virtual size ${virtualSize} exceeds the 2040 GiB a VHD can hold; Azure cannot take this disk as a VHD`, { file });
+    }
+    const blobSize = virtualSize + 512;
+    const ref: DiskRef = { file, format, allowedDirs: options.allowedDirs };
+    const uuid = disk instanceof VhdImage ? disk.footer.uniqueId : createHash('md5').update(`vhdkit raw ${stampOfChain(disk, 0, file)}`).digest().subarray(0, 16);
+    // The footer is a function of the source: the same disk always makes the same blob (and MD5).
+    const footer = encodeFooter(makeFooter({
+      type: 'fixed',
+      virtualSize,
+      uuid,
+      timestamp: disk instanceof VhdImage ? new Date(946684800000 + disk.footer.timestamp * 1000) : new Date(946684800000),
+    }));
+    const sourceStamp = stampOfChain(disk, 0, file);
+
+    // ---- what the blob holds now, and what it will be based on --------------------------------
+    let current = await blob.props();
+    if (current?.blobType && current.blobType !== 'PageBlob') {
+      throw new VhdError(ErrorCodes.BLOB_EXISTS, `${blob.name} is a ${current.blobType}, not a page blob; remove it or choose another name`);
+    }
+    const unfinished = current?.metadata[Meta.marker] === '1' && current.metadata[Meta.state] !== 'complete';
+    let base: BaseInfo | undefined;
+    if (options.base) {
+      const baseLoc = siblingLocation(loc, options.base, connect);
+      if (baseLoc.container === loc.container && baseLoc.blob === loc.blob && baseLoc.accountUrl === loc.accountUrl) {
+        throw new VhdError(ErrorCodes.USAGE, `--base ${options.base} is the destination itself; use --snapshot to keep generations in one blob`);
+      }
+      const baseBlob = new PageBlob(await containerClient(baseLoc, connect), baseLoc, counters, retry);
+      const props = await baseBlob.props();
+      if (!props) throw new VhdError(ErrorCodes.BASE_INVALID, `base blob ${baseBlob.name} does not exist`);
+      if (!isCompleteUpload(props.metadata)) {
+        throw new VhdError(ErrorCodes.BASE_INVALID, `base blob ${baseBlob.name} is not a complete vhdkit upload (its metadata has no "complete" state and manifest); upload the base with vhdkit first`);
+      }
+      base = baseInfo(baseLoc, loc, props.metadata, props.size, baseBlob);
+    } else if (options.snapshot && current && isCompleteUpload(current.metadata)) {
+      base = baseInfo(loc, loc, current.metadata, current.size, blob);
+    } else if (options.snapshot && unfinished && current!.metadata[Meta.base] === '.') {
+      // An interrupted --snapshot generation: its base (the previous generation) is recorded in the metadata.
+      base = recordedBase(loc, current!.metadata, blob);
+    }
+
+    // ---- the manifest of the new content, and the plan ------------------------------------------
+    options.onPhase?.('hash');
+    let method: UploadMethod = base ? 'chunks' : 'full';
+    const chunkSize = base ? base.chunkSize : (options.chunkSize ?? DEFAULT_CHUNK_SIZE);
+    let baseManifest: ChunkSource = emptyManifest(0, chunkSize);
+    if (base) {
+      const basePath = path.join(tmp, 'base.manifest');
+      if (!(await base.blob.downloadSidecar(base.manifest, basePath))) {
+        throw new VhdError(ErrorCodes.BASE_INVALID, `${base.blob.name}: its hash manifest ${base.manifest} is missing; upload the base again with vhdkit`);
+      }
+      const m = await ManifestFile.open(basePath);
+      baseManifest = m;
+      if (manifestDigestHex(m.header) !== base.digest || m.header.chunkSize !== chunkSize) {
+        throw new VhdError(ErrorCodes.BASE_INVALID, `${base.blob.name}: its manifest ${base.manifest} does not match the digest in its metadata`);
+      }
+    }
+    const newPath = path.join(tmp, 'new.manifest');
+    let sectorRanges: Range[] | undefined;
+    const ancestorIndex =
+      base && disk instanceof VhdImage && disk.type === 'differencing' ? disk.chain.findIndex((d, i) => i > 0 && d.uuid === base!.uuid) : -1;
+    if (base && ancestorIndex > 0 && disk instanceof VhdImage && baseManifest instanceof ManifestFile && disk.virtualSize === baseManifest.header.virtualSize) {
+      // A child of the disk the base was uploaded from: send its sectors, if the ancestor is still
+      // what the base holds (its quick identity unchanged, or else its hash equal).
+      let same = stampOfChain(disk, ancestorIndex) === base.stamp;
+      if (!same) {
+        const ancestor = disk.chain[ancestorIndex];
+        const r = await hash(ancestor.source.name, { chunkSize, workers: options.workers, allowedDirs: options.allowedDirs, signal });
+        same = r.digest === base.digest;
+        if (!same) {
+          warnings.push({
+            code: ErrorCodes.BASE_INVALID,
+            severity: 'warning',
+            message: `${ancestor.source.name}: differs from what base blob ${base.blob.name} holds (digest ${r.digest}, blob ${base.digest}); comparing whole chunks instead of sending the child's sectors`,
+          });
+        }
+      }
+      if (same) {
+        method = 'sectors';
+        const levels = await Promise.all(disk.chain.slice(0, ancestorIndex).map((d) => d.ownSectorRanges()));
+        sectorRanges = normalizeRanges(levels.flat().map(([x, y]) => [x, Math.min(y, disk.virtualSize)] as Range));
+        await deriveManifest(disk, path.join(tmp, 'base.manifest'), sectorRanges, newPath, signal);
+      }
+    }
+    if (method !== 'sectors') {
+      await hash(file, { chunkSize, workers: options.workers, from: format, allowedDirs: options.allowedDirs, manifest: newPath, force: true, signal, onProgress: options.onProgress });
+    }
+    const next = await ManifestFile.open(newPath);
+    try {
+      const digest = manifestDigestHex(next.header);
+      // Everything that decides the plan: a rerun with the same identity continues it.
+      const planId = createHash('sha256')
+        .update([sourceStamp, digest, virtualSize, method, chunkSize, base ? `${base.ref}@${base.digest}` : 'none', options.resize === false].join('\n'))
+        .digest('hex')
+        .slice(0, 32);
+
+      // Already there: the same content, complete.
+      if (current && isCompleteUpload(current.metadata) && current.metadata[Meta.digest] === digest && current.size === blobSize) {
+        options.onPhase?.('verify');
+        const verified = options.verify ? await verifyBlob(blob, next, footer, virtualSize, concurrency, signal) : null;
+        return summary({ method, digest, chunkSize, virtualSize, blobSize, alreadyComplete: true, contentMd5: current.contentMd5 ?? null, manifest: decodeURIComponent(current.metadata[Meta.manifest]), verified, planned: 0, differing: 0, resumedFrom: blobSize, snapshot: null, base: current.metadata[Meta.base] ? decodeURIComponent(current.metadata[Meta.base]) : null });
+      }
+      const resumable = unfinished && current!.metadata[Meta.plan] === planId;
+      const isOwnBase = options.snapshot && base !== undefined && base.ref === '.';
+      if (current && !resumable && !options.overwrite && !(isOwnBase && isCompleteUpload(current.metadata))) {
+        const what = isCompleteUpload(current.metadata) ? 'holds another vhdkit upload' : current.metadata[Meta.marker] ? 'holds an unfinished upload of another disk' : 'already exists';
+        throw new VhdError(ErrorCodes.BLOB_EXISTS, `${blob.name} ${what}; add --overwrite to replace it${options.snapshot ? '' : ', or --snapshot to keep it as the previous generation'}`);
+      }
+
+      const journal = new UploadJournal(options.journalDir ?? defaultJournalDir(), publicUrl(loc));
+      let resumeFrom = 0;
+      if (resumable) resumeFrom = Math.min(blobSize, Math.max(Number(current!.metadata[Meta.done] ?? 0) || 0, journal.read(planId)));
+
+      const sidecarName = `${loc.blob}.${digest}.vhdkit-manifest`;
+      const meta = (state: string, done: number): Record<string, string> => ({
+        [Meta.marker]: '1',
+        [Meta.state]: state,
+        [Meta.plan]: planId,
+        [Meta.done]: String(done),
+        [Meta.method]: method,
+        [Meta.digest]: digest,
+        [Meta.chunk]: String(chunkSize),
+        [Meta.manifest]: encodeURIComponent(sidecarName),
+        [Meta.vsize]: String(sourceSize),
+        [Meta.uuid]: disk instanceof VhdImage ? disk.uuid : '',
+        [Meta.stamp]: sourceStamp,
+        ...(base ? baseMetadata(base) : {}),
+      });
+
+      // ---- the blob: created, copied from the base, or continued ---------------------------------
+      if (!resumable) {
+        options.onPhase?.('copy');
+        if (base && base.ref !== '.') {
+          await blob.ensureContainer();
+          await blob.copyFrom(base.copySource, meta('copying', 0));
+          await blob.setContentMd5(undefined);
+          await blob.setMetadata(meta('uploading', 0));
+        } else if (base) {
+          await blob.setMetadata(meta('uploading', 0));
+          await blob.setContentMd5(undefined);
+        } else {
+          await blob.ensureContainer();
+          await blob.create(blobSize, meta('uploading', 0));
+        }
+        current = await blob.props();
+      } else if (current!.metadata[Meta.state] === 'copying') {
+        options.onPhase?.('copy');
+        try {
+          await blob.waitForCopy();
+        } catch (e) {
+          if (!(e instanceof VhdError) || e.code !== ErrorCodes.AZURE) throw e;
+          await blob.copyFrom(base!.copySource, meta('copying', 0)); // a failed or aborted copy: start it again
+        }
+        await blob.setContentMd5(undefined);
+        await blob.setMetadata(meta('uploading', resumeFrom));
+        current = await blob.props();
+      }
+      if (!current) throw new VhdError(ErrorCodes.AZURE, `${blob.name}: the blob vanished while being prepared`);
+      if (current.size !== blobSize) await blob.resize(blobSize);
+      blob.size = blobSize;
+
+      // ---- send ---------------------------------------------------------------------------------
+      options.onPhase?.('upload');
+      const baseBlobSize = base ? base.size : 0;
+      const tail: Op[] = [];
+      if (baseBlobSize > sourceSize && sourceSize < virtualSize) tail.push({ kind: 'clear', start: sourceSize, end: virtualSize });
+      tail.push({ kind: 'footer', start: virtualSize, end: blobSize });
+      const makePlan = (from: number): AsyncGenerator<Op> =>
+        withTail(sectorRanges ? sectorPlan(sectorRanges, from) : chunkPlan(next, baseManifest, baseBlobSize, from), tail, from);
+      const totals = await planTotals(makePlan(0));
+      const remaining = await planTotals(makePlan(resumeFrom));
+      const md5 = options.md5 === false ? undefined : pool.md5({ disk: ref, virtualSize, footer }, signal);
+      md5?.catch(() => {}); // awaited below; a failure is reported there
+      await send(makePlan(resumeFrom), {
+        disk,
+        blob,
+        footer,
+        concurrency,
+        signal,
+        total: remaining.write + remaining.clear + remaining.footer,
+        onProgress: options.onProgress,
+        saveWatermark: async (done, toBlob) => {
+          journal.write(publicUrl(loc), planId, done);
+          if (toBlob) await blob.setMetadata(meta('uploading', done));
+        },
+      });
+
+      // ---- complete -----------------------------------------------------------------------------
+      options.onPhase?.('finish');
+      const contentMd5 = md5 ? (await md5).md5 : null;
+      throwIfAborted(signal);
+      await blob.setContentMd5(contentMd5 ?? undefined);
+      await blob.uploadSidecar(sidecarName, newPath);
+      const differing = sectorRanges ? totalLength(sectorRanges) : totals.write + totals.clear;
+      const dataBytes = Math.min(virtualSize, (next.header.chunks - next.header.zeroChunks) * chunkSize);
+      const final: Record<string, string> = {
+        ...meta('complete', blobSize),
+        [Meta.differing]: String(differing),
+        [Meta.data]: String(dataBytes),
+        [Meta.completed]: new Date().toISOString(),
+      };
+      delete final[Meta.done];
+      delete final[Meta.plan];
+      await blob.setMetadata(final);
+      const snapshot = options.snapshot ? await blob.snapshot() : null;
+      journal.remove();
+      options.onPhase?.('verify');
+      const verified = options.verify ? await verifyBlob(blob, next, footer, virtualSize, concurrency, signal) : null;
+      return summary({
+        method,
+        digest,
+        chunkSize,
+        virtualSize,
+        blobSize,
+        alreadyComplete: false,
+        contentMd5,
+        manifest: sidecarName,
+        verified,
+        planned: totals.write + totals.footer,
+        differing,
+        resumedFrom: resumeFrom,
+        snapshot,
+        base: base ? base.display : null,
+      });
+    } finally {
+      await next.close().catch(() => {});
+      if (baseManifest instanceof ManifestFile) await baseManifest.close().catch(() => {});
+    }
+
+    function summary(s: {
+      method: UploadMethod;
+      digest: string;
+      chunkSize: number;
+      virtualSize: number;
+      blobSize: number;
+      alreadyComplete: boolean;
+      contentMd5: string | null;
+      manifest: string;
+      verified: boolean | null;
+      planned: number;
+      differing: number;
+      resumedFrom: number;
+      snapshot: string | null;
+      base: string | null;
+    }): UploadResult {
+      return {
+        source: file,
+        destination: loc.display,
+        blobSize: s.blobSize,
+        virtualSize: s.virtualSize,
+        method: s.method,
+        base: s.base,
+        snapshot: s.snapshot,
+        bytesUploaded: counters.bytesUploaded,
+        bytesCleared: counters.bytesCleared,
+        bytesPlanned: s.planned,
+        bytesFullUpload: s.blobSize,
+        bytesDiffering: s.differing,
+        requests: counters.requests,
+        retries: counters.retries.retries,
+        resumedFrom: s.resumedFrom,
+        alreadyComplete: s.alreadyComplete,
+        digest: s.digest,
+        chunkSize: s.chunkSize,
+        contentMd5: s.contentMd5,
+        manifest: s.manifest,
+        verified: s.verified,
+        seconds: (performance.now() - started) / 1000,
+        warnings,
+      };
+    }
+  }
+}
+
+/** What an upload is based on: a complete vhdkit blob (or the destination's previous generation). */
+interface BaseInfo {
+  /** "." (the destination itself, --snapshot), "NAME" (same container) or "container/NAME". */
+  ref: string;
+  display: string;
+  blob: PageBlob;
+  digest: string;
+  /** The sidecar blob holding its hash manifest. */
+  manifest: string;
+  /** UUID and quick identity of the disk it was uploaded from. */
+  uuid: string;
+  stamp: string;
+  chunkSize: number;
+  /** The base blob's size (virtual size + footer). */
+  size: number;
+  /** URL for a server-side copy (with a SAS when one is needed). */
+  copySource: string;
+}
+
+function baseInfo(baseLoc: BlobLocation, loc: BlobLocation, m: Record<string, string>, size: number, blob: PageBlob): BaseInfo {
+  const ref = baseLoc === loc ? '.' : baseLoc.container === loc.container && baseLoc.accountUrl === loc.accountUrl ? baseLoc.blob : `${baseLoc.container}/${baseLoc.blob}`;
+  const sas = baseLoc.sas ?? (loc.sas && baseLoc.accountUrl === loc.accountUrl ? loc.sas : undefined);
+  return {
+    ref,
+    display: ref === '.' ? `${loc.blob} (previous generation)` : ref,
+    blob,
+    digest: m[Meta.digest],
+    manifest: decodeURIComponent(m[Meta.manifest]),
+    uuid: m[Meta.uuid] ?? '',
+    stamp: m[Meta.stamp] ?? '',
+    chunkSize: Number(m[Meta.chunk]),
+    size,
+    copySource: sas ? `${publicUrl(baseLoc)}?${sas}` : publicUrl(baseLoc),
+  };
+}
+
+const BASE_KEYS = { ref: 'vhdkitbase', digest: 'vhdkitbasedigest', manifest: 'vhdkitbasemanifest', uuid: 'vhdkitbaseuuid', stamp: 'vhdkitbasestamp', chunk: 'vhdkitbasechunk', size: 'vhdkitbasesize' } as const;
+
+function baseMetadata(b: BaseInfo): Record<string, string> {
+  return {
+    [BASE_KEYS.ref]: encodeURIComponent(b.ref),
+    [BASE_KEYS.digest]: b.digest,
+    [BASE_KEYS.manifest]: encodeURIComponent(b.manifest),
+    [BASE_KEYS.uuid]: b.uuid,
+    [BASE_KEYS.stamp]: b.stamp,
+    [BASE_KEYS.chunk]: String(b.chunkSize),
+    [BASE_KEYS.size]: String(b.size),
+  };
+}
+
+/** The base of an interrupted --snapshot generation, from what its metadata recorded. */
+function recordedBase(loc: BlobLocation, m: Record<string, string>, blob: PageBlob): BaseInfo {
+  return {
+    ref: '.',
+    display: `${loc.blob} (previous generation)`,
+    blob,
+    digest: m[BASE_KEYS.digest],
+    manifest: decodeURIComponent(m[BASE_KEYS.manifest] ?? ''),
+    uuid: m[BASE_KEYS.uuid] ?? '',
+    stamp: m[BASE_KEYS.stamp] ?? '',
+    chunkSize: Number(m[BASE_KEYS.chunk]),
+    size: Number(m[BASE_KEYS.size]),
+    copySource: publicUrl(loc),
+  };
+}
+
+/**
+ * The manifest of a child from its base's: a copy of the base manifest with every chunk the child's
+ * sectors touch re-hashed from the chain (read on the main thread: this is the child's data only).
+ */
+async function deriveManifest(disk: VirtualDisk, basePath: string, ranges: Range[], out: string, signal?: AbortSignal): Promise<void> {
+  fs.copyFileSync(basePath, out);
+  const m = await ManifestFile.open(out, true);
+  try {
+    const { h64Raw } = await xxhash();
+    const cs = m.header.chunkSize;
+    const vs = m.header.virtualSize;
+    const buf = alignedBuffer(cs);
+    let last = -1;
+    for (const [a, b] of ranges) {
+      for (let c = Math.max(Math.floor(a / cs), last + 1); c * cs < b; c++) {
+        throwIfAborted(signal);
+        const view = buf.subarray(0, Math.min(cs, vs - c * cs));
+        await disk.read(view, c * cs);
+        const zero = isZero(view);
+        await m.setChunk(c, zero ? 0n : h64Raw(view, 0n), zero);
+        last = c;
+      }
+    }
+    await m.finish();
+  } finally {
+    await m.close();
+  }
+}
+
+interface SendOptions {
+  disk: VirtualDisk;
+  blob: PageBlob;
+  footer: Uint8Array;
+  concurrency: number;
+  signal?: AbortSignal;
+  total: number;
+  onProgress?: (p: { done: number; total: number }) => void;
+  /** Saves the watermark: to the local journal always, to the blob's metadata when `toBlob`. */
+  saveWatermark: (done: number, toBlob: boolean) => Promise<void>;
+}
+
+/**
+ * Runs the plan with `concurrency` requests in flight and a bounded set of 4 MiB buffers. The
+ * watermark is the start of the oldest operation still in flight (or the end of the last one
+ * issued): everything below it has landed.
+ */
+async function send(plan: AsyncGenerator<Op>, o: SendOptions): Promise<{ writes: number; clears: number }> {
+  const free: Uint8Array[] = [];
+  const inFlight = new Map<number, Promise<void>>();
+  const starts = new Set<number>();
+  let issuedEnd = -1;
+  let done = 0;
+  let failure: unknown;
+  let lastJournal = performance.now();
+  let lastMeta = performance.now();
+  let savingMeta: Promise<void> | undefined;
+  let writes = 0;
+  let clears = 0;
+
+  const watermark = (): number => (starts.size > 0 ? Math.min(...starts) : issuedEnd);
+
+  const maybeSave = () => {
+    const now = performance.now();
+    if (now - lastJournal < JOURNAL_EVERY_MS) return;
+    lastJournal = now;
+    const mark = watermark();
+    if (mark < 0) return;
+    const toBlob = now - lastMeta >= METADATA_EVERY_MS && !savingMeta;
+    if (toBlob) lastMeta = now;
+    const p = o.saveWatermark(mark, toBlob).catch((e) => {
+      failure ??= e;
+    });
+    if (toBlob) savingMeta = p.finally(() => (savingMeta = undefined));
+  };
+
+  const runOp = async (op: Op): Promise<void> => {
+    const length = op.end - op.start;
+    if (op.kind === 'clear') {
+      await o.blob.clearPages(op.start, length);
+      clears++;
+    } else if (op.kind === 'footer') {
+      await o.blob.writePages(o.footer, op.start);
+      writes++;
+    } else {
+      const buffer = free.pop() ?? alignedBuffer(MAX_PAGE_WRITE);
+      try {
+        const view = buffer.subarray(0, length);
+        await o.disk.read(view, op.start);
+        if (isZero(view)) {
+          await o.blob.clearPages(op.start, length);
+          clears++;
+        } else {
+          await o.blob.writePages(view, op.start);
+          writes++;
+        }
+      } finally {
+        free.push(buffer);
+      }
+    }
+    done += length;
+    o.onProgress?.({ done, total: o.total });
+  };
+
+  for await (const op of plan) {
+    if (failure) break;
+    if (o.signal?.aborted) break;
+    while (inFlight.size >= o.concurrency) await Promise.race(inFlight.values());
+    if (failure) break;
+    const id = op.start;
+    starts.add(id);
+    issuedEnd = op.end;
+    const p = runOp(op)
+      .catch((e) => {
+        failure ??= e;
+      })
+      .finally(() => {
+        inFlight.delete(id);
+        starts.delete(id);
+        maybeSave();
+      });
+    inFlight.set(id, p);
+  }
+  await Promise.all(inFlight.values());
+  await savingMeta;
+  if (failure) throw failure;
+  throwIfAborted(o.signal);
+  if (issuedEnd >= 0) await o.saveWatermark(issuedEnd, false);
+  return { writes, clears };
+}
+
+/**
+ * Reads the blob back and compares it with the manifest chunk by chunk: every chunk that should hold
+ * data, and every page range the blob reports (which must then hold what the manifest says, or
+ * zeros past the source's end), is downloaded and hashed; the footer must match byte for byte.
+ */
+async function verifyBlob(
+  blob: PageBlob,
+  manifest: ManifestFile,
+  footer: Uint8Array,
+  virtualSize: number,
+  concurrency: number,
+  signal?: AbortSignal,
+): Promise<boolean> {
+  const { h64Raw } = await xxhash();
+  const cs = manifest.header.chunkSize;
+  const vs = manifest.header.virtualSize;
+  const pages = await blob.pageRanges(0, virtualSize);
+  const toCheck: Range[] = pages.map(([a, b]) => [Math.floor(a / cs) * cs, Math.min(virtualSize, Math.ceil(b / cs) * cs)] as Range);
+  for (let first = 0; first < manifest.header.chunks; first += WINDOW_CHUNKS) {
+    const w = await manifest.window(first, WINDOW_CHUNKS);
+    for (let i = 0; i < w.zero.length; i++) if (!w.zero[i]) toCheck.push([(first + i) * cs, Math.min(vs, (first + i + 1) * cs)]);
+  }
+  const pieces: Range[] = [];
+  for (const [a, b] of normalizeRanges(toCheck)) for (let x = a; x < b; x += MAX_PAGE_WRITE) pieces.push([x, Math.min(b, x + MAX_PAGE_WRITE)]);
+  let next = 0;
+  let mismatch: VhdError | undefined;
+  const check = async () => {
+    const buf = new Uint8Array(MAX_PAGE_WRITE);
+    while (next < pieces.length && !mismatch) {
+      throwIfAborted(signal);
+      const [a, b] = pieces[next++];
+      const view = buf.subarray(0, b - a);
+      await blob.read(view, a);
+      const firstChunk = Math.floor(a / cs);
+      const w = await manifest.window(firstChunk, Math.ceil((b - a) / cs));
+      for (let x = a; x < b; x += cs) {
+        const i = Math.floor(x / cs) - firstChunk;
+        const piece = view.subarray(x - a, Math.min(b, x + cs, Math.max(x, vs)) - a);
+        const rest = view.subarray(Math.min(b, Math.max(x, vs)) - a, Math.min(b, x + cs) - a); // past the source: zeros
+        const zero = isZero(piece);
+        const expectZero = i >= w.zero.length || w.zero[i] === 1;
+        const ok = (expectZero ? zero : !zero && h64Raw(piece, 0n) === w.hashes[i]) && isZero(rest);
+        if (!ok) {
+          mismatch ??= new VhdError(ErrorCodes.VERIFY_MISMATCH, `chunk ${firstChunk + i} (bytes ${x}–${Math.min(b, x + cs)}) differs from the source`, {
+            file: blob.name,
+            offset: x,
+          });
+          return;
+        }
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(concurrency, 8)) }, check));
+  if (mismatch) throw mismatch;
+  const tail = new Uint8Array(512);
+  await blob.read(tail, virtualSize);
+  if (Buffer.compare(Buffer.from(tail), Buffer.from(footer)) !== 0) {
+    throw new VhdError(ErrorCodes.VERIFY_MISMATCH, 'the footer differs from the expected fixed-VHD footer', { file: blob.name, offset: virtualSize });
+  }
+  return true;
+}
