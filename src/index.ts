@@ -11,6 +11,10 @@ export { hash, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, type HashOptions, type HashRe
 export { diff, type DiffOptions, type DiffResult } from './ops/diff.js';
 export { merge, findSiblings, type MergeOptions, type MergeResult } from './ops/merge.js';
 export { journalPath, lockPath, acquireLock, hasPendingMerge, type MergeJournal } from './ops/journal.js';
+export { upload, isCompleteUpload, DEFAULT_CONCURRENCY, type UploadOptions, type UploadResult, type UploadMethod } from './ops/upload.js';
+export { generations, type Generation, type GenerationsOptions, type GenerationsResult } from './ops/generations.js';
+export { parseDestination, parseContainer, type BlobLocation } from './azure/destination.js';
+export { redactSecrets, type RetryOptions } from './azure/retry.js';
 export type { Progress, OperationOptions } from './ops/common.js';
 export { getPool, destroyPool, defaultWorkers, type PoolOptions } from './pool/pool.js';
 export { decodeManifestHeader, encodeManifestHeader, manifestSize, MANIFEST_HEADER, type ManifestHeader } from './format/manifest.js';

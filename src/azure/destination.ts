@@ -136,3 +136,25 @@ export function siblingLocation(of: BlobLocation, name: string, options: Connect
 export function publicUrl(loc: BlobLocation): string {
   return `${loc.accountUrl}/${loc.container}/${loc.blob.split('/').map(encodeURIComponent).join('/')}`;
 }
+
+/** A container given as "name" (with a connection string) or as a container URL (SAS or credential). */
+export function parseContainer(name: string, options: ConnectOptions = {}): BlobLocation {
+  if (/^https?:\/\//i.test(name)) {
+    let u: URL;
+    try {
+      u = new URL(name);
+    } catch {
+      throw new VhdError(ErrorCodes.USAGE, `${redactSecrets(name)}: not a valid URL`);
+    }
+    const { accountUrl, rest } = splitUrl(u);
+    if (rest.length !== 1) throw new VhdError(ErrorCodes.USAGE, `${redactSecrets(accountUrl)}: the URL must name a container (and nothing after it)`);
+    checkContainerName(rest[0]);
+    const sas = u.search.length > 1 ? u.search.slice(1) : undefined;
+    return { accountUrl, container: rest[0], blob: '', sas, tokenCredential: !sas, display: `${rest[0]} at ${accountUrl}` };
+  }
+  checkContainerName(name);
+  const cs = options.connectionString ?? process.env.AZURE_STORAGE_CONNECTION_STRING;
+  if (!cs) throw new VhdError(ErrorCodes.USAGE, `${name}: a container name needs --connection-string or AZURE_STORAGE_CONNECTION_STRING (or give the container URL)`);
+  const accountUrl = accountUrlFromConnectionString(cs);
+  return { accountUrl, container: name, blob: '', connectionString: cs, display: `${name} at ${accountUrl}` };
+}

@@ -6,9 +6,11 @@ import { checkCommand } from './commands/check.js';
 import { convertCommand } from './commands/convert.js';
 import { createCommand } from './commands/create.js';
 import { diffCommand } from './commands/diff.js';
+import { generationsCommand } from './commands/generations.js';
 import { hashCommand } from './commands/hash.js';
 import { infoCommand } from './commands/info.js';
 import { mergeCommand } from './commands/merge.js';
+import { uploadCommand } from './commands/upload.js';
 import { EXIT_USAGE } from './output.js';
 
 export async function main(argv: string[]): Promise<void> {
@@ -22,7 +24,9 @@ export async function main(argv: string[]): Promise<void> {
     .command(hashCommand)
     .command(diffCommand)
     .command(mergeCommand)
-    .demandCommand(1, 'give a command: info, check, create, convert, hash, diff or merge')
+    .command(uploadCommand)
+    .command(generationsCommand)
+    .demandCommand(1, 'give a command: info, check, create, convert, hash, diff, merge, upload or generations')
     .strict()
     .help()
     .alias('h', 'help')

@@ -1,4 +1,5 @@
 /** The only place that prints: JSON documents, human lines, warnings, errors, progress bars. */
+import { redactSecrets } from '../azure/retry.js';
 import { ErrorCodes, type Finding, VhdError } from '../errors.js';
 import type { Progress } from '../ops/common.js';
 
@@ -10,7 +11,7 @@ export interface GlobalArgs {
 }
 
 export function printJson(value: unknown): void {
-  process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+  process.stdout.write(`${redactSecrets(JSON.stringify(value, null, 2))}\n`);
 }
 
 /**
@@ -18,7 +19,8 @@ export function printJson(value: unknown): void {
  * shown as escapes instead of being interpreted. JSON output is escaped by JSON itself.
  */
 export function safe(text: string): string {
-  return text.replace(/[\x00-\x08\x0b-\x1f\x7f-\x9f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+  // Secrets never reach the terminal, whatever a message carries (a SAS in a URL, a key in a string).
+  return redactSecrets(text).replace(/[\x00-\x08\x0b-\x1f\x7f-\x9f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
 }
 
 export function printLines(lines: string[]): void {
@@ -59,7 +61,7 @@ export function reportError(e: unknown, args: GlobalArgs): void {
   }
   const text = e instanceof VhdError ? `${e.message} [${e.code}]` : `internal error: ${(e as Error)?.message ?? String(e)}`;
   process.stderr.write(`vhdkit: ${safe(text)}\n`);
-  if (args.debug && e instanceof Error && e.stack) process.stderr.write(`${e.stack}\n`);
+  if (args.debug && e instanceof Error && e.stack) process.stderr.write(`${redactSecrets(e.stack)}\n`);
   process.exitCode = code;
 }
 

@@ -115,7 +115,8 @@ export interface UploadResult {
   digest: string;
   chunkSize: number;
   contentMd5: string | null;
-  manifest: string;
+  /** The manifest sidecar blob (null when the credential could not create it). */
+  manifest: string | null;
   verified: boolean | null;
   seconds: number;
   warnings: Finding[];
@@ -142,7 +143,7 @@ export const Meta = {
 } as const;
 
 export function isCompleteUpload(meta: Record<string, string>): boolean {
-  return meta[Meta.marker] === '1' && meta[Meta.state] === 'complete' && !!meta[Meta.digest] && !!meta[Meta.manifest];
+  return meta[Meta.marker] === '1' && meta[Meta.state] === 'complete' && !!meta[Meta.digest];
 }
 
 /** A source file's quick identity: what changes when the file is written (size, mtime, UUID). */
@@ -342,13 +343,24 @@ export async function upload(file: string, destination: string, options: UploadO
         throw new VhdError(ErrorCodes.USAGE, `--base ${options.base} is the destination itself; use --snapshot to keep generations in one blob`);
       }
       const baseBlob = new PageBlob(await containerClient(baseLoc, connect), baseLoc, counters, retry);
-      const props = await baseBlob.props();
+      let props: BlobProps | undefined;
+      try {
+        props = await baseBlob.props();
+      } catch (e) {
+        if (e instanceof VhdError && e.code === ErrorCodes.AZURE_AUTH && !baseLoc.sas && loc.sas) {
+          throw new VhdError(ErrorCodes.AZURE_AUTH, `${e.message} (the destination's SAS does not cover the base: give --base as a URL with its own SAS, or use a container SAS)`);
+        }
+        throw e;
+      }
       if (!props) throw new VhdError(ErrorCodes.BASE_INVALID, `base blob ${baseBlob.name} does not exist`);
       if (!isCompleteUpload(props.metadata)) {
-        throw new VhdError(ErrorCodes.BASE_INVALID, `base blob ${baseBlob.name} is not a complete vhdkit upload (its metadata has no "complete" state and manifest); upload the base with vhdkit first`);
+        throw new VhdError(ErrorCodes.BASE_INVALID, `base blob ${baseBlob.name} is not a complete vhdkit upload (its metadata has no "complete" state); upload the base with vhdkit first`);
+      }
+      if (!props.metadata[Meta.manifest]) {
+        throw new VhdError(ErrorCodes.BASE_INVALID, `base blob ${baseBlob.name} has no hash manifest beside it (it was uploaded with a SAS that did not cover one); upload it again with a container SAS or a connection string`);
       }
       base = baseInfo(baseLoc, loc, props.metadata, props.size, baseBlob);
-    } else if (options.snapshot && current && isCompleteUpload(current.metadata)) {
+    } else if (options.snapshot && current && isCompleteUpload(current.metadata) && current.metadata[Meta.manifest]) {
       base = baseInfo(loc, loc, current.metadata, current.size, blob);
     } else if (options.snapshot && unfinished && current!.metadata[Meta.base] === '.') {
       // An interrupted --snapshot generation: its base (the previous generation) is recorded in the metadata.
@@ -414,7 +426,7 @@ export async function upload(file: string, destination: string, options: UploadO
       if (current && isCompleteUpload(current.metadata) && current.metadata[Meta.digest] === digest && current.size === blobSize) {
         options.onPhase?.('verify');
         const verified = options.verify ? await verifyBlob(blob, next, footer, virtualSize, concurrency, signal) : null;
-        return summary({ method, digest, chunkSize, virtualSize, blobSize, alreadyComplete: true, contentMd5: current.contentMd5 ?? null, manifest: decodeURIComponent(current.metadata[Meta.manifest]), verified, planned: 0, differing: 0, resumedFrom: blobSize, snapshot: null, base: current.metadata[Meta.base] ? decodeURIComponent(current.metadata[Meta.base]) : null });
+        return summary({ method, digest, chunkSize, virtualSize, blobSize, alreadyComplete: true, contentMd5: current.contentMd5 ?? null, manifest: current.metadata[Meta.manifest] ? decodeURIComponent(current.metadata[Meta.manifest]) : null, verified, planned: 0, differing: 0, resumedFrom: blobSize, snapshot: null, base: current.metadata[Meta.base] ? decodeURIComponent(current.metadata[Meta.base]) : null });
       }
       const resumable = unfinished && current!.metadata[Meta.plan] === planId;
       const isOwnBase = options.snapshot && base !== undefined && base.ref === '.';
@@ -506,7 +518,19 @@ export async function upload(file: string, destination: string, options: UploadO
       const contentMd5 = md5 ? (await md5).md5 : null;
       throwIfAborted(signal);
       await blob.setContentMd5(contentMd5 ?? undefined);
-      await blob.uploadSidecar(sidecarName, newPath);
+      let manifestName: string | null = sidecarName;
+      try {
+        await blob.uploadSidecar(sidecarName, newPath);
+      } catch (e) {
+        // A SAS for one blob cannot create another: the upload is complete, but cannot be a base.
+        if (!(e instanceof VhdError && e.code === ErrorCodes.AZURE_AUTH)) throw e;
+        manifestName = null;
+        warnings.push({
+          code: ErrorCodes.AZURE_AUTH,
+          severity: 'warning',
+          message: `${blob.name}: the credential may not create the manifest blob ${sidecarName} beside it (a SAS for one blob); the upload is complete, but cannot serve as a --base`,
+        });
+      }
       const differing = sectorRanges ? totalLength(sectorRanges) : totals.write + totals.clear;
       const dataBytes = Math.min(virtualSize, (next.header.chunks - next.header.zeroChunks) * chunkSize);
       const final: Record<string, string> = {
@@ -517,6 +541,7 @@ export async function upload(file: string, destination: string, options: UploadO
       };
       delete final[Meta.done];
       delete final[Meta.plan];
+      if (!manifestName) delete final[Meta.manifest];
       await blob.setMetadata(final);
       const snapshot = options.snapshot ? await blob.snapshot() : null;
       journal.remove();
@@ -530,7 +555,7 @@ export async function upload(file: string, destination: string, options: UploadO
         blobSize,
         alreadyComplete: false,
         contentMd5,
-        manifest: sidecarName,
+        manifest: manifestName,
         verified,
         planned: totals.write + totals.footer,
         differing,
@@ -551,7 +576,7 @@ export async function upload(file: string, destination: string, options: UploadO
       blobSize: number;
       alreadyComplete: boolean;
       contentMd5: string | null;
-      manifest: string;
+      manifest: string | null;
       verified: boolean | null;
       planned: number;
       differing: number;
