@@ -27,7 +27,15 @@ function splitArgs(line: string): string[] {
   return line.trim().split(/\s+/);
 }
 
-beforeAll(() => {
+// The upload examples run against a real Azurite, as a reader with AZURE_STORAGE_CONNECTION_STRING set would.
+let azurite: { connectionString: string; stop: () => Promise<void> } | undefined;
+let env: NodeJS.ProcessEnv = process.env;
+
+beforeAll(async () => {
+  // @ts-expect-error: a plain .mjs helper shared with the quick start
+  const { startAzurite } = await import('../fixtures/azurite.mjs');
+  azurite = await startAzurite({ extentMemoryLimit: 1024 });
+  env = { ...process.env, AZURE_STORAGE_CONNECTION_STRING: azurite!.connectionString, XDG_STATE_HOME: path.join(work, '.state') };
   fs.rmSync(work, { recursive: true, force: true });
   fs.mkdirSync(work, { recursive: true });
   const r = spawnSync(process.execPath, [path.join(root, 'fixtures', 'quickstart.mjs'), path.join(work, 'vhdkit-quickstart')], {
@@ -37,7 +45,8 @@ beforeAll(() => {
   if (r.status !== 0) throw new Error(`quick start failed (${r.status}): ${r.stderr}\n${r.stdout}`);
 });
 
-afterAll(() => {
+afterAll(async () => {
+  await azurite?.stop();
   fs.rmSync(work, { recursive: true, force: true });
 });
 
@@ -59,14 +68,14 @@ describe('README', () => {
     .filter((l) => l.startsWith('npx vhdkit '));
 
   it('has CLI examples for every command', () => {
-    for (const cmd of ['info', 'check', 'create', 'convert', 'hash', 'diff', 'merge']) expect(examples.some((l) => l.startsWith(`npx vhdkit ${cmd} `))).toBe(true);
+    for (const cmd of ['info', 'check', 'create', 'convert', 'hash', 'diff', 'merge', 'upload', 'generations']) expect(examples.some((l) => l.startsWith(`npx vhdkit ${cmd} `))).toBe(true);
   });
 
   // In order: later examples use files made by earlier ones, as a reader following along would.
   it('runs every CLI example successfully, in order', () => {
     for (const line of examples) {
       const args = splitArgs(line).slice(2);
-      const r = spawnSync(process.execPath, [cli, ...args], { cwd: work, encoding: 'utf8' });
+      const r = spawnSync(process.execPath, [cli, ...args], { cwd: work, encoding: 'utf8', env });
       expect(r.status, `${line}\n${r.stderr}`).toBe(0);
       if (args.includes('--json')) expect(() => JSON.parse(r.stdout)).not.toThrow();
     }
@@ -83,6 +92,13 @@ describe('README', () => {
     expect(digest('vhdkit-quickstart/gen2-merged.vhd')).toBe(digest('vhdkit-quickstart/gen2.raw'));
     expect(digest('vhdkit-quickstart/base.vhd')).toBe(digest('vhdkit-quickstart/disk.raw'));
     expect(fs.existsSync(path.join(work, 'vhdkit-quickstart', 'patch3.vhd'))).toBe(false);
+    // The upload examples: four generations listed, gen2 sent as the child's sectors.
+    const gens = JSON.parse(spawnSync(process.execPath, [cli, 'generations', 'images', '--json'], { cwd: work, encoding: 'utf8', env }).stdout);
+    const names = gens.generations.map((g: { blob: string }) => g.blob);
+    expect(names).toEqual(expect.arrayContaining(['base', 'gen2', 'gen3', 'current']));
+    const gen2 = gens.generations.find((g: { blob: string }) => g.blob === 'gen2');
+    expect(gen2).toMatchObject({ state: 'complete', base: 'base', method: 'sectors' });
+    expect(gens.generations.some((g: { blob: string; snapshot: string | null }) => g.blob === 'current' && g.snapshot)).toBe(true);
   });
 
   it('runs the library example', () => {
