@@ -42,9 +42,15 @@ export interface AzureErrorLike {
   details?: { errorCode?: string };
 }
 
+/** Credential errors of @azure/identity: never retried, reported as AZURE_AUTH. */
+function isCredentialError(err: AzureErrorLike): boolean {
+  return /CredentialUnavailable|AuthenticationError|AuthenticationRequired/i.test(err?.name ?? '') || /Bearer token authentication is not permitted/i.test(err?.message ?? '');
+}
+
 export function isTransient(e: unknown): boolean {
   const err = e as AzureErrorLike;
   if (!err || typeof err !== 'object') return false;
+  if (isCredentialError(err)) return false;
   if (err.statusCode !== undefined && TRANSIENT_STATUS.has(err.statusCode)) return true;
   if (err.code && TRANSIENT_CODES.has(err.code)) return true;
   if (err.statusCode === undefined && /socket hang up|ECONNRESET|network|timed? ?out/i.test(err.message ?? '')) return true;
@@ -111,6 +117,13 @@ export function azureError(e: unknown, what: string, tries = 1): VhdError {
   const reason = [status ? `HTTP ${status}` : undefined, service].filter(Boolean).join(' ') || err?.name || 'error';
   const text = redactSecrets(String(err?.message ?? e).split('\n')[0]).slice(0, 300);
   const after = tries > 1 ? ` after ${tries} tries` : '';
+  if (isCredentialError(err)) {
+    return new VhdError(
+      ErrorCodes.AZURE_AUTH,
+      `${what} failed: ${err.name ?? 'credential error'}: ${text} (a blob URL without a SAS uses DefaultAzureCredential, which needs an https URL and a signed-in identity: az login, a managed identity, or AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET; or give a SAS URL or --connection-string)`,
+      { cause: e },
+    );
+  }
   const code = status === 403 || status === 401 ? ErrorCodes.AZURE_AUTH : ErrorCodes.AZURE;
   return new VhdError(code, `${what} failed${after}: ${reason}: ${text}`, { cause: e, actual: status });
 }
@@ -121,6 +134,6 @@ export function redactSecrets(text: string): string {
     .replace(/([?&](?:sig|se|st|sp|sv|sr|ss|srt|spr|skoid|sktid|skt|ske|sks|skv|saoid|suoid|scid|sdd|ses)=)[^&\s"']*/gi, '$1REDACTED')
     .replace(/(AccountKey=)[^;\s"']*/gi, '$1REDACTED')
     .replace(/(SharedAccessSignature=)[^;\s"']*/gi, '$1REDACTED')
-    .replace(/(Bearer\s+)[A-Za-z0-9._~+/=-]+/g, '$1REDACTED')
+    .replace(/(Bearer\s+)[A-Za-z0-9._~+/=-]{20,}/g, '$1REDACTED')
     .replace(/(SharedKey\s+[^:\s]+:)[A-Za-z0-9+/=]+/g, '$1REDACTED');
 }
