@@ -347,7 +347,8 @@ export async function upload(file: string, destination: string, options: UploadO
       try {
         props = await baseBlob.props();
       } catch (e) {
-        if (e instanceof VhdError && e.code === ErrorCodes.AZURE_AUTH && !baseLoc.sas && loc.sas) {
+        // A base given by name is reached with the destination's SAS (siblingLocation passes it on).
+        if (e instanceof VhdError && e.code === ErrorCodes.AZURE_AUTH && loc.sas && (!baseLoc.sas || baseLoc.sas === loc.sas)) {
           throw new VhdError(ErrorCodes.AZURE_AUTH, `${e.message} (the destination's SAS does not cover the base: give --base as a URL with its own SAS, or use a container SAS)`);
         }
         throw e;
@@ -722,8 +723,8 @@ interface SendOptions {
 
 /**
  * Runs the plan with `concurrency` requests in flight and a bounded set of 4 MiB buffers. The
- * watermark is the start of the oldest operation still in flight (or the end of the last one
- * issued): everything below it has landed.
+ * watermark is the start of the oldest operation still in flight or failed (or the end of the
+ * last one issued): everything below it has landed.
  */
 async function send(plan: AsyncGenerator<Op>, o: SendOptions): Promise<{ writes: number; clears: number }> {
   const free: Uint8Array[] = [];
@@ -791,12 +792,18 @@ async function send(plan: AsyncGenerator<Op>, o: SendOptions): Promise<{ writes:
     starts.add(id);
     issuedEnd = op.end;
     const p = runOp(op)
-      .catch((e) => {
-        failure ??= e;
-      })
+      .then(
+        () => {
+          starts.delete(id);
+        },
+        (e) => {
+          // A failed (or aborted) operation keeps its start in `starts`: the watermark saved from
+          // here on stays below it, so a rerun sends it again.
+          failure ??= e;
+        },
+      )
       .finally(() => {
         inFlight.delete(id);
-        starts.delete(id);
         maybeSave();
       });
     inFlight.set(id, p);
