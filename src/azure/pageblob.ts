@@ -7,6 +7,7 @@
  *   - every request retried by one policy (./retry.ts), and counted.
  * Messages name the blob without its URL query: a SAS never reaches an error or a log.
  */
+import { randomBytes } from 'node:crypto';
 import {
   AnonymousCredential,
   BlobServiceClient,
@@ -17,7 +18,7 @@ import {
 } from '@azure/storage-blob';
 import { ErrorCodes, VhdError } from '../errors.js';
 import type { BlobLocation, ConnectOptions } from './destination.js';
-import { type RetryOptions, RetryCounter, withRetry } from './retry.js';
+import { isTransient, type RetryOptions, RetryCounter, withRetry } from './retry.js';
 
 export const PAGE = 512;
 export const MAX_PAGE_WRITE = 4 * 1024 * 1024;
@@ -208,10 +209,46 @@ export class PageBlob {
     );
   }
 
-  async snapshot(metadata?: Record<string, string>): Promise<string> {
-    const r = await this.request('create snapshot', (abortSignal) => this.client.createSnapshot({ metadata, abortSignal }));
-    if (!r.snapshot) throw new VhdError(ErrorCodes.AZURE, `${this.name}: the service returned no snapshot time`);
-    return r.snapshot;
+  /**
+   * Creates a snapshot with `metadata`. Create Snapshot is not idempotent: when an attempt fails in a
+   * way that may have reached the server (a lost response), the snapshots are listed and the one
+   * carrying this call's token is taken instead of making another.
+   */
+  async snapshot(metadata: Record<string, string>): Promise<string> {
+    const token = randomBytes(8).toString('hex');
+    const md = { ...metadata, vhdkitsnap: token };
+    const maxTries = this.retry.maxTries ?? 8;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const r = await withRetry(
+          `${this.name}: create snapshot`,
+          (abortSignal) => {
+            this.counters.requests++;
+            return this.client.createSnapshot({ metadata: md, abortSignal });
+          },
+          { ...this.retry, maxTries: 1 },
+        );
+        if (!r.snapshot) throw new VhdError(ErrorCodes.AZURE, `${this.name}: the service returned no snapshot time`);
+        return r.snapshot;
+      } catch (e) {
+        const cause = e instanceof VhdError ? e.cause : e;
+        if (attempt >= maxTries || !isTransient(cause)) throw e;
+        this.counters.retries.retries++;
+        const made = await this.findSnapshot(token);
+        if (made) return made;
+        await new Promise((r) => setTimeout(r, Math.random() * Math.min(this.retry.maxDelayMs ?? 30_000, (this.retry.baseDelayMs ?? 500) * 2 ** (attempt - 1))));
+      }
+    }
+  }
+
+  /** The snapshot of this blob whose metadata carries `token`, if there is one. */
+  private async findSnapshot(token: string): Promise<string | undefined> {
+    return this.request('list snapshots', async (abortSignal) => {
+      for await (const b of this.container.listBlobsFlat({ prefix: this.loc.blob, includeSnapshots: true, includeMetadata: true, abortSignal })) {
+        if (b.name === this.loc.blob && b.snapshot && b.metadata?.vhdkitsnap === token) return b.snapshot;
+      }
+      return undefined;
+    });
   }
 
   /**

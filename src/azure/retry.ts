@@ -125,7 +125,7 @@ export function azureError(e: unknown, what: string, tries = 1): VhdError {
     );
   }
   const code = status === 403 || status === 401 ? ErrorCodes.AZURE_AUTH : ErrorCodes.AZURE;
-  return new VhdError(code, `${what} failed${after}: ${reason}: ${text}`, { cause: e, actual: status });
+  return new VhdError(code, `${what} failed${after}: ${reason}${text && text !== reason ? `: ${text}` : ''}`, { cause: e, actual: status });
 }
 
 /** Removes SAS signatures, account keys and bearer tokens from any text that might be shown. */

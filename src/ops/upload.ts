@@ -37,7 +37,7 @@ import { alignedBuffer, isZero } from '../io/aligned.js';
 import { getPool } from '../pool/pool.js';
 import type { DiskRef } from '../pool/tasks.js';
 import { type BlobLocation, type ConnectOptions, parseDestination, publicUrl, siblingLocation } from '../azure/destination.js';
-import { type BlobProps, containerClient, type Counters, MAX_PAGE_WRITE, newCounters, PageBlob } from '../azure/pageblob.js';
+import { type BlobProps, containerClient, MAX_PAGE_WRITE, newCounters, PageBlob } from '../azure/pageblob.js';
 import type { RetryOptions } from '../azure/retry.js';
 import { throwIfAborted, type OperationOptions } from './common.js';
 import { azureSize } from './convert.js';
@@ -155,10 +155,6 @@ function stampOfChain(disk: VirtualDisk, from = 0, file?: string): string {
     parts.push(`${id}:${st.size}:${Math.round(st.mtimeMs)}`);
   }
   return createHash('sha256').update(parts.join('|')).digest('hex').slice(0, 32);
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
 }
 
 function defaultJournalDir(): string {
@@ -363,9 +359,17 @@ export async function upload(file: string, destination: string, options: UploadO
       base = baseInfo(baseLoc, loc, props.metadata, props.size, baseBlob);
     } else if (options.snapshot && current && isCompleteUpload(current.metadata) && current.metadata[Meta.manifest]) {
       base = baseInfo(loc, loc, current.metadata, current.size, blob);
-    } else if (options.snapshot && unfinished && current!.metadata[Meta.base] === '.') {
-      // An interrupted --snapshot generation: its base (the previous generation) is recorded in the metadata.
+    } else if (options.snapshot && unfinished && current!.metadata[Meta.base] === '.' && current!.metadata[Meta.stamp] === sourceStamp) {
+      // An interrupted --snapshot generation of this disk: its base (the previous generation) is
+      // recorded in the metadata, and the rerun continues its plan.
       base = recordedBase(loc, current!.metadata, blob);
+    }
+    // An interrupted generation of another disk, written in place over the previous one: what the
+    // blob holds is a mixture, known chunk by chunk to nobody. Replacing it (--overwrite) rewrites
+    // every chunk, clearing the zero ones; the snapshots of earlier generations are untouched.
+    const dirty = options.snapshot && unfinished && current!.metadata[Meta.stamp] !== sourceStamp;
+    if (dirty && !options.overwrite) {
+      throw new VhdError(ErrorCodes.BLOB_EXISTS, `${blob.name} holds an unfinished upload of another disk; add --overwrite to replace it`);
     }
 
     // ---- the manifest of the new content, and the plan ------------------------------------------
@@ -423,8 +427,8 @@ export async function upload(file: string, destination: string, options: UploadO
         .digest('hex')
         .slice(0, 32);
 
-      // Already there: the same content, complete.
-      if (current && isCompleteUpload(current.metadata) && current.metadata[Meta.digest] === digest && current.size === blobSize) {
+      // Already there: the same content, complete (--overwrite sends it again, e.g. after a failed --verify).
+      if (current && !options.overwrite && isCompleteUpload(current.metadata) && current.metadata[Meta.digest] === digest && current.size === blobSize) {
         options.onPhase?.('verify');
         const verified = options.verify ? await verifyBlob(blob, next, footer, virtualSize, concurrency, signal) : null;
         return summary({ method, digest, chunkSize, virtualSize, blobSize, alreadyComplete: true, contentMd5: current.contentMd5 ?? null, manifest: current.metadata[Meta.manifest] ? decodeURIComponent(current.metadata[Meta.manifest]) : null, verified, planned: 0, differing: 0, resumedFrom: blobSize, snapshot: null, base: current.metadata[Meta.base] ? decodeURIComponent(current.metadata[Meta.base]) : null });
@@ -464,7 +468,7 @@ export async function upload(file: string, destination: string, options: UploadO
           await blob.copyFrom(base.copySource, meta('copying', 0));
           await blob.setContentMd5(undefined);
           await blob.setMetadata(meta('uploading', 0));
-        } else if (base) {
+        } else if (base || dirty) {
           await blob.setMetadata(meta('uploading', 0));
           await blob.setContentMd5(undefined);
         } else {
@@ -490,7 +494,7 @@ export async function upload(file: string, destination: string, options: UploadO
 
       // ---- send ---------------------------------------------------------------------------------
       options.onPhase?.('upload');
-      const baseBlobSize = base ? base.size : 0;
+      const baseBlobSize = base ? base.size : dirty ? current.size : 0;
       const tail: Op[] = [];
       if (baseBlobSize > sourceSize && sourceSize < virtualSize) tail.push({ kind: 'clear', start: sourceSize, end: virtualSize });
       tail.push({ kind: 'footer', start: virtualSize, end: blobSize });
@@ -544,7 +548,7 @@ export async function upload(file: string, destination: string, options: UploadO
       delete final[Meta.plan];
       if (!manifestName) delete final[Meta.manifest];
       await blob.setMetadata(final);
-      const snapshot = options.snapshot ? await blob.snapshot() : null;
+      const snapshot = options.snapshot ? await blob.snapshot(final) : null;
       journal.remove();
       options.onPhase?.('verify');
       const verified = options.verify ? await verifyBlob(blob, next, footer, virtualSize, concurrency, signal) : null;
