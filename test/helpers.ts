@@ -275,3 +275,26 @@ export async function readVirtual(file: string): Promise<Buffer> {
     await disk.close();
   }
 }
+
+// -------------------------------------------------------------------------------------------------
+// Azurite, real: one per test file, stopped in afterAll
+
+export interface TestAzurite {
+  pid: number;
+  port: number;
+  endpoint: string;
+  connectionString: string;
+  sasUrl(container: string, blob: string, permissions?: string): string;
+  containerSas(container: string, permissions?: string): string;
+  stop(): Promise<void>;
+}
+
+/** Checks that the build is there (suites spawn dist/cli/main.js) and starts Azurite (fixtures/azurite.mjs). */
+export async function startTestAzurite(): Promise<TestAzurite> {
+  for (const f of ['dist/cli/main.js', 'dist/pool/worker.js']) {
+    if (!fs.existsSync(path.join(repoRoot, f))) throw new Error(`${f} is missing: run "npm run build" first (npm test does it in pretest)`);
+  }
+  // @ts-ignore: a plain ESM script without type declarations
+  const { startAzurite } = (await import('../fixtures/azurite.mjs')) as { startAzurite(): Promise<TestAzurite> };
+  return startAzurite();
+}

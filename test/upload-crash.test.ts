@@ -32,7 +32,7 @@ import { convert } from '../src/ops/convert.js';
 import { generations } from '../src/ops/generations.js';
 import type { UploadResult } from '../src/ops/upload.js';
 import { destroyPool } from '../src/pool/pool.js';
-import { mulberry32, repoRoot, tmpDir } from './helpers.js';
+import { mulberry32, repoRoot, startTestAzurite, tmpDir, type TestAzurite } from './helpers.js';
 
 vi.setConfig({ testTimeout: 120_000, hookTimeout: 120_000 });
 
@@ -42,13 +42,7 @@ const MiB = 1024 * 1024;
 const SECTOR = 512;
 const CONCURRENCY = 2;
 
-interface Azurite {
-  connectionString: string;
-  endpoint: string;
-  stop(): Promise<void>;
-}
-
-let az: Azurite;
+let az: TestAzurite;
 let svc: BlobServiceClient;
 let work: string;
 /** Preload for the CLI: page writes (Put Page, update) are held back VHDKIT_TEST_PAGE_DELAY_MS before their body goes out. */
@@ -69,12 +63,7 @@ http.ClientRequest.prototype.end = function (...args) {
 `;
 
 beforeAll(async () => {
-  for (const f of ['dist/cli/main.js', 'dist/pool/worker.js']) {
-    if (!fs.existsSync(path.join(repoRoot, f))) throw new Error(`${f} is missing: run "npm run build" first (npm test does it in pretest)`);
-  }
-  // @ts-ignore: a plain ESM script without type declarations
-  const { startAzurite } = (await import('../fixtures/azurite.mjs')) as { startAzurite(): Promise<Azurite> };
-  az = await startAzurite();
+  az = await startTestAzurite();
   svc = BlobServiceClient.fromConnectionString(az.connectionString);
   work = tmpDir('vhdkit-upload-crash-');
   slowNetwork = path.join(work, 'slow-network.mjs');

@@ -50,7 +50,7 @@ import { generations, type Generation } from '../src/ops/generations.js';
 import { openDisk } from '../src/ops/open.js';
 import { upload, type UploadOptions, type UploadResult } from '../src/ops/upload.js';
 import { destroyPool } from '../src/pool/pool.js';
-import { mulberry32, readVirtual, repoRoot, runProcess, tmpDir, type ProcessRun } from './helpers.js';
+import { mulberry32, readVirtual, repoRoot, runProcess, startTestAzurite, tmpDir, type ProcessRun , type TestAzurite } from './helpers.js';
 
 vi.setConfig({ testTimeout: 120_000, hookTimeout: 120_000 });
 
@@ -60,26 +60,13 @@ const MiB = 1024 * 1024;
 const SECTOR = 512;
 const CHUNK = 64 * KiB;
 
-interface Azurite {
-  connectionString: string;
-  endpoint: string;
-  sasUrl(container: string, blob: string, permissions?: string): string;
-  containerSas(container: string, permissions?: string): string;
-  stop(): Promise<void>;
-}
-
-let az: Azurite;
+let az: TestAzurite;
 let svc: BlobServiceClient;
 let work: string;
 let journalDir: string;
 
 beforeAll(async () => {
-  for (const f of ['dist/cli/main.js', 'dist/pool/worker.js']) {
-    if (!fs.existsSync(path.join(repoRoot, f))) throw new Error(`${f} is missing: run "npm run build" first (npm test does it in pretest)`);
-  }
-  // @ts-ignore: a plain ESM script without type declarations
-  const { startAzurite } = (await import('../fixtures/azurite.mjs')) as { startAzurite(): Promise<Azurite> };
-  az = await startAzurite();
+  az = await startTestAzurite();
   svc = BlobServiceClient.fromConnectionString(az.connectionString);
   work = tmpDir('vhdkit-upload-');
   journalDir = path.join(work, 'journals');

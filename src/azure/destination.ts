@@ -75,25 +75,30 @@ function splitUrl(u: URL): { accountUrl: string; rest: string[] } {
   return { accountUrl: u.origin, rest: segments };
 }
 
+/** A URL given on the command line, split into account, path segments and SAS. */
+function parseUrl(name: string): { accountUrl: string; rest: string[]; sas?: string } {
+  let u: URL;
+  try {
+    u = new URL(name);
+  } catch {
+    throw new VhdError(ErrorCodes.USAGE, `${redactSecrets(name)}: not a valid URL`);
+  }
+  const sas = u.search.length > 1 ? u.search.slice(1) : undefined;
+  return { ...splitUrl(u), sas };
+}
+
 /**
  * Parses a destination given on the command line. `name` may be a URL (with or without SAS) or
  * "container/blob" (then a connection string is required).
  */
 export function parseDestination(name: string, options: ConnectOptions = {}): BlobLocation {
   if (/^https?:\/\//i.test(name)) {
-    let u: URL;
-    try {
-      u = new URL(name);
-    } catch {
-      throw new VhdError(ErrorCodes.USAGE, `${redactSecrets(name)}: not a valid URL`);
-    }
-    const { accountUrl, rest } = splitUrl(u);
+    const { accountUrl, rest, sas } = parseUrl(name);
     if (rest.length < 2) throw new VhdError(ErrorCodes.USAGE, `${redactSecrets(accountUrl)}: the URL must name a container and a blob`);
     const [container, ...blobParts] = rest;
     const blob = blobParts.join('/');
     checkContainerName(container);
     checkBlobName(blob);
-    const sas = u.search.length > 1 ? u.search.slice(1) : undefined;
     if (sas && !/(^|&)sig=/.test(sas)) throw new VhdError(ErrorCodes.USAGE, `${container}/${blob}: the URL has a query but no SAS signature (sig=)`);
     return {
       accountUrl,
@@ -140,16 +145,9 @@ export function publicUrl(loc: BlobLocation): string {
 /** A container given as "name" (with a connection string) or as a container URL (SAS or credential). */
 export function parseContainer(name: string, options: ConnectOptions = {}): BlobLocation {
   if (/^https?:\/\//i.test(name)) {
-    let u: URL;
-    try {
-      u = new URL(name);
-    } catch {
-      throw new VhdError(ErrorCodes.USAGE, `${redactSecrets(name)}: not a valid URL`);
-    }
-    const { accountUrl, rest } = splitUrl(u);
+    const { accountUrl, rest, sas } = parseUrl(name);
     if (rest.length !== 1) throw new VhdError(ErrorCodes.USAGE, `${redactSecrets(accountUrl)}: the URL must name a container (and nothing after it)`);
     checkContainerName(rest[0]);
-    const sas = u.search.length > 1 ? u.search.slice(1) : undefined;
     return { accountUrl, container: rest[0], blob: '', sas, tokenCredential: !sas, display: `${rest[0]} at ${accountUrl}` };
   }
   checkContainerName(name);
