@@ -837,42 +837,24 @@ async function verifyBlob(
   const cs = manifest.header.chunkSize;
   const vs = manifest.header.virtualSize;
   const pages = await blob.pageRanges(0, virtualSize);
-  const toCheck: Range[] = pages.map(([a, b]) => [Math.floor(a / cs) * cs, Math.min(virtualSize, Math.ceil(b / cs) * cs)] as Range);
-  for (let first = 0; first < manifest.header.chunks; first += WINDOW_CHUNKS) {
-    const w = await manifest.window(first, WINDOW_CHUNKS);
-    for (let i = 0; i < w.zero.length; i++) if (!w.zero[i]) toCheck.push([(first + i) * cs, Math.min(vs, (first + i + 1) * cs)]);
-  }
-  const pieces: Range[] = [];
-  for (const [a, b] of normalizeRanges(toCheck)) for (let x = a; x < b; x += MAX_PAGE_WRITE) pieces.push([x, Math.min(b, x + MAX_PAGE_WRITE)]);
-  let next = 0;
+  // Window by window (bounded memory for any disk size): the chunks that should hold data, and
+  // those where the blob reports pages.
+  const windowBytes = WINDOW_CHUNKS * cs;
   let mismatch: VhdError | undefined;
-  const check = async () => {
-    const buf = new Uint8Array(MAX_PAGE_WRITE);
-    while (next < pieces.length && !mismatch) {
-      throwIfAborted(signal);
-      const [a, b] = pieces[next++];
-      const view = buf.subarray(0, b - a);
-      await blob.read(view, a);
-      const firstChunk = Math.floor(a / cs);
-      const w = await manifest.window(firstChunk, Math.ceil((b - a) / cs));
-      for (let x = a; x < b; x += cs) {
-        const i = Math.floor(x / cs) - firstChunk;
-        const piece = view.subarray(x - a, Math.min(b, x + cs, Math.max(x, vs)) - a);
-        const rest = view.subarray(Math.min(b, Math.max(x, vs)) - a, Math.min(b, x + cs) - a); // past the source: zeros
-        const zero = isZero(piece);
-        const expectZero = i >= w.zero.length || w.zero[i] === 1;
-        const ok = (expectZero ? zero : !zero && h64Raw(piece, 0n) === w.hashes[i]) && isZero(rest);
-        if (!ok) {
-          mismatch ??= new VhdError(ErrorCodes.VERIFY_MISMATCH, `chunk ${firstChunk + i} (bytes ${x}–${Math.min(b, x + cs)}) differs from the source`, {
-            file: blob.name,
-            offset: x,
-          });
-          return;
-        }
-      }
+  let p = 0;
+  for (let w0 = 0; w0 < virtualSize && !mismatch; w0 += windowBytes) {
+    const w1 = Math.min(virtualSize, w0 + windowBytes);
+    const toCheck: Range[] = [];
+    while (p < pages.length && pages[p][1] <= w0) p++;
+    for (let q = p; q < pages.length && pages[q][0] < w1; q++) {
+      toCheck.push([Math.max(w0, Math.floor(pages[q][0] / cs) * cs), Math.min(w1, Math.ceil(pages[q][1] / cs) * cs)]);
     }
-  };
-  await Promise.all(Array.from({ length: Math.max(1, Math.min(concurrency, 8)) }, check));
+    const w = await manifest.window(w0 / cs, WINDOW_CHUNKS);
+    for (let i = 0; i < w.zero.length; i++) if (!w.zero[i]) toCheck.push([w0 + i * cs, Math.min(vs, w0 + (i + 1) * cs)]);
+    const pieces: Range[] = [];
+    for (const [x0, x1] of normalizeRanges(toCheck)) for (let x = x0; x < x1; x += MAX_PAGE_WRITE) pieces.push([x, Math.min(x1, x + MAX_PAGE_WRITE)]);
+    await verifyPieces(pieces);
+  }
   if (mismatch) throw mismatch;
   const tail = new Uint8Array(512);
   await blob.read(tail, virtualSize);
@@ -880,4 +862,35 @@ async function verifyBlob(
     throw new VhdError(ErrorCodes.VERIFY_MISMATCH, 'the footer differs from the expected fixed-VHD footer', { file: blob.name, offset: virtualSize });
   }
   return true;
+
+  async function verifyPieces(pieces: Range[]): Promise<void> {
+    let next = 0;
+    const check = async () => {
+      const buf = new Uint8Array(MAX_PAGE_WRITE);
+      while (next < pieces.length && !mismatch) {
+        throwIfAborted(signal);
+        const [a, b] = pieces[next++];
+        const view = buf.subarray(0, b - a);
+        await blob.read(view, a);
+        const firstChunk = Math.floor(a / cs);
+        const w = await manifest.window(firstChunk, Math.ceil((b - a) / cs));
+        for (let x = a; x < b; x += cs) {
+          const i = Math.floor(x / cs) - firstChunk;
+          const piece = view.subarray(x - a, Math.min(b, x + cs, Math.max(x, vs)) - a);
+          const rest = view.subarray(Math.min(b, Math.max(x, vs)) - a, Math.min(b, x + cs) - a); // past the source: zeros
+          const zero = isZero(piece);
+          const expectZero = i >= w.zero.length || w.zero[i] === 1;
+          const ok = (expectZero ? zero : !zero && h64Raw(piece, 0n) === w.hashes[i]) && isZero(rest);
+          if (!ok) {
+            mismatch ??= new VhdError(ErrorCodes.VERIFY_MISMATCH, `chunk ${firstChunk + i} (bytes ${x}–${Math.min(b, x + cs)}) differs from the source`, {
+              file: blob.name,
+              offset: x,
+            });
+            return;
+          }
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.max(1, Math.min(concurrency, 8)) }, check));
+  }
 }
