@@ -3,9 +3,12 @@
 // harness in ../shared/peers/xo), on the same files, in the same run. Prints a table of ratios and
 // writes bench/results/merge-<ts>.json.
 //
-//   npm run build && node bench/merge.mjs [--quick] [--work DIR] [--runs N] [--peer DIR] [--out FILE] [--only 1,2,3,4]
+//   npm run build && node bench/merge.mjs [--quick] [--work DIR] [--runs N] [--peer DIR] [--out FILE] [--only 1,2,3,4] [--workers N]
 //
-// Or from another script: `const rows = await runMergeBench({ quick, work, runs, peerDir })`.
+// --workers N is passed to every vhdkit merge (0: the data copies on the main thread); without it,
+// vhdkit chooses (the main thread for a child under 4 GiB, as all of these are; the pool above).
+//
+// Or from another script: `const rows = await runMergeBench({ quick, work, runs, peerDir, only, workers })`.
 //
 // The peer. vhd-lib is never a dependency of vhdkit: the harness is copied to WORK/xo-peer and
 // `npm install`ed there (once; skipped with a clear line when that fails, e.g. without network).
@@ -423,12 +426,13 @@ function freshPair(ctx, ds) {
  * the program itself back into the page cache after the drop, so a cold run measures the data's
  * I/O and not node reading its own binary and modules from disk.
  */
-function vhdkitTool(ds) {
+function vhdkitTool(ds, ctx) {
+  const workers = ctx.workers === undefined ? [] : ['--workers', String(ctx.workers)];
   return {
     key: `vhdkit:${ds.name}`,
     name: 'vhdkit',
     ds,
-    command: (p) => [process.execPath, [cli, 'merge', p.child, '--json', '--quiet']],
+    command: (p) => [process.execPath, [cli, 'merge', p.child, '--json', '--quiet', ...workers]],
     engineSeconds: (out) => JSON.parse(out).seconds,
     warm: () => {
       spawnSync(process.execPath, [cli, '--version']);
@@ -532,8 +536,10 @@ function makeRow(name, target, v, ref, referenceName, extra = {}) {
 // ------------------------------------------------------------------------------------------------
 // Where vhdkit's engine time goes: one merge in-process with FileSink's methods timed. Phases:
 // setup (open the chain, plan, journal: up to the first truncate of the target), data (copying
-// sectors, several blocks in flight, up to the first fsync), fsync (the data fsync and the final
+// sectors, several tasks in flight, up to the first fsync), fsync (the data fsync and the final
 // one), metadata (BAT entries and footer, journal removal). Read/write sums overlap (in flight).
+// When the copies run on worker threads, their FileSinks are other module instances: only the
+// phases and the main thread's own I/O are timed then.
 
 async function breakdown(ctx, ds, { cold = false } = {}) {
   const lib = await import(path.join(root, 'dist', 'index.js'));
@@ -556,7 +562,7 @@ async function breakdown(ctx, ds, { cold = false } = {}) {
     const pair = freshPair(ctx, ds);
     if (cold) dropCaches();
     t0 = performance.now();
-    const r = await lib.merge(pair.child, {});
+    const r = await lib.merge(pair.child, ctx.workers === undefined ? {} : { workers: ctx.workers });
     const wall = performance.now() - t0;
     const v = await verify(pair.parent, ds, ctx);
     const firstTruncate = events.find((e) => e.m === 'truncate')?.t0 ?? 0;
@@ -570,6 +576,7 @@ async function breakdown(ctx, ds, { cold = false } = {}) {
     return {
       dataset: ds.name,
       cold,
+      workers: r.workers,
       correct: v.diffBytes === 0,
       wallMs: round1(wall),
       setupMs: round1(firstTruncate),
@@ -595,7 +602,7 @@ const round1 = (x) => Math.round(x * 10) / 10;
  * of the runs) or null; a row that could not run says why in `skipped`. `rows.meta` holds the
  * context (peer, datasets, time split) for the JSON file.
  */
-export async function runMergeBench({ quick = false, work = path.join(os.tmpdir(), 'vhdkit-bench'), runs, peerDir, only, log = (...a) => console.error('[merge]', ...a) } = {}) {
+export async function runMergeBench({ quick = false, work = path.join(os.tmpdir(), 'vhdkit-bench'), runs, peerDir, only, workers, log = (...a) => console.error('[merge]', ...a) } = {}) {
   if (!fs.existsSync(cli)) throw new Error('build first: npm run build');
   runs = Number(runs ?? (quick ? 2 : 5));
   const coldRuns = quick ? 1 : Math.min(runs, 3);
@@ -608,6 +615,7 @@ export async function runMergeBench({ quick = false, work = path.join(os.tmpdir(
     harnessSrc: peerDir ? path.resolve(peerDir) : defaultHarness,
     hasQemu: have('qemu-img'),
     hasTime: fs.existsSync('/usr/bin/time'),
+    workers: workers === undefined ? undefined : Number(workers),
     log,
   };
   fs.mkdirSync(ctx.dataDir, { recursive: true });
@@ -625,7 +633,7 @@ export async function runMergeBench({ quick = false, work = path.join(os.tmpdir(
   if (!ctx.hasQemu) log('qemu-img not found: results are verified with vhdkit\'s own reader');
   const rows = [];
   const peerSkipped = { skipped: `vhd-lib not available: ${peer.reason}` };
-  const meta = { peer, generator: ctx.generator, verifier: ctx.hasQemu ? 'qemu-img' : 'vhdkit', runs, coldRuns, canDropCaches: canDrop, datasets: {}, breakdown: [] };
+  const meta = { peer, workers: ctx.workers ?? 'auto', generator: ctx.generator, verifier: ctx.hasQemu ? 'qemu-img' : 'vhdkit', runs, coldRuns, canDropCaches: canDrop, datasets: {}, breakdown: [] };
   const describe = (ds) => {
     const { parentIds, childIds, files, ...rest } = ds.manifest;
     meta.datasets[ds.name] = rest;
@@ -639,7 +647,7 @@ export async function runMergeBench({ quick = false, work = path.join(os.tmpdir(
   // 1. The target from the issue.
   if (want(1)) {
     log(`scenario 1: ${childMiB} MiB child into a 1 GiB parent (best of ${runs})`);
-    const tools = [vhdkitTool(issue)];
+    const tools = [vhdkitTool(issue, ctx)];
     if (peer.ok) tools.push(peerTool(peer, issue), peerTool(peer, issue, { sync: true }));
     const m = await measure(ctx, tools, { runs });
     const v = summary(m[tools[0].key]);
@@ -657,7 +665,7 @@ export async function runMergeBench({ quick = false, work = path.join(os.tmpdir(
     const partial = await dataset(ctx, 'partial-1g', { size: GiB, ...shape, partial: true });
     describe(partial);
     log(`scenario 2: partial-block child (${(partial.manifest.childDataBytes / MiB).toFixed(1)} MiB of sectors in ${partial.manifest.childBlocks} blocks, best of ${runs})`);
-    const tools = [vhdkitTool(partial)];
+    const tools = [vhdkitTool(partial, ctx)];
     if (peer.ok) tools.push(peerTool(peer, partial));
     const m = await measure(ctx, tools, { runs });
     const v = summary(m[tools[0].key]);
@@ -696,7 +704,7 @@ export async function runMergeBench({ quick = false, work = path.join(os.tmpdir(
         spawnSync('dd', ['--version']);
       },
     };
-    const tools = [vhdkitTool(issue), dd];
+    const tools = [vhdkitTool(issue, ctx), dd];
     const m = await measure(ctx, tools, { runs: coldRuns, cold: true });
     fs.rmSync(ddOut, { force: true });
     // dd starts in a millisecond: its whole time is its I/O, the fair match for vhdkit's engine time.
@@ -710,7 +718,7 @@ export async function runMergeBench({ quick = false, work = path.join(os.tmpdir(
     const big = await dataset(ctx, 'issue-2000g', { size: 2000 * GiB, ...shape });
     describe(big);
     log(`scenario 4: 2000 GiB parent vs 1 GiB parent, same data (best of ${runs})`);
-    const tools = [vhdkitTool(issue), vhdkitTool(big)];
+    const tools = [vhdkitTool(issue, ctx), vhdkitTool(big, ctx)];
     if (peer.ok) tools.push(peerTool(peer, big));
     const m = await measure(ctx, tools, { runs });
     const vBig = summary(m[tools[1].key]);
@@ -773,7 +781,9 @@ export function formatBreakdown(b) {
   const o = b.ops;
   return (
     `  ${b.dataset}${b.cold ? ' (cold)' : ''}: ${b.wallMs} ms = setup ${b.setupMs} + data ${b.dataMs} + fsync ${b.fsyncMs} + metadata ${b.metadataMs}` +
-    `   [read ${o.read.calls}× ${o.read.MiB} MiB ${o.read.ms} ms, write ${o.write.calls}× ${o.write.MiB} MiB ${o.write.ms} ms, summed over blocks in flight]` +
+    (b.workers > 0
+      ? `   [data copied on ${b.workers} worker threads; only main-thread I/O timed: read ${o.read.calls}×, write ${o.write.calls}× ${o.write.MiB} MiB]`
+      : `   [read ${o.read.calls}× ${o.read.MiB} MiB ${o.read.ms} ms, write ${o.write.calls}× ${o.write.MiB} MiB ${o.write.ms} ms, summed over reads and writes in flight]`) +
     (b.correct ? '' : '  RESULT WRONG')
   );
 }
@@ -792,11 +802,12 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
     runs: arg('--runs'),
     peerDir: arg('--peer'),
     only: arg('--only')?.split(',').map(Number),
+    workers: arg('--workers'),
   };
   const outFile = path.resolve(arg('--out', path.join(root, 'bench', 'results', `merge-${Date.now()}.json`)));
   const rows = await runMergeBench(opts);
   const { meta } = rows;
-  console.log(`\nvhdkit merge benchmark (${quick ? 'quick' : 'full'}; best of ${meta.runs}, cold best of ${meta.coldRuns}; node ${process.version}; ${os.cpus().length} cores)`);
+  console.log(`\nvhdkit merge benchmark (${quick ? 'quick' : 'full'}; best of ${meta.runs}, cold best of ${meta.coldRuns}; node ${process.version}; ${os.cpus().length} cores; vhdkit --workers ${meta.workers})`);
   console.log(formatTable(rows));
   console.log('\nratio = reference time / vhdkit time (> 1: vhdkit faster), best of the runs (med: medians), whole processes with node startup;');
   console.log('same bytes on both sides, so also the throughput ratio. engine = vhdkit\'s own `seconds` (its --json); in brackets the ratio');

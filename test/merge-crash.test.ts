@@ -20,6 +20,12 @@
  * 3. Real processes with a preload hook (`node --import`) that SIGKILLs the CLI at an exact point:
  *    right after the moved BAT's header is written, then again early in the rerun's data phase;
  *    and in the middle of writing the journal (between its temporary file and the rename).
+ * 4. The pool (`--workers 2`; odd iterations of 1 run that way too, reruns either way): the same hook
+ *    (Node runs it in worker threads as well) logs every operation on the target with its thread:
+ *    every worker write completes before the main thread's data fsync starts, and every metadata
+ *    write comes after that fsync. Then real processes killed right after the workers' n-th write, at
+ *    points spread over the data phase (sometimes again in the rerun): no metadata was written yet,
+ *    and the rerun (on the pool or on the main thread) leaves the same file as an uninterrupted merge.
  *
  * The CLI runs from dist/: `npm run build` first (npm test does it in pretest).
  */
@@ -235,6 +241,8 @@ describe('SIGKILL at random instants, then the same merge again', () => {
   const rnd = mulberry32(seed);
   const chains: Record<'same' | 'grow', Chain> = {} as never;
   const typical: Record<'same' | 'grow', { wallMs: number; mergeMs: number }> = {} as never;
+  /** The same with the data copied by two pool workers (odd iterations run that way). */
+  const typicalPool: Record<'same' | 'grow', { wallMs: number; mergeMs: number }> = {} as never;
   const counts: Record<KillClass, number> = { 'before-journal': 0, 'journal-only': 0, data: 0, metadata: 0, 'after-completion': 0, 'no-kill': 0 };
   let doubleKills = 0;
   let resumes = 0;
@@ -263,23 +271,27 @@ describe('SIGKILL at random instants, then the same merge again', () => {
       maxRun: 1200,
       seed: seed + 2,
     });
-    // One uninterrupted run of each: the reference result and the typical duration.
+    // One uninterrupted run of each, on the main thread and on the pool: the reference result (the
+    // same file both ways) and the typical durations.
     for (const k of ['same', 'grow'] as const) {
-      const run = freshCopy(chains[k]);
-      const r = await runCli(['merge', 'child.vhd', '--json'], run.dir);
-      expect(r.stderr).toBe('');
-      expect(r.code).toBe(0);
-      typical[k] = { wallMs: r.ms, mergeMs: JSON.parse(r.stdout).seconds * 1000 };
-      chains[k].reference = fs.readFileSync(run.parent);
-      expect(firstDifference(await readVirtual(run.parent), chains[k].model)).toBeUndefined();
-      fs.rmSync(run.dir, { recursive: true, force: true });
+      for (const pool of [false, true]) {
+        const run = freshCopy(chains[k]);
+        const r = await runCli(['merge', 'child.vhd', '--json', '--workers', pool ? '2' : '0'], run.dir);
+        expect(r.stderr).toBe('');
+        expect(r.code).toBe(0);
+        (pool ? typicalPool : typical)[k] = { wallMs: r.ms, mergeMs: JSON.parse(r.stdout).seconds * 1000 };
+        if (!pool) chains[k].reference = fs.readFileSync(run.parent);
+        else expect(firstDifference(fs.readFileSync(run.parent), chains[k].reference!), 'pool result vs main-thread result').toBeUndefined();
+        expect(firstDifference(await readVirtual(run.parent), chains[k].model)).toBeUndefined();
+        fs.rmSync(run.dir, { recursive: true, force: true });
+      }
     }
     expect(chains.grow.tableEntries).toBe(24);
   });
 
   afterAll(() => {
     console.log(
-      `merge-crash (seed ${seed}; set VHDKIT_CRASH_SEED to repeat): typical run ${JSON.stringify(typical)}; kills landed: ${JSON.stringify(counts)}; ` +
+      `merge-crash (seed ${seed}; set VHDKIT_CRASH_SEED to repeat): typical run ${JSON.stringify(typical)}, on the pool ${JSON.stringify(typicalPool)}; kills landed: ${JSON.stringify(counts)}; ` +
         `reruns killed again: ${doubleKills}; --resume used: ${resumes}`,
     );
   });
@@ -287,7 +299,9 @@ describe('SIGKILL at random instants, then the same merge again', () => {
   /** One iteration: kill, observe, rerun until done, check everything. Returns the problems found. */
   async function iteration(kind: 'same' | 'grow', i: number): Promise<string[]> {
     const c = chains[kind];
-    const t = typical[kind];
+    // Odd iterations are killed while the pool's workers copy (reruns pick either way at random).
+    const pool = i % 2 === 1;
+    const t = pool ? typicalPool[kind] : typical[kind];
     const run = freshCopy(c);
     const journal = journalPath(run.parent);
     const problems: string[] = [];
@@ -302,7 +316,7 @@ describe('SIGKILL at random instants, then the same merge again', () => {
     else if (pick < 0.3) how = { killAfterMs: Math.floor(rnd() * t.wallMs) };
     else if (pick < 0.45) how = { killAfterMs: Math.floor(t.wallMs - 1.5 * t.mergeMs + rnd() * 1.5 * t.mergeMs + 10) };
     else how = { killAfterJournalMs: Math.floor(rnd() * (t.mergeMs * 1.1)) };
-    const first = await runCli(['merge', 'child.vhd', '--json'], run.dir, { ...how, journal });
+    const first = await runCli(['merge', 'child.vhd', '--json', ...(pool ? ['--workers', '2'] : [])], run.dir, { ...how, journal });
 
     // Observe the state the kill left.
     let cls: KillClass;
@@ -333,7 +347,7 @@ describe('SIGKILL at random instants, then the same merge again', () => {
     let done = first.signal === null && first.code === 0;
     for (let attempt = 0; !done && attempt < 5; attempt++) {
       const pending = fs.existsSync(journal);
-      const args = ['merge', 'child.vhd', '--json'];
+      const args = ['merge', 'child.vhd', '--json', '--workers', rnd() < 0.5 ? '2' : '0'];
       if (pending && rnd() < 0.4) {
         args.push('--resume');
         resumes++;
@@ -360,6 +374,7 @@ describe('SIGKILL at random instants, then the same merge again', () => {
     if (!fs.readFileSync(run.child).equals(c.childBytes)) say('the child changed');
     const diff = firstDifference(await readVirtual(run.parent).catch((e) => new TextEncoder().encode(String(e))), c.model);
     if (diff) say(`after a kill in "${cls}": parent content ${diff}`);
+    else if (!fs.readFileSync(run.parent).equals(c.reference!)) say(`after a kill in "${cls}": the parent file differs from an uninterrupted merge's`);
     const chk = await runCli(['check', '--strict', 'parent.vhd'], run.dir);
     if (chk.code !== 0) say(`after a kill in "${cls}": check --strict exited ${chk.code}: ${chk.stdout.trim()} ${chk.stderr.trim()}`);
     fs.rmSync(run.dir, { recursive: true, force: true });
@@ -485,27 +500,58 @@ describe('a crash at every write of the merge, then once more in the rerun', () 
 // -------------------------------------------------------------------------------------------------
 // 3. Real processes killed at exact points (preload hook)
 
+// Node runs --import modules in worker threads too: in the pool's workers this hook patches their own
+// FileSink. VHDKIT_CRASH_AT and _AFTER_WRITE_AT count the main thread's operations on the target;
+// VHDKIT_CRASH_WORKER_WRITE_AT kills right after the n-th write to it by any worker thread (1 = the
+// first; the threads count in one file, VHDKIT_CRASH_COUNTER, a byte appended per write);
+// VHDKIT_CRASH_LOG appends every operation on the target, with its thread, when it starts and when
+// it has completed.
 const HOOK = `
 import fs from 'node:fs';
 import path from 'node:path';
+import { isMainThread, threadId } from 'node:worker_threads';
 import { FileSink } from ${JSON.stringify(pathToFileURL(path.join(repoRoot, 'dist/io/file.js')).href)};
 const target = process.env.VHDKIT_CRASH_FILE;
 const at = process.env.VHDKIT_CRASH_AT === undefined ? -1 : Number(process.env.VHDKIT_CRASH_AT);
 const afterWriteAt = process.env.VHDKIT_CRASH_AFTER_WRITE_AT === undefined ? -1 : Number(process.env.VHDKIT_CRASH_AFTER_WRITE_AT);
 // Which write at that offset (1 = the first): every run first restores the original header at 512.
 let afterWriteNth = process.env.VHDKIT_CRASH_AFTER_WRITE_NTH === undefined ? 1 : Number(process.env.VHDKIT_CRASH_AFTER_WRITE_NTH);
+const workerWriteAt = process.env.VHDKIT_CRASH_WORKER_WRITE_AT === undefined ? -1 : Number(process.env.VHDKIT_CRASH_WORKER_WRITE_AT);
+const counter = process.env.VHDKIT_CRASH_COUNTER;
+const workerWrote = () => {
+  if (workerWriteAt < 1 || !counter) return;
+  fs.appendFileSync(counter, 'w');
+  if (fs.statSync(counter).size >= workerWriteAt) die();
+};
+const log = process.env.VHDKIT_CRASH_LOG;
 const die = () => { process.kill(process.pid, 'SIGKILL'); Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10000); };
+const note = (m, phase, args) => {
+  if (log) fs.appendFileSync(log, JSON.stringify({ thread: isMainThread ? 'main' : 'worker ' + threadId, m, phase, offset: typeof args[1] === 'number' ? args[1] : undefined, bytes: args[0]?.length }) + '\\n');
+};
 let n = 0;
 for (const m of ['write', 'truncate', 'sync']) {
   const orig = FileSink.prototype[m];
   FileSink.prototype[m] = async function (...args) {
     const mine = target && path.resolve(this.name) === target;
-    if (mine && n++ === at) die();
+    if (mine && isMainThread && n++ === at) die();
+    if (mine) note(m, 'start', args);
     const r = await orig.apply(this, args);
-    if (mine && m === 'write' && args[1] === afterWriteAt && --afterWriteNth === 0) die();
+    if (mine) note(m, 'done', args);
+    if (mine && isMainThread && m === 'write' && args[1] === afterWriteAt && --afterWriteNth === 0) die();
+    if (mine && !isMainThread && m === 'write') workerWrote();
     return r;
   };
 }
+// The pool's workers write with blocking calls: logged and counted as writes too.
+const writeBlocking = FileSink.prototype.writeBlocking;
+FileSink.prototype.writeBlocking = function (...args) {
+  const mine = target && path.resolve(this.name) === target;
+  if (mine) note('write', 'start', args);
+  const r = writeBlocking.apply(this, args);
+  if (mine) note('write', 'done', args);
+  if (mine && !isMainThread) workerWrote();
+  return r;
+};
 if (process.env.VHDKIT_CRASH_ON_JOURNAL_RENAME) {
   const orig = fs.renameSync;
   fs.renameSync = function (from, to) {
@@ -593,3 +639,134 @@ describe('real processes killed at exact points', () => {
   });
 });
 
+
+// -------------------------------------------------------------------------------------------------
+// 4. The pool: write order seen from every thread, and real processes killed while workers write
+
+describe('the data copies on the pool: order of writes, and kills while workers write', () => {
+  let hookArgs: string[];
+  let c: Chain;
+  /** Worker writes of an uninterrupted pool merge, per worker thread. */
+  let perWorker: number[];
+  /** Worker writes of an uninterrupted pool merge, all threads. */
+  let workerWrites: number;
+
+  interface Op {
+    thread: string;
+    m: 'write' | 'truncate' | 'sync';
+    phase: 'start' | 'done';
+    offset?: number;
+    bytes?: number;
+  }
+
+  const readLog = (file: string): Op[] =>
+    fs
+      .readFileSync(file, 'utf8')
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as Op);
+
+  beforeAll(async () => {
+    const dir = tmpDir('vhdkit-crash-pool-hook-');
+    const hook = path.join(dir, 'crash-hook.mjs');
+    fs.writeFileSync(hook, HOOK);
+    hookArgs = ['--import', pathToFileURL(hook).href];
+    // ~20 MiB of child data in partial blocks over allocated and new parent blocks; the child is
+    // larger than the parent (the BAT moves): five or six tasks of 4 MiB, two workers.
+    c = await buildChain({
+      parentSize: 32 * MiB,
+      childSize: 48 * MiB,
+      blockSize: 2 * MiB,
+      allocated: Array.from({ length: 16 }, (_, b) => b).filter((b) => b % 3 === 0),
+      childBlocks: Array.from({ length: 24 }, (_, b) => b).filter((b) => b % 6 !== 5),
+      runsPerBlock: 3,
+      maxRun: 1400,
+      seed: 21,
+    });
+    const run = freshCopy(c);
+    const r = await runCli(['merge', 'child.vhd', '--json', '--workers', '0'], run.dir);
+    expect(r.code).toBe(0);
+    c.reference = fs.readFileSync(run.parent);
+    expect(firstDifference(await readVirtual(run.parent), c.model)).toBeUndefined();
+  });
+
+  it('every worker write has completed before the data fsync starts; every metadata write comes after it', async () => {
+    const run = freshCopy(c);
+    const log = path.join(run.dir, 'ops.log');
+    const env = { VHDKIT_CRASH_FILE: fs.realpathSync(run.parent), VHDKIT_CRASH_LOG: log };
+    const r = await runCli(['merge', 'child.vhd', '--json', '--workers', '2'], run.dir, { env, nodeArgs: hookArgs });
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout).workers).toBe(2);
+    expect(fs.readFileSync(run.parent).equals(c.reference!)).toBe(true);
+    const ops = readLog(log);
+    const main = (i: number) => ops[i].thread === 'main';
+    // A fresh merge: the main thread cuts and extends the file (two truncates), the workers copy,
+    // the main thread fsyncs, then writes the BAT, header and footer, truncates and fsyncs again.
+    const dataSync = ops.findIndex((o, i) => main(i) && o.m === 'sync' && o.phase === 'start');
+    const dataSynced = ops.findIndex((o, i) => i > dataSync && main(i) && o.m === 'sync' && o.phase === 'done');
+    expect(dataSync).toBeGreaterThan(0);
+    const workerOps = ops.map((o, i) => [o, i] as const).filter(([o]) => o.thread !== 'main');
+    expect(workerOps.length).toBeGreaterThan(0);
+    expect(workerOps.every(([o]) => o.m === 'write')).toBe(true); // workers never truncate or sync
+    expect(Math.max(...workerOps.map(([, i]) => i))).toBeLessThan(dataSync);
+    const writers = new Set(workerOps.map(([o]) => o.thread));
+    expect(writers.size).toBe(2); // tasks in flight on both workers
+    const mainWrites = ops.map((o, i) => [o, i] as const).filter(([o, i]) => main(i) && o.m === 'write');
+    expect(mainWrites.length).toBeGreaterThan(0);
+    expect(Math.min(...mainWrites.map(([, i]) => i))).toBeGreaterThan(dataSynced);
+    // Every truncate of the main thread before the data phase precedes the first worker write.
+    const firstWorker = Math.min(...workerOps.map(([, i]) => i));
+    expect(ops.slice(0, firstWorker).filter((o) => o.m === 'truncate' && o.phase === 'done')).toHaveLength(2);
+    perWorker = [...writers].map((w) => workerOps.filter(([o]) => o.thread === w && o.phase === 'done').length);
+    workerWrites = workerOps.length / 2;
+    console.log(`pool merge: ${workerOps.length / 2} worker writes (${perWorker.join(' + ')}), ${mainWrites.length / 2} main-thread writes after the data fsync`);
+  });
+
+  it('killed right after a worker write, at points spread over the data phase, then run again (on the pool or not): the merge completes exactly', async () => {
+    const all = workerWrites;
+    const points = [...new Set([1, 2, 3, 5, 8, Math.floor(all / 4), Math.floor(all / 2), Math.floor((3 * all) / 4), all - 2, all - 1].filter((n) => n >= 1 && n < all))];
+    const problems: string[] = [];
+    for (const [k, at] of points.entries()) {
+      const run = freshCopy(c);
+      const target = fs.realpathSync(run.parent);
+      const say = (m: string) => problems.push(`killed after worker write ${at}: ${m}`);
+      const counter = path.join(run.dir, 'writes.count');
+      const r1 = await runCli(['merge', 'child.vhd', '--json', '--workers', '2'], run.dir, {
+        env: { VHDKIT_CRASH_FILE: target, VHDKIT_CRASH_WORKER_WRITE_AT: String(at), VHDKIT_CRASH_COUNTER: counter },
+        nodeArgs: hookArgs,
+      });
+      if (r1.signal !== 'SIGKILL') say(`not killed (exit ${r1.code}: ${r1.stderr.trim()})`);
+      if (!fs.existsSync(journalPath(run.parent))) say('no journal');
+      else {
+        // Killed in the data phase: the main thread had written no metadata yet.
+        const j = JSON.parse(fs.readFileSync(journalPath(run.parent), 'utf8')) as MergeJournal;
+        if (metadataStarted(fs.readFileSync(run.parent), j, c)) say('metadata written before the data was complete');
+      }
+      // The rerun: on the main thread, on the pool, or on the pool killed once more in a worker.
+      const mode = k % 3;
+      if (mode === 2) {
+        fs.rmSync(counter, { force: true });
+        const r2 = await runCli(['merge', 'child.vhd', '--workers', '2'], run.dir, {
+          env: { VHDKIT_CRASH_FILE: target, VHDKIT_CRASH_WORKER_WRITE_AT: String(Math.max(1, Math.floor(at / 2))), VHDKIT_CRASH_COUNTER: counter },
+          nodeArgs: hookArgs,
+        });
+        if (r2.signal !== 'SIGKILL') say(`the rerun was not killed (exit ${r2.code})`);
+      }
+      const r3 = await runCli(['merge', 'child.vhd', '--json', '--workers', mode === 0 ? '0' : '2'], run.dir);
+      if (r3.code !== 0) say(`the last run exited ${r3.code}: ${r3.stderr.trim()}`);
+      else if (JSON.parse(r3.stdout).resumed !== true) say('not reported as resumed');
+      const diff = firstDifference(await readVirtual(run.parent).catch((e) => new TextEncoder().encode(String(e))), c.model);
+      if (diff) say(`content ${diff}`);
+      if (!fs.readFileSync(run.parent).equals(c.reference!)) say('the parent file differs from an uninterrupted merge');
+      const chk = await runCli(['check', '--strict', 'parent.vhd'], run.dir);
+      if (chk.code !== 0) say(`check --strict exited ${chk.code}: ${chk.stdout.trim()}`);
+      fs.rmSync(counter, { force: true });
+      if (leftovers(run.dir).length) say(`left behind: ${leftovers(run.dir).join(', ')}`);
+      if (!fs.readFileSync(run.child).equals(c.childBytes)) say('the child changed');
+      fs.rmSync(run.dir, { recursive: true, force: true });
+    }
+    console.log(`pool kills after worker writes ${points.join(', ')} (of ${all})`);
+    expect(problems).toEqual([]);
+  });
+});

@@ -9,7 +9,8 @@
  * - Property (fast-check): random dynamic parent (512K/2M blocks, full, partial and empty blocks),
  *   random children written with partial-sector bitmaps (single sectors, odd runs, 0xEE garbage
  *   under clear bits), sometimes three levels merged with --to, sometimes a differencing target
- *   (grandchild into child), sometimes a larger child (the BAT grows). The model overlays the
+ *   (grandchild into child), sometimes a larger child (the BAT grows); the data copied on the main
+ *   thread or on two pool workers (merge-pool.test.ts compares the two in detail). The model overlays the
  *   layers newest first; the target must equal it, `check --strict` must be ok, qemu-img must
  *   read the same bytes, the sources must be byte-identical afterwards.
  * - Fixed target; BAT growth in detail (BAT moved, header rewritten, geometry for qemu);
@@ -321,6 +322,7 @@ describe('merge against a model (property)', () => {
           growSectors: fc.integer({ min: 1, max: 6144 }),
           childW: fc.array(writeArb, { maxLength: 25 }),
           grandW: fc.array(writeArb, { maxLength: 25 }),
+          workers: fc.constantFrom(0, 2),
         }),
         async (p) => {
           runs++;
@@ -369,8 +371,9 @@ describe('merge against a model (property)', () => {
             if (p.mode === 'diffTarget') {
               // Grandchild into child: a differencing target gains exactly the grandchild's bits.
               const childOwnBefore = await ownSectors(childF);
-              const r = await merge(grandF);
+              const r = await merge(grandF, { workers: p.workers });
               expect(r.target).toBe(fs.realpathSync(childF));
+              expect(r.workers).toBe(p.workers);
               expect(r.sectorsMerged).toBe(gOwn.size);
               expect([r.blocksAllocated, r.blocksUpdated]).toEqual(blockCounts([...gOwn.keys()], blocksOf([...cOwn.keys()], p.cbs), p.cbs));
               const want = [...new Set([...childOwnBefore, ...gOwn.keys()])].sort((a, b) => a - b);
@@ -384,7 +387,8 @@ describe('merge against a model (property)', () => {
               expect(c.ok).toBe(true);
             } else {
               const src = p.mode === 'to' ? grandF : childF;
-              const r = await merge(src, p.mode === 'to' ? { to: parent } : {});
+              const r = await merge(src, { ...(p.mode === 'to' ? { to: parent } : {}), workers: p.workers });
+              expect(r.workers).toBe(p.workers);
               expect(r.target).toBe(fs.realpathSync(parent));
               // Sector exact: exactly the sectors the sources hold are copied, each once.
               const merged = [...new Set([...cOwn.keys(), ...gOwn.keys()])];

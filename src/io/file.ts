@@ -96,6 +96,41 @@ export class FileSink implements ByteSink {
     if (position + from.length > this.length) this.length = position + from.length;
   }
 
+  /**
+   * `read`, blocking the calling thread in the system call. Only for worker threads, where that is
+   * the point: each such thread is its own I/O queue, instead of one more client of libuv's four
+   * I/O threads that every asynchronous call of the process shares.
+   */
+  readBlocking(into: Uint8Array, position: number): void {
+    let done = 0;
+    while (done < into.length) {
+      let n: number;
+      try {
+        n = fs.readSync(this.fd, into, done, into.length - done, position + done);
+      } catch (e) {
+        throw ioError(e, this.name, `read of ${into.length} bytes`, position);
+      }
+      if (n === 0) {
+        throw new VhdError(ErrorCodes.SHORT_READ, `read of ${into.length} bytes ended after ${done}: the file is ${this.length} bytes`, {
+          file: this.name,
+          offset: position,
+        });
+      }
+      done += n;
+    }
+  }
+
+  /** `write`, blocking the calling thread (see readBlocking). */
+  writeBlocking(from: Uint8Array, position: number): void {
+    let done = 0;
+    try {
+      while (done < from.length) done += fs.writeSync(this.fd, from, done, from.length - done, position + done);
+    } catch (e) {
+      throw ioError(e, this.name, `write of ${from.length} bytes`, position + done);
+    }
+    if (position + from.length > this.length) this.length = position + from.length;
+  }
+
   async truncate(size: number): Promise<void> {
     try {
       await new Promise<void>((resolve, reject) => fs.ftruncate(this.fd, size, (e) => (e ? reject(e) : resolve())));

@@ -7,6 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';
 import { ErrorCodes, type ErrorCode, VhdError } from '../errors.js';
 import { alignedBuffer } from '../io/aligned.js';
+import { type MergeCopyResult, type MergeCopyTask, runMergeCopyInline } from './merge-task.js';
 import { openRef } from './open-ref.js';
 import { hashKernel, type HashKernel } from './xxh64.js';
 import { type DiffTask, type DiffTaskResult, type HashTask, type HashTaskResult, READ_UNIT, runDiffTask, runHashTask, type TaskError } from './tasks.js';
@@ -20,6 +21,11 @@ export interface TaskRunner {
   readonly workers: number;
   hash(task: HashTask, signal?: AbortSignal): Promise<HashTaskResult>;
   diff(task: DiffTask, signal?: AbortSignal): Promise<DiffTaskResult>;
+  /**
+   * A merge's data task. No AbortSignal: a task that has started writing always runs to its end (at
+   * most 32 MiB), so nothing writes to the target once the caller has seen every task settle.
+   */
+  mergeCopy(task: MergeCopyTask): Promise<MergeCopyResult>;
   /** How many tasks to keep in flight to keep every worker busy. */
   readonly concurrency: number;
 }
@@ -90,6 +96,11 @@ class PiscinaRunner implements TaskRunner {
       rethrow(e, signal);
     }
   }
+  async mergeCopy(task: MergeCopyTask): Promise<MergeCopyResult> {
+    // The copy lists go by transfer, not structured clone (a fragmented child has many copies).
+    const transferList = [task.copies.buffer, task.blocks.buffer, task.bitmapInit.buffer] as ArrayBuffer[];
+    return unwrap<MergeCopyResult>(await this.piscina.run(task, { name: 'mergeCopy', transferList }));
+  }
 }
 
 class InlineRunner implements TaskRunner {
@@ -119,6 +130,9 @@ class InlineRunner implements TaskRunner {
       const [a, b] = await Promise.all([openRef(task.a), openRef(task.b)]);
       return runDiffTask(task, a, b, this.bufA, this.bufB);
     });
+  }
+  mergeCopy(task: MergeCopyTask): Promise<MergeCopyResult> {
+    return runMergeCopyInline(task); // queued on the main thread's copy lanes, which own their buffers
   }
 }
 

@@ -5,6 +5,7 @@
 import { move, transferableSymbol, valueSymbol } from 'piscina';
 import { VhdError } from '../errors.js';
 import { alignedBuffer } from '../io/aligned.js';
+import { type MergeCopyResult, type MergeCopyTask, runMergeCopyTask } from './merge-task.js';
 import { openRef } from './open-ref.js';
 import { hashKernel } from './xxh64.js';
 import { type DiffTask, type DiffTaskResult, type HashTask, type HashTaskResult, READ_UNIT, runDiffTask, runHashTask, type TaskError } from './tasks.js';
@@ -53,6 +54,18 @@ export async function diff(task: DiffTask): Promise<DiffTaskResult | { error: Ta
     const [x, y] = buffers();
     const r = await runDiffTask(task, a, b, x, y);
     return transfer(r, [r.changed.buffer]);
+  } catch (e) {
+    return asResult(e);
+  }
+}
+
+// -------------------------------------------------------------------------------------------------
+// merge: the data copies of one merge task (src/pool/merge-task.ts has the body and its buffers),
+// with blocking I/O: this thread is one I/O stream of its own.
+
+export async function mergeCopy(task: MergeCopyTask): Promise<MergeCopyResult | { error: TaskError }> {
+  try {
+    return await runMergeCopyTask(task);
   } catch (e) {
     return asResult(e);
   }

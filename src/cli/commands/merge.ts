@@ -16,6 +16,7 @@ interface Args extends GlobalArgs {
   'from-list'?: string;
   concurrency?: number;
   'parent-dir'?: string[];
+  workers?: number;
 }
 
 export const mergeCommand: CommandModule<object, Args> = {
@@ -33,6 +34,7 @@ export const mergeCommand: CommandModule<object, Args> = {
       .option('from-list', { type: 'string', describe: 'read the children to merge from this file, one per line' })
       .option('concurrency', { type: 'number', default: 2, describe: 'merges run at once in a batch' })
       .option('parent-dir', { type: 'string', array: true, describe: 'only resolve parents inside these directories' })
+      .option('workers', { type: 'number', describe: 'worker threads that copy the data (default: none for a child under 4 GiB, else one per core; 0 = none)' })
       .example('$0 merge patch1.vhd', 'merge patch1.vhd into its parent')
       .example('$0 merge gen3.vhd --to base.vhd --delete-child', 'merge a whole chain into the base')
       .example('$0 merge patch1.vhd --into-copy base-merged.vhd', 'leave base.vhd and its other children alone') as never,
@@ -57,6 +59,7 @@ export const mergeCommand: CommandModule<object, Args> = {
         deleteChild: args['delete-child'],
         resume: args.resume,
         allowedDirs: args['parent-dir'],
+        workers: args.workers,
         signal,
         onProgress: bar?.update,
       });
