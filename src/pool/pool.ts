@@ -8,6 +8,7 @@ import { Piscina } from 'piscina';
 import { ErrorCodes, type ErrorCode, VhdError } from '../errors.js';
 import { alignedBuffer } from '../io/aligned.js';
 import { type MergeCopyResult, type MergeCopyTask, runMergeCopyInline } from './merge-task.js';
+import { type Md5Result, type Md5Task, runMd5Task } from './md5-task.js';
 import { openRef } from './open-ref.js';
 import { hashKernel, type HashKernel } from './xxh64.js';
 import { type DiffTask, type DiffTaskResult, type HashTask, type HashTaskResult, READ_UNIT, runDiffTask, runHashTask, type TaskError } from './tasks.js';
@@ -26,6 +27,8 @@ export interface TaskRunner {
    * most 32 MiB), so nothing writes to the target once the caller has seen every task settle.
    */
   mergeCopy(task: MergeCopyTask): Promise<MergeCopyResult>;
+  /** The Content-MD5 of a whole fixed VHD (one long task: it holds one worker while it runs). */
+  md5(task: Md5Task, signal?: AbortSignal): Promise<Md5Result>;
   /** How many tasks to keep in flight to keep every worker busy. */
   readonly concurrency: number;
 }
@@ -96,6 +99,13 @@ class PiscinaRunner implements TaskRunner {
       rethrow(e, signal);
     }
   }
+  async md5(task: Md5Task, signal?: AbortSignal): Promise<Md5Result> {
+    try {
+      return unwrap<Md5Result>(await this.piscina.run(task, { name: 'md5', signal: signal ?? null }));
+    } catch (e) {
+      rethrow(e, signal);
+    }
+  }
   async mergeCopy(task: MergeCopyTask): Promise<MergeCopyResult> {
     // The copy lists go by transfer, not structured clone (a fragmented child has many copies).
     const transferList = [task.copies.buffer, task.blocks.buffer, task.bitmapInit.buffer] as ArrayBuffer[];
@@ -130,6 +140,9 @@ class InlineRunner implements TaskRunner {
       const [a, b] = await Promise.all([openRef(task.a), openRef(task.b)]);
       return runDiffTask(task, a, b, this.bufA, this.bufB);
     });
+  }
+  md5(task: Md5Task): Promise<Md5Result> {
+    return this.serial(async () => runMd5Task(task, await openRef(task.disk)));
   }
   mergeCopy(task: MergeCopyTask): Promise<MergeCopyResult> {
     return runMergeCopyInline(task); // queued on the main thread's copy lanes, which own their buffers

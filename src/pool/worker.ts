@@ -6,6 +6,7 @@ import { move, transferableSymbol, valueSymbol } from 'piscina';
 import { VhdError } from '../errors.js';
 import { alignedBuffer } from '../io/aligned.js';
 import { type MergeCopyResult, type MergeCopyTask, runMergeCopyTask } from './merge-task.js';
+import { type Md5Result, type Md5Task, runMd5Task } from './md5-task.js';
 import { openRef } from './open-ref.js';
 import { hashKernel } from './xxh64.js';
 import { type DiffTask, type DiffTaskResult, type HashTask, type HashTaskResult, READ_UNIT, runDiffTask, runHashTask, type TaskError } from './tasks.js';
@@ -66,6 +67,17 @@ export async function diff(task: DiffTask): Promise<DiffTaskResult | { error: Ta
 export async function mergeCopy(task: MergeCopyTask): Promise<MergeCopyResult | { error: TaskError }> {
   try {
     return await runMergeCopyTask(task);
+  } catch (e) {
+    return asResult(e);
+  }
+}
+
+// -------------------------------------------------------------------------------------------------
+// upload: the Content-MD5 of the whole fixed VHD, computed while the pages are sent.
+
+export async function md5(task: Md5Task): Promise<Md5Result | { error: TaskError }> {
+  try {
+    return await runMd5Task(task, await openRef(task.disk));
   } catch (e) {
     return asResult(e);
   }
