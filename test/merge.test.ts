@@ -677,10 +677,18 @@ describe('other children of the target', () => {
     expect(cli(['check', '--strict', 'merged-copy.vhd'], f.dir).code).toBe(0);
     if (hasQemu) expectSameBytes(qemuRaw(copy), f.model, 'qemu-img reading of the copy');
     expect(leftovers(f.dir)).toEqual([]);
-    // An existing copy is not overwritten.
-    const again = cli(['merge', 'child.vhd', '--into-copy', 'merged-copy.vhd'], f.dir);
-    expect(again.code).toBe(2);
-    expect(again.stderr).toContain('[OUTPUT_EXISTS]');
+    // An existing copy is never overwritten. The same merge run again recognises its own finished
+    // copy (a run killed after the final rename) and succeeds without writing; any other file there
+    // is refused.
+    const before = fs.readFileSync(copy);
+    const again = cli(['merge', 'child.vhd', '--into-copy', 'merged-copy.vhd', '--json'], f.dir);
+    expect(again.code, again.stderr).toBe(0);
+    expect(JSON.parse(again.stdout)).toMatchObject({ resumed: true, bytesWritten: 0 });
+    expect(Buffer.compare(fs.readFileSync(copy), before)).toBe(0);
+    fs.writeFileSync(path.join(f.dir, 'other.vhd'), before.subarray(0, before.length - 1));
+    const other = cli(['merge', 'child.vhd', '--into-copy', 'other.vhd'], f.dir);
+    expect(other.code).toBe(2);
+    expect(other.stderr).toContain('[OUTPUT_EXISTS]');
   });
 });
 

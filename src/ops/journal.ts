@@ -130,6 +130,49 @@ function alive(pid: number): boolean {
 }
 
 /**
+ * Creates the lock file with its content in one step: written to a private temporary name, then
+ * hard-linked into place (link fails if the lock exists), so a process killed at any instant never
+ * leaves an empty lock. Where the file system has no hard links, an exclusive create and a write.
+ */
+function createLockFile(file: string, content: string): void {
+  const tmp = `${file}.${process.pid}.tmp`;
+  fs.writeFileSync(tmp, content, { mode: 0o644 });
+  try {
+    fs.linkSync(tmp, file);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EOPNOTSUPP' && code !== 'ENOSYS') throw e;
+    const fd = fs.openSync(file, 'wx', 0o644);
+    fs.writeSync(fd, content);
+    fs.closeSync(fd);
+  } finally {
+    fs.rmSync(tmp, { force: true });
+  }
+}
+
+/** Temporary lock files of processes killed between writing and linking them. */
+function removeStaleLockTemps(file: string): void {
+  const dir = path.dirname(path.resolve(file));
+  const prefix = `${path.basename(file)}.`;
+  try {
+    for (const name of fs.readdirSync(dir)) {
+      const m = name.startsWith(prefix) && /^(\d+)\.tmp$/.exec(name.slice(prefix.length));
+      if (m && Number(m[1]) !== process.pid && !alive(Number(m[1]))) fs.rmSync(path.join(dir, name), { force: true });
+    }
+  } catch {
+    // a folder that cannot be listed: nothing to tidy
+  }
+}
+
+function lockAgeMs(file: string): number {
+  try {
+    return Date.now() - fs.statSync(file).mtimeMs;
+  } catch {
+    return 0;
+  }
+}
+
+/**
  * Takes the lock of `target` for `what` ("merge", "upload"). Throws LOCKED naming the holder when
  * another live process has it; takes over a lock left by a process that no longer runs.
  */
@@ -138,9 +181,8 @@ export function acquireLock(target: string, what: string): () => void {
   const me = JSON.stringify({ pid: process.pid, host: os.hostname(), what, since: new Date().toISOString() });
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
-      const fd = fs.openSync(file, 'wx', 0o644);
-      fs.writeSync(fd, me);
-      fs.closeSync(fd);
+      createLockFile(file, me);
+      removeStaleLockTemps(file);
       let released = false;
       return () => {
         if (released) return;
@@ -157,7 +199,10 @@ export function acquireLock(target: string, what: string): () => void {
       // a lock being written right now, or damaged: treat as held unless it stays unreadable
     }
     const sameHost = holder.host === os.hostname();
-    if (holder.pid !== undefined && sameHost && !alive(holder.pid)) {
+    // An empty lock: its creator was killed between creating and writing it (only possible where
+    // hard links are missing, see createLockFile), or it is being written right now: stale after 5 s.
+    const empty = holder.pid === undefined && lockAgeMs(file) > 5000;
+    if (empty || (holder.pid !== undefined && sameHost && !alive(holder.pid))) {
       fs.rmSync(file, { force: true }); // the holder was killed: take over
       continue;
     }

@@ -38,6 +38,7 @@
  * POOL_MIN_BYTES; `workers` chooses (with more cores and a device that takes more concurrent I/O,
  * more streams may pay off sooner: not measured here).
  */
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { ErrorCodes, type Finding, VhdError } from '../errors.js';
@@ -48,11 +49,11 @@ import { bitmapByteSize } from '../format/bitmap.js';
 import { decodeFooter, encodeFooter, FOOTER_SIZE } from '../format/footer.js';
 import { decodeHeader, encodeHeader, HEADER_SIZE } from '../format/header.js';
 import { geometryForWrite } from '../format/geometry.js';
+import { uuidV4 } from '../format/uuid.js';
 import { FileSink } from '../io/file.js';
 import { BITMAP_FROM_FILE, BITMAP_ONES, BITMAP_ZEROS, type MergeCopyResult, type MergeCopyTask, runMergeCopyInline } from '../pool/merge-task.js';
 import { orderedWindow } from '../pool/schedule.js';
 import { throwIfAborted, type OperationOptions } from './common.js';
-import { newUuid } from './create.js';
 import { acquireLock, fsyncDir, hasPendingMerge, journalPath, type MergeJournal, readJournal, removeJournal, writeJournal } from './journal.js';
 import { openDisk } from './open.js';
 
@@ -281,11 +282,19 @@ export async function merge(childPath: string, options: MergeOptions = {}): Prom
     // which it takes only once the merge is complete. The original is never written, so a run
     // interrupted before the merge's journal exists simply starts over; one with a journal resumes.
     const final = path.resolve(options.intoCopy);
-    if (fs.existsSync(final)) throw new VhdError(ErrorCodes.OUTPUT_EXISTS, 'the copy already exists', { file: options.intoCopy });
     const work = path.join(path.dirname(final), `.${path.basename(final)}.vhdkit-copy`);
+    // The copy's UUID is derived from the target, the child and the final path: a run killed after
+    // the final rename (the copy complete) is recognised by it when run again, and reports success.
+    const copyUuid = uuidV4(createHash('sha256').update(`vhdkit merge copy\n${target.uuid}\n${child.uuid}\n${final}`).digest().subarray(0, 16));
+    if (fs.existsSync(final)) {
+      if (!fs.existsSync(work) && (await isFinishedCopy(final, copyUuid))) {
+        return { child: childPath, target: final, sources: [], resumed: true, sectorsMerged: 0, blocksAllocated: 0, blocksUpdated: 0, bytesWritten: 0, deleted: [], invalidated: [], workers: 0, seconds: (performance.now() - started) / 1000, warnings };
+      }
+      throw new VhdError(ErrorCodes.OUTPUT_EXISTS, 'the copy already exists', { file: options.intoCopy });
+    }
     if (!fs.existsSync(journalPath(work))) {
       fs.rmSync(work, { force: true });
-      await copyTarget(target, work);
+      await copyTarget(target, work, copyUuid);
     }
     const result = await mergeInto(child, childPath, work, depth, options, await copier, warnings, started, true);
     fs.renameSync(work, final);
@@ -296,14 +305,29 @@ export async function merge(childPath: string, options: MergeOptions = {}): Prom
   }
 }
 
+/** True when `file` is a complete copy this merge made (its UUID, no merge pending, no errors). */
+async function isFinishedCopy(file: string, uuid: Uint8Array): Promise<boolean> {
+  if (hasPendingMerge(file)) return false;
+  try {
+    const d = await openDisk(file, { resolveParents: false });
+    try {
+      return Buffer.compare(Buffer.from(d.footer.uniqueId), Buffer.from(uuid)) === 0 && !d.findings.some((f) => f.severity === 'error');
+    } finally {
+      await d.close();
+    }
+  } catch {
+    return false;
+  }
+}
+
 /** Makes the copy for --into-copy at `dest`: reflink or copy_file_range when possible, a new UUID. */
-async function copyTarget(target: VhdImage, dest: string): Promise<void> {
+async function copyTarget(target: VhdImage, dest: string, uuid: Uint8Array): Promise<void> {
   fs.copyFileSync(target.id, dest, fs.constants.COPYFILE_FICLONE);
   try {
     // A new identity: the copy is a different disk once merged (the original's children keep theirs).
     const sink = await FileSink.open(dest, 'r+');
     try {
-      const footer = encodeFooter({ ...target.footer, uniqueId: newUuid() });
+      const footer = encodeFooter({ ...target.footer, uniqueId: uuid });
       if (target.type !== 'fixed') await sink.write(footer, 0);
       await sink.write(footer, target.footerOffset);
       await sink.sync();
