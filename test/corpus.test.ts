@@ -14,7 +14,7 @@ import { openDisk } from '../src/ops/open.js';
 import { info } from '../src/ops/info.js';
 import { check } from '../src/ops/check.js';
 import { vhdTimestampToDate } from '../src/format/timestamp.js';
-import { corpusDir, corpusExpected, corpusPresent, sha256OfDisk, unpackCorpus, type CorpusSample, mulberry32 } from './helpers.js';
+import { corpusDir, corpusExpected, corpusPresent, sha256OfDisk, unpackCorpus, type CorpusSample, mulberry32, rejection } from './helpers.js';
 
 if (!corpusPresent) console.warn(`corpus.test.ts: SKIPPED — the conformance corpus is not at ${corpusDir}`);
 
@@ -48,15 +48,6 @@ async function openSample(rel: string, opts: Parameters<typeof openDisk>[1] = {}
   return img;
 }
 
-async function rejection(p: Promise<unknown>): Promise<VhdError> {
-  try {
-    await p;
-  } catch (e) {
-    expect(e).toBeInstanceOf(VhdError);
-    return e as VhdError;
-  }
-  throw new Error('expected a VhdError, but the promise resolved');
-}
 
 const ZEROS = Buffer.alloc(4 << 20);
 

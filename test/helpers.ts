@@ -13,7 +13,8 @@ import v8 from 'node:v8';
 import vm from 'node:vm';
 import { fileURLToPath } from 'node:url';
 import { gunzipSync, createGunzip } from 'node:zlib';
-import { afterAll } from 'vitest';
+import { afterAll, expect } from 'vitest';
+import { VhdError } from '../src/errors.js';
 
 /** The repository root (/work/main). */
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -297,4 +298,15 @@ export async function startTestAzurite(): Promise<TestAzurite> {
   // @ts-ignore: a plain ESM script without type declarations
   const { startAzurite } = (await import('../fixtures/azurite.mjs')) as { startAzurite(): Promise<TestAzurite> };
   return startAzurite();
+}
+
+/** The VhdError a promise rejects with (fails the test when it resolves or rejects with anything else). */
+export async function rejection(p: Promise<unknown>): Promise<VhdError> {
+  try {
+    await p;
+  } catch (e) {
+    expect(e).toBeInstanceOf(VhdError);
+    return e as VhdError;
+  }
+  throw new Error('expected a VhdError, but the promise resolved');
 }

@@ -50,7 +50,7 @@ import { generations, type Generation } from '../src/ops/generations.js';
 import { openDisk } from '../src/ops/open.js';
 import { upload, type UploadOptions, type UploadResult } from '../src/ops/upload.js';
 import { destroyPool } from '../src/pool/pool.js';
-import { mulberry32, readVirtual, repoRoot, runProcess, startTestAzurite, tmpDir, type ProcessRun , type TestAzurite } from './helpers.js';
+import { mulberry32, readVirtual, repoRoot, runProcess, startTestAzurite, tmpDir, type ProcessRun , type TestAzurite, rejection } from './helpers.js';
 
 vi.setConfig({ testTimeout: 120_000, hookTimeout: 120_000 });
 
@@ -226,15 +226,6 @@ function opts(extra: UploadOptions = {}): UploadOptions {
   return { connectionString: az.connectionString, journalDir, workers: 2, ...extra };
 }
 
-async function rejection(p: Promise<unknown>): Promise<VhdError> {
-  try {
-    await p;
-  } catch (e) {
-    expect(e).toBeInstanceOf(VhdError);
-    return e as VhdError;
-  }
-  throw new Error('expected a rejection');
-}
 
 async function blobExists(container: string, blob: string): Promise<boolean> {
   return svc.getContainerClient(container).getBlobClient(blob).exists();

@@ -45,13 +45,19 @@ export function checkBlobName(name: string): void {
   }
 }
 
-/** Account URL from a connection string (BlobEndpoint, or protocol + account + suffix). */
-export function accountUrlFromConnectionString(cs: string): string {
+/** A connection string's fields, keys in lower case. */
+export function connectionStringParts(cs: string): Map<string, string> {
   const parts = new Map<string, string>();
   for (const kv of cs.split(';')) {
     const i = kv.indexOf('=');
     if (i > 0) parts.set(kv.slice(0, i).trim().toLowerCase(), kv.slice(i + 1).trim());
   }
+  return parts;
+}
+
+/** Account URL from a connection string (BlobEndpoint, or protocol + account + suffix). */
+export function accountUrlFromConnectionString(cs: string): string {
+  const parts = connectionStringParts(cs);
   if (parts.get('usedevelopmentstorage') === 'true') return 'http://127.0.0.1:10000/devstoreaccount1';
   const endpoint = parts.get('blobendpoint');
   if (endpoint) return endpoint.replace(/\/+$/, '');

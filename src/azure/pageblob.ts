@@ -17,8 +17,8 @@ import {
   StorageSharedKeyCredential,
 } from '@azure/storage-blob';
 import { ErrorCodes, VhdError } from '../errors.js';
-import type { BlobLocation, ConnectOptions } from './destination.js';
-import { isTransient, type RetryOptions, RetryCounter, withRetry } from './retry.js';
+import { type BlobLocation, type ConnectOptions, connectionStringParts } from './destination.js';
+import { backoffDelay, isTransient, type RetryOptions, RetryCounter, sleep, withRetry } from './retry.js';
 
 export const PAGE = 512;
 export const MAX_PAGE_WRITE = 4 * 1024 * 1024;
@@ -44,15 +44,6 @@ export interface Counters {
 
 export function newCounters(): Counters {
   return { requests: 0, bytesUploaded: 0, bytesCleared: 0, retries: new RetryCounter() };
-}
-
-function connectionStringParts(cs: string): Map<string, string> {
-  const parts = new Map<string, string>();
-  for (const kv of cs.split(';')) {
-    const i = kv.indexOf('=');
-    if (i > 0) parts.set(kv.slice(0, i).trim().toLowerCase(), kv.slice(i + 1).trim());
-  }
-  return parts;
 }
 
 const serviceClients = new Map<string, BlobServiceClient>();
@@ -236,7 +227,9 @@ export class PageBlob {
         this.counters.retries.retries++;
         const made = await this.findSnapshot(token);
         if (made) return made;
-        await new Promise((r) => setTimeout(r, Math.random() * Math.min(this.retry.maxDelayMs ?? 30_000, (this.retry.baseDelayMs ?? 500) * 2 ** (attempt - 1))));
+        await sleep(backoffDelay(attempt, this.retry), this.retry.signal).catch(() => {
+          throw new VhdError(ErrorCodes.ABORTED, 'operation aborted', { cause: this.retry.signal?.reason });
+        });
       }
     }
   }
@@ -288,20 +281,14 @@ export class PageBlob {
     const out: Array<[number, number]> = [];
     await this.request('list page ranges', async (abortSignal) => {
       out.length = 0;
-      for await (const r of this.client.listPageRanges(offset, count, { abortSignal })) {
-        const start = r.start;
-        const end = r.end + 1;
-        const last = out[out.length - 1];
-        if (last && start <= last[1]) last[1] = Math.max(last[1], end);
-        else out.push([start, end]);
-      }
+      for await (const r of this.client.listPageRanges(offset, count, { abortSignal })) out.push([r.start, r.end + 1]);
     });
     out.sort((a, b) => a[0] - b[0]);
     const merged: Array<[number, number]> = [];
     for (const r of out) {
       const last = merged[merged.length - 1];
       if (last && r[0] <= last[1]) last[1] = Math.max(last[1], r[1]);
-      else merged.push([r[0], r[1]]);
+      else merged.push(r);
     }
     return merged;
   }

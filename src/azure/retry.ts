@@ -61,7 +61,7 @@ export class RetryCounter {
   retries = 0;
 }
 
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
     if (signal?.aborted) return reject(signal.reason);
     const t = setTimeout(() => {
@@ -76,6 +76,11 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   });
 }
 
+/** The pause before retry `n` (1-based): exponential, capped, with full jitter. */
+export function backoffDelay(n: number, options: RetryOptions = {}): number {
+  return Math.random() * Math.min(options.maxDelayMs ?? 30_000, (options.baseDelayMs ?? 500) * 2 ** (n - 1));
+}
+
 /**
  * Runs `attempt` until it succeeds, fails with a non-transient error, or runs out of tries. Each
  * attempt gets its own AbortSignal that fires on the caller's abort or the per-try timeout.
@@ -86,8 +91,6 @@ export async function withRetry<T>(
   options: RetryOptions & { signal?: AbortSignal; counter?: RetryCounter } = {},
 ): Promise<T> {
   const maxTries = options.maxTries ?? 8;
-  const base = options.baseDelayMs ?? 500;
-  const maxDelay = options.maxDelayMs ?? 30_000;
   const tryTimeout = options.tryTimeoutMs ?? 120_000;
   for (let n = 1; ; n++) {
     if (options.signal?.aborted) throw new VhdError(ErrorCodes.ABORTED, 'operation aborted', { cause: options.signal.reason });
@@ -100,8 +103,7 @@ export async function withRetry<T>(
       const timedOut = timeout.aborted;
       if ((!timedOut && !isTransient(e)) || n >= maxTries) throw azureError(e, what, n);
       if (options.counter) options.counter.retries++;
-      const delay = Math.random() * Math.min(maxDelay, base * 2 ** (n - 1));
-      await sleep(delay, options.signal).catch(() => {
+      await sleep(backoffDelay(n, options), options.signal).catch(() => {
         throw new VhdError(ErrorCodes.ABORTED, 'operation aborted', { cause: options.signal?.reason });
       });
     }

@@ -256,9 +256,13 @@ async function* withTail(body: AsyncGenerator<Op>, tail: Op[], from: number): As
   for (const op of tail) if (op.end > from) yield { ...op, start: Math.max(op.start, from) };
 }
 
-async function planTotals(ops: AsyncGenerator<Op>): Promise<{ write: number; clear: number; footer: number }> {
-  const t = { write: 0, clear: 0, footer: 0 };
-  for await (const op of ops) t[op.kind] += op.end - op.start;
+/** Bytes per kind in the whole plan, and how many of them lie at or past `from` (what a resumed run sends). */
+async function planTotals(ops: AsyncGenerator<Op>, from: number): Promise<{ write: number; clear: number; footer: number; remaining: number }> {
+  const t = { write: 0, clear: 0, footer: 0, remaining: 0 };
+  for await (const op of ops) {
+    t[op.kind] += op.end - op.start;
+    if (op.end > from) t.remaining += op.end - Math.max(op.start, from);
+  }
   return t;
 }
 
@@ -316,7 +320,8 @@ export async function upload(file: string, destination: string, options: UploadO
     }
     const blobSize = virtualSize + 512;
     const ref: DiskRef = { file, format, allowedDirs: options.allowedDirs };
-    const uuid = disk instanceof VhdImage ? disk.footer.uniqueId : createHash('md5').update(`vhdkit raw ${stampOfChain(disk, 0, file)}`).digest().subarray(0, 16);
+    const sourceStamp = stampOfChain(disk, 0, file);
+    const uuid = disk instanceof VhdImage ? disk.footer.uniqueId : createHash('md5').update(`vhdkit raw ${sourceStamp}`).digest().subarray(0, 16);
     // The footer is a function of the source: the same disk always makes the same blob (and MD5).
     const footer = encodeFooter(makeFooter({
       type: 'fixed',
@@ -324,7 +329,6 @@ export async function upload(file: string, destination: string, options: UploadO
       uuid,
       timestamp: disk instanceof VhdImage ? new Date(946684800000 + disk.footer.timestamp * 1000) : new Date(946684800000),
     }));
-    const sourceStamp = stampOfChain(disk, 0, file);
 
     // ---- what the blob holds now, and what it will be based on --------------------------------
     let current = await blob.props();
@@ -500,8 +504,7 @@ export async function upload(file: string, destination: string, options: UploadO
       tail.push({ kind: 'footer', start: virtualSize, end: blobSize });
       const makePlan = (from: number): AsyncGenerator<Op> =>
         withTail(sectorRanges ? sectorPlan(sectorRanges, from) : chunkPlan(next, baseManifest, baseBlobSize, from), tail, from);
-      const totals = await planTotals(makePlan(0));
-      const remaining = await planTotals(makePlan(resumeFrom));
+      const totals = await planTotals(makePlan(0), resumeFrom);
       const md5 = options.md5 === false ? undefined : pool.md5({ disk: ref, virtualSize, footer }, signal);
       md5?.catch(() => {}); // awaited below; a failure is reported there
       await send(makePlan(resumeFrom), {
@@ -510,7 +513,7 @@ export async function upload(file: string, destination: string, options: UploadO
         footer,
         concurrency,
         signal,
-        total: remaining.write + remaining.clear + remaining.footer,
+        total: totals.remaining,
         onProgress: options.onProgress,
         saveWatermark: async (done, toBlob) => {
           journal.write(publicUrl(loc), planId, done);
@@ -730,7 +733,7 @@ interface SendOptions {
  * watermark is the start of the oldest operation still in flight or failed (or the end of the
  * last one issued): everything below it has landed.
  */
-async function send(plan: AsyncGenerator<Op>, o: SendOptions): Promise<{ writes: number; clears: number }> {
+async function send(plan: AsyncGenerator<Op>, o: SendOptions): Promise<void> {
   const free: Uint8Array[] = [];
   const inFlight = new Map<number, Promise<void>>();
   const starts = new Set<number>();
@@ -740,8 +743,6 @@ async function send(plan: AsyncGenerator<Op>, o: SendOptions): Promise<{ writes:
   let lastJournal = performance.now();
   let lastMeta = performance.now();
   let savingMeta: Promise<void> | undefined;
-  let writes = 0;
-  let clears = 0;
 
   const watermark = (): number => (starts.size > 0 ? Math.min(...starts) : issuedEnd);
 
@@ -763,10 +764,8 @@ async function send(plan: AsyncGenerator<Op>, o: SendOptions): Promise<{ writes:
     const length = op.end - op.start;
     if (op.kind === 'clear') {
       await o.blob.clearPages(op.start, length);
-      clears++;
     } else if (op.kind === 'footer') {
       await o.blob.writePages(o.footer, op.start);
-      writes++;
     } else {
       const buffer = free.pop() ?? alignedBuffer(MAX_PAGE_WRITE);
       try {
@@ -774,10 +773,8 @@ async function send(plan: AsyncGenerator<Op>, o: SendOptions): Promise<{ writes:
         await o.disk.read(view, op.start);
         if (isZero(view)) {
           await o.blob.clearPages(op.start, length);
-          clears++;
         } else {
           await o.blob.writePages(view, op.start);
-          writes++;
         }
       } finally {
         free.push(buffer);
@@ -817,7 +814,6 @@ async function send(plan: AsyncGenerator<Op>, o: SendOptions): Promise<{ writes:
   if (failure) throw failure;
   throwIfAborted(o.signal);
   if (issuedEnd >= 0) await o.saveWatermark(issuedEnd, false);
-  return { writes, clears };
 }
 
 /**
