@@ -431,8 +431,10 @@ export async function upload(file: string, destination: string, options: UploadO
         .digest('hex')
         .slice(0, 32);
 
+      const journal = new UploadJournal(options.journalDir ?? defaultJournalDir(), publicUrl(loc));
       // Already there: the same content, complete (--overwrite sends it again, e.g. after a failed --verify).
       if (current && !options.overwrite && isCompleteUpload(current.metadata) && current.metadata[Meta.digest] === digest && current.size === blobSize) {
+        journal.remove(); // a run killed after marking the blob complete, before removing its journal
         options.onPhase?.('verify');
         const verified = options.verify ? await verifyBlob(blob, next, footer, virtualSize, concurrency, signal) : null;
         return summary({ method, digest, chunkSize, virtualSize, blobSize, alreadyComplete: true, contentMd5: current.contentMd5 ?? null, manifest: current.metadata[Meta.manifest] ? decodeURIComponent(current.metadata[Meta.manifest]) : null, verified, planned: 0, differing: 0, resumedFrom: blobSize, snapshot: null, base: current.metadata[Meta.base] ? decodeURIComponent(current.metadata[Meta.base]) : null });
@@ -444,7 +446,6 @@ export async function upload(file: string, destination: string, options: UploadO
         throw new VhdError(ErrorCodes.BLOB_EXISTS, `${blob.name} ${what}; add --overwrite to replace it${options.snapshot ? '' : ', or --snapshot to keep it as the previous generation'}`);
       }
 
-      const journal = new UploadJournal(options.journalDir ?? defaultJournalDir(), publicUrl(loc));
       let resumeFrom = 0;
       if (resumable) resumeFrom = Math.min(blobSize, Math.max(Number(current!.metadata[Meta.done] ?? 0) || 0, journal.read(planId)));
 
