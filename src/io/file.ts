@@ -20,6 +20,18 @@ function writeFrom(fd: number, from: Uint8Array, position: number): Promise<numb
   });
 }
 
+/**
+ * When set, every FileSink read of this thread blocks in the system call instead of going through
+ * libuv's thread pool. For pool workers (set once per worker thread): each is then its own I/O
+ * stream, and a read costs no hop to another thread and back (hashing from page cache measured
+ * 0.66 s against 0.81 s for 4 GiB on two workers).
+ */
+let blockingReads = false;
+
+export function useBlockingReads(on = true): void {
+  blockingReads = on;
+}
+
 function ioError(e: unknown, file: string, what: string, offset?: number): VhdError {
   const err = e as NodeJS.ErrnoException;
   const reason = err?.code ? `${err.code}: ${err.message.replace(/^[A-Z]+: /, '')}` : String(e);
@@ -80,6 +92,7 @@ export class FileSink implements ByteSink {
 
   async readAt(into: Uint8Array, position: number): Promise<number> {
     try {
+      if (blockingReads) return fs.readSync(this.fd, into, 0, into.length, position);
       return await readInto(this.fd, into, position);
     } catch (e) {
       throw ioError(e, this.name, `read of ${into.length} bytes`, position);

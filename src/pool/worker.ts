@@ -5,12 +5,15 @@
 import { move, transferableSymbol, valueSymbol } from 'piscina';
 import { VhdError } from '../errors.js';
 import { alignedBuffer } from '../io/aligned.js';
+import { useBlockingReads } from '../io/file.js';
 import { type MergeCopyResult, type MergeCopyTask, runMergeCopyTask } from './merge-task.js';
 import { type Md5Result, type Md5Task, runMd5Task } from './md5-task.js';
 import { openRef } from './open-ref.js';
 import { hashKernel } from './xxh64.js';
 import { type DiffTask, type DiffTaskResult, type HashTask, type HashTaskResult, READ_UNIT, runDiffTask, runHashTask, type TaskError } from './tasks.js';
 
+// This thread is one I/O stream of its own: its reads block here (see useBlockingReads).
+useBlockingReads();
 const kernel = hashKernel(READ_UNIT);
 let bufA: Uint8Array | undefined;
 let bufB: Uint8Array | undefined;
