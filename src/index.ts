@@ -10,7 +10,7 @@ export { convert, azureSize, type ConvertOptions, type ConvertResult, type Targe
 export { hash, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, type HashOptions, type HashResult } from './ops/hash.js';
 export { diff, type DiffOptions, type DiffResult } from './ops/diff.js';
 export { merge, findSiblings, type MergeOptions, type MergeResult } from './ops/merge.js';
-export { journalPath, lockPath, acquireLock, hasPendingMerge, type MergeJournal } from './ops/journal.js';
+export { journalPath, lockPath, acquireLock, acquireSharedLock, hasPendingMerge, type MergeJournal } from './ops/journal.js';
 export { upload, isCompleteUpload, DEFAULT_CONCURRENCY, type UploadOptions, type UploadResult, type UploadMethod } from './ops/upload.js';
 export { generations, type Generation, type GenerationsOptions, type GenerationsResult } from './ops/generations.js';
 export { parseDestination, parseContainer, type BlobLocation } from './azure/destination.js';

@@ -34,7 +34,7 @@ import { uuidToString } from '../src/format/uuid.js';
 import { FileSink } from '../src/io/file.js';
 import { check } from '../src/ops/check.js';
 import { create, newUuid, parentLinkFor } from '../src/ops/create.js';
-import { journalPath, lockPath } from '../src/ops/journal.js';
+import { acquireLock, acquireSharedLock, journalPath, lockPath } from '../src/ops/journal.js';
 import { merge } from '../src/ops/merge.js';
 import { openDisk } from '../src/ops/open.js';
 import { corpusDir, corpusPresent, hasQemu, readCorpusFile, repoRoot, tmpDir, readVirtual } from './helpers.js';
@@ -180,7 +180,7 @@ function expectSameBytes(actual: Uint8Array, expected: Uint8Array, what: string)
 }
 
 function leftovers(dir: string): string[] {
-  return fs.readdirSync(dir).filter((n) => /vhdkit-(merge|lock)|\.tmp$/.test(n));
+  return fs.readdirSync(dir).filter((n) => /vhdkit-(merge|lock|read)|\.tmp$/.test(n));
 }
 
 /** A parent (dynamic) + one child in `dir`; returns the paths and models. */
@@ -711,6 +711,33 @@ describe('the lock next to the target', () => {
     expect(fileSha(parent)).toBe(bytes);
     expect(fs.readFileSync(lock, 'utf8')).toBe(holder); // not taken, not removed
     expect(fs.existsSync(journalPath(parent))).toBe(false);
+  });
+
+  it('an upload reading the parent (a shared lock): merge fails with LOCKED naming it; readers share, a merge excludes them', async () => {
+    const dir = tmpDir('vhdkit-merge-reader-');
+    const { parent, model } = await simplePair(dir);
+    const bytes = fileSha(parent);
+    const first = acquireSharedLock(parent, 'upload');
+    const second = acquireSharedLock(parent, 'upload'); // readers do not exclude each other
+    second();
+    const r = cli(['merge', 'child.vhd'], dir);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain('[LOCKED]');
+    expect(r.stderr).toContain(`locked by upload (pid ${process.pid}`);
+    expect(fileSha(parent)).toBe(bytes);
+    expect(fs.existsSync(lockPath(parent))).toBe(false); // the merge took nothing
+    // While a merge holds the exclusive lock, a reader is refused.
+    first();
+    const release = acquireLock(parent, 'merge');
+    expect(() => acquireSharedLock(parent, 'upload')).toThrow(/locked by merge/);
+    release();
+    // A reader killed without releasing: its mark is recognised (pid in its name) and removed.
+    const dead = spawnSync(process.execPath, ['-e', '']);
+    fs.writeFileSync(path.join(dir, `parent.vhd.vhdkit-read.${dead.pid}.1`), '');
+    const ok = cli(['merge', 'child.vhd', '--json'], dir);
+    expect(ok.code, ok.stderr).toBe(0);
+    expectSameBytes(await readVirtual(parent), model, 'parent after merge');
+    expect(leftovers(dir)).toEqual([]);
   });
 
   it('a dead holder: the lock is taken over and the merge succeeds', async () => {

@@ -47,6 +47,7 @@ import { isZero } from '../src/io/aligned.js';
 import { convert } from '../src/ops/convert.js';
 import { newUuid, parentLinkFor } from '../src/ops/create.js';
 import { generations, type Generation } from '../src/ops/generations.js';
+import { acquireSharedLock } from '../src/ops/journal.js';
 import { openDisk } from '../src/ops/open.js';
 import { upload, type UploadOptions, type UploadResult } from '../src/ops/upload.js';
 import { destroyPool } from '../src/pool/pool.js';
@@ -610,13 +611,22 @@ describe('safety', () => {
     await svc.getContainerClient(C).createIfNotExists();
   });
 
-  /** A copy of the disk for one of several CLI runs at once (an upload holds a lock on its source). */
-  let copies = 0;
-  function diskCopy(): string {
-    const f = path.join(work, `safety-copy-${++copies}.vhd`);
-    fs.copyFileSync(disk, f);
-    return f;
-  }
+  it('one disk uploaded to two blobs at once: both complete (uploads share the lock on their source); no lock marks left', async () => {
+    // A third reader holds the disk throughout, so the two uploads surely overlap with it and each other.
+    const hold = acquireSharedLock(disk, 'test reader');
+    let runs: ProcessRun[];
+    try {
+      runs = await Promise.all(
+        ['together-a.vhd', 'together-b.vhd'].map((name) => cli(['upload', disk, `${C}/${name}`, '--journal-dir', journalDir, '--json'], { AZURE_STORAGE_CONNECTION_STRING: az.connectionString })),
+      );
+    } finally {
+      hold();
+    }
+    for (const run of runs) expect(run.code, run.stderr).toBe(0);
+    await expectBlob(C, 'together-a.vhd', diskContent, 20 * MiB);
+    await expectBlob(C, 'together-b.vhd', diskContent, 20 * MiB);
+    expect(fs.readdirSync(path.dirname(disk)).filter((n) => n.includes('.vhdkit-'))).toEqual([]);
+  });
 
   it('an existing blob that is not a vhdkit upload is BLOB_EXISTS (CLI exit 2) and untouched, unless overwrite', async () => {
     const pb = svc.getContainerClient(C).getPageBlobClient('theirs.vhd');
@@ -677,7 +687,7 @@ describe('safety', () => {
       const runs = await Promise.all(
         modes.map(async (mode, i) => {
           const url = az.sasUrl(C, `sas-${i}.vhd`);
-          return { i, mode, url, run: await cli(['upload', diskCopy(), url, '--journal-dir', journalDir, ...mode]) };
+          return { i, mode, url, run: await cli(['upload', disk, url, '--journal-dir', journalDir, ...mode]) };
         }),
       );
       for (const { i, mode, url, run } of runs) {
@@ -712,7 +722,7 @@ describe('safety', () => {
         { name: 'missing container', args: ['upload', '{disk}', missing, ...j], secrets: [sigOf(missing)], code: 1 },
         { name: 'generations, missing container', args: ['generations', missingList], secrets: [sigOf(missingList)], code: 1 },
       ];
-      const runs = await Promise.all(cases.flatMap((c) => modes.map(async (mode) => ({ c, mode, run: await cli([...c.args.map((a) => (a === '{disk}' ? diskCopy() : a)), ...mode]) }))));
+      const runs = await Promise.all(cases.flatMap((c) => modes.map(async (mode) => ({ c, mode, run: await cli([...c.args.map((a) => (a === '{disk}' ? disk : a)), ...mode]) }))));
       for (const { c, mode, run } of runs) {
         const what = `${c.name} ${mode.join(' ')}`;
         expect(run.code, `${what}: ${run.stderr}`).toBe(c.code);
@@ -737,7 +747,7 @@ describe('safety', () => {
         { name: 'generations, unknown container', args: ['generations', 'no-such-container', '--connection-string', az.connectionString], code: 1, secrets: [realKey] },
         { name: 'generations, container SAS', args: ['generations', listUrl], code: 0, secrets: [sigOf(listUrl)] },
       ];
-      const runs = await Promise.all(cases.flatMap((c) => modes.map(async (mode) => ({ c, mode, run: await cli([...c.args.map((a) => (a === '{disk}' ? diskCopy() : a)), ...mode], c.env) }))));
+      const runs = await Promise.all(cases.flatMap((c) => modes.map(async (mode) => ({ c, mode, run: await cli([...c.args.map((a) => (a === '{disk}' ? disk : a)), ...mode], c.env) }))));
       for (const { c, mode, run } of runs) {
         const what = `${c.name} ${mode.join(' ')}`;
         expect(run.code, `${what}: ${run.stdout} ${run.stderr}`).toBe(c.code);

@@ -5,8 +5,14 @@
  *                              the target's first byte changes, removed after its last metadata write.
  *                              While it exists the target is "pending": `info`/`check` say so, and
  *                              only the same merge (run again, or `--resume`) may touch the target.
- *   TARGET.vhdkit-lock         held while a merge (or, later, an upload) runs; names the holder's pid
- *                              and host. A lock whose process is gone (killed) is taken over.
+ *   TARGET.vhdkit-lock         the exclusive lock, held while a merge writes into TARGET; names the
+ *                              holder's pid and host. A lock whose process is gone (killed) is taken over.
+ *   TARGET.vhdkit-read.PID.N   a shared lock, one per reader that needs TARGET unchanged while it runs
+ *                              (an upload of a chain holding TARGET). Readers exclude a merge, not each
+ *                              other: two uploads of one disk run together.
+ *
+ * A reader creates its mark, then looks for the exclusive lock; a merge creates the lock, then looks
+ * for marks. Whichever comes second sees the first and backs off (both may, never neither).
  */
 import fs from 'node:fs';
 import os from 'node:os';
@@ -183,6 +189,11 @@ export function acquireLock(target: string, what: string): () => void {
     try {
       createLockFile(file, me);
       removeStaleLockTemps(file);
+      const reader = liveReaders(target)[0];
+      if (reader) {
+        fs.rmSync(file, { force: true });
+        throw lockedBy(target, reader.holder, reader.file);
+      }
       let released = false;
       return () => {
         if (released) return;
@@ -206,11 +217,99 @@ export function acquireLock(target: string, what: string): () => void {
       fs.rmSync(file, { force: true }); // the holder was killed: take over
       continue;
     }
-    throw new VhdError(
-      ErrorCodes.LOCKED,
-      `locked by ${holder.what ?? 'another vhdkit process'} (pid ${holder.pid ?? '?'} on ${holder.host ?? '?'} since ${holder.since ?? '?'}); wait for it, or remove ${file} if that process is gone`,
-      { file: target },
-    );
+    throw lockedBy(target, holder, file);
   }
   throw new VhdError(ErrorCodes.LOCKED, `could not take the lock ${file}`, { file: target });
+}
+
+interface Holder {
+  pid?: number;
+  host?: string;
+  what?: string;
+  since?: string;
+}
+
+function lockedBy(target: string, holder: Holder, file: string): VhdError {
+  return new VhdError(
+    ErrorCodes.LOCKED,
+    `locked by ${holder.what ?? 'another vhdkit process'} (pid ${holder.pid ?? '?'} on ${holder.host ?? '?'} since ${holder.since ?? '?'}); wait for it, or remove ${file} if that process is gone`,
+    { file: target },
+  );
+}
+
+function readHolder(file: string): Holder | undefined {
+  try {
+    return JSON.parse(fs.readFileSync(file, 'utf8')) as Holder;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'ENOENT' ? undefined : {};
+  }
+}
+
+const READ_INFIX = '.vhdkit-read.';
+let readSeq = 0;
+
+/**
+ * The shared locks of `target` held by live processes. Marks of processes that no longer run on this
+ * host are removed (their pid is in the name, so even a mark killed before its content was written
+ * is recognised).
+ */
+function liveReaders(target: string): Array<{ file: string; holder: Holder }> {
+  const dir = path.dirname(path.resolve(target));
+  const prefix = `${path.basename(target)}${READ_INFIX}`;
+  const out: Array<{ file: string; holder: Holder }> = [];
+  let names: string[];
+  try {
+    names = fs.readdirSync(dir);
+  } catch {
+    return out;
+  }
+  for (const name of names) {
+    const m = name.startsWith(prefix) && /^(\d+)\.\d+$/.exec(name.slice(prefix.length));
+    if (!m) continue;
+    const file = path.join(dir, name);
+    const holder = readHolder(file);
+    if (!holder) continue; // released meanwhile
+    const pid = holder.pid ?? Number(m[1]);
+    const host = holder.host ?? os.hostname();
+    if (host === os.hostname() && pid !== process.pid && !alive(pid)) {
+      fs.rmSync(file, { force: true });
+      continue;
+    }
+    out.push({ file, holder: { ...holder, pid, host } });
+  }
+  return out;
+}
+
+/**
+ * Takes a shared lock of `target` for `what` ("upload"): any number of readers hold it together,
+ * and while one does, `acquireLock` (a merge into `target`) fails with LOCKED naming it. Throws
+ * LOCKED when a live merge holds the exclusive lock; takes over one left by a killed merge.
+ */
+export function acquireSharedLock(target: string, what: string): () => void {
+  const dir = path.dirname(path.resolve(target));
+  const mine = path.join(dir, `${path.basename(target)}${READ_INFIX}${process.pid}.${++readSeq}`);
+  fs.writeFileSync(mine, JSON.stringify({ pid: process.pid, host: os.hostname(), what, since: new Date().toISOString() }), { flag: 'wx', mode: 0o644 });
+  let released = false;
+  const release = () => {
+    if (released) return;
+    released = true;
+    fs.rmSync(mine, { force: true });
+  };
+  try {
+    liveReaders(target); // tidies the marks of killed readers
+    const file = lockPath(target);
+    const holder = readHolder(file);
+    if (holder) {
+      const empty = holder.pid === undefined && lockAgeMs(file) > 5000;
+      const gone = empty || (holder.pid !== undefined && holder.host === os.hostname() && !alive(holder.pid));
+      if (!gone) throw lockedBy(target, holder, file);
+      // A merge killed mid-way left its lock: the disk's pending journal (checked when it is
+      // opened) is what stops readers then; the lock itself is stale.
+      fs.rmSync(file, { force: true });
+    }
+  } catch (e) {
+    release();
+    throw e;
+  }
+  return release;
 }

@@ -42,7 +42,7 @@ import type { RetryOptions } from '../azure/retry.js';
 import { throwIfAborted, type OperationOptions } from './common.js';
 import { azureSize } from './convert.js';
 import { DEFAULT_CHUNK_SIZE, hash } from './hash.js';
-import { acquireLock } from './journal.js';
+import { acquireSharedLock } from './journal.js';
 import { type ChunkSource, emptyManifest, ManifestFile, manifestDigestHex, WINDOW_CHUNKS } from './manifest-file.js';
 import { openAny, type OpenDiskOptions, type SourceFormat } from './open.js';
 
@@ -294,10 +294,11 @@ export async function upload(file: string, destination: string, options: UploadO
   const releases: Array<() => void> = [];
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'vhdkit-upload-'));
   try {
-    // A merge into any disk of the chain would change what is being sent: hold their locks.
+    // A merge into any disk of the chain would change what is being sent: hold their shared locks
+    // (other uploads of the same files may run at the same time; a merge may not).
     for (const f of chainFiles) {
       try {
-        releases.push(acquireLock(f, 'upload'));
+        releases.push(acquireSharedLock(f, 'upload'));
       } catch (e) {
         const code = (e as NodeJS.ErrnoException).code;
         if (code !== 'EACCES' && code !== 'EROFS' && code !== 'EPERM') throw e;
