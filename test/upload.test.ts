@@ -39,6 +39,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { BlobServiceClient, RestError } from '@azure/storage-blob';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import type { BlobLocation } from '../src/azure/destination.js';
+import { newCounters, PageBlob } from '../src/azure/pageblob.js';
 import { DynamicWriter } from '../src/disk/writer.js';
 import { ErrorCodes, VhdError } from '../src/errors.js';
 import { bitmapByteSize, setBits } from '../src/format/bitmap.js';
@@ -664,6 +666,72 @@ describe('safety', () => {
     await writeDynamic(other, otherContent);
     expect((await rejection(upload(other, `${C}/twice.vhd`, opts()))).code).toBe(ErrorCodes.BLOB_EXISTS);
     await expectBlob(C, 'twice.vhd', diskContent, 20 * MiB);
+  });
+
+  it('a blob another writer holds the lease of: LOCKED (CLI exit 1), untouched; after an upload, success or failure, no lease is left', async () => {
+    const r1 = await upload(disk, `${C}/leased.vhd`, opts());
+    const client = svc.getContainerClient(C).getPageBlobClient('leased.vhd');
+    const idle = await client.getProperties();
+    expect(idle.leaseState).toBe('available');
+    const other = path.join(work, 'safety-leased-other.vhd');
+    const otherContent = Buffer.from(diskContent);
+    randomFillSync(otherContent, 5 * MiB, 5 * MiB + 64 * KiB);
+    await writeDynamic(other, otherContent);
+    const theirs = client.getBlobLeaseClient();
+    await theirs.acquireLease(60);
+    try {
+      const e = await rejection(upload(other, `${C}/leased.vhd`, opts({ overwrite: true })));
+      expect(e.code).toBe(ErrorCodes.LOCKED);
+      expect(e.message).toMatch(/leased by another writer/);
+      const run = await cli(['upload', other, `${C}/leased.vhd`, '--overwrite', '--journal-dir', journalDir], { AZURE_STORAGE_CONNECTION_STRING: az.connectionString });
+      expect(run.code).toBe(1);
+      expect(run.stderr).toMatch(/leased by another writer.*\[LOCKED\]/);
+      const props = await client.getProperties();
+      expect(props.etag).toBe(idle.etag); // not one byte or field changed
+      expect(props.metadata?.vhdkitdigest).toBe(r1.digest);
+      // generations says an upload is writing it (its lease), not that it was interrupted.
+      await client.setMetadata({ ...props.metadata, vhdkitstate: 'uploading' }, { conditions: { leaseId: theirs.leaseId } });
+      const listed = (await generations(C, { connectionString: az.connectionString })).generations.find((g: Generation) => g.blob === 'leased.vhd' && !g.snapshot)!;
+      expect(listed.hint).toMatch(/unfinished upload, leased: being written now/);
+    } finally {
+      await theirs.releaseLease();
+    }
+    const r2 = await upload(other, `${C}/leased.vhd`, opts({ overwrite: true }));
+    expect(r2.digest).not.toBe(r1.digest);
+    await expectBlob(C, 'leased.vhd', otherContent, 20 * MiB);
+    expect((await client.getProperties()).leaseState).toBe('available');
+    // A failed upload (aborted mid-way) gives its lease back too; the rerun completes.
+    const big = path.join(work, 'safety-leased-big.vhd');
+    const bigContent = contentWith(64 * MiB, [[0, 64 * MiB]]);
+    await writeDynamic(big, bigContent);
+    expect((await rejection(upload(big, `${C}/leased.vhd`, opts({ overwrite: true, ...abortDuringUpload(8 * MiB) })))).code).toBe(ErrorCodes.ABORTED);
+    expect((await client.getProperties()).leaseState).toBe('available');
+    await upload(big, `${C}/leased.vhd`, opts({ overwrite: true }));
+    await expectBlob(C, 'leased.vhd', bigContent, 64 * MiB);
+  });
+
+  it('the lease is renewed while held, and every write carries it', async () => {
+    const loc: BlobLocation = { accountUrl: az.endpoint, container: C, blob: 'renewed.vhd', connectionString: az.connectionString, display: `${C}/renewed.vhd` };
+    const counters = newCounters();
+    const pb = new PageBlob(svc.getContainerClient(C), loc, counters);
+    await pb.create(MiB, { owner: 'test' }, true);
+    pb.renewEveryMs = 50;
+    await pb.acquireLease('00000000-0000-4000-8000-000000000001');
+    const before = counters.requests;
+    await new Promise((r) => setTimeout(r, 400));
+    expect(counters.requests - before).toBeGreaterThanOrEqual(3); // renewals
+    const client = svc.getContainerClient(C).getPageBlobClient('renewed.vhd');
+    expect((await client.getProperties()).leaseState).toBe('leased');
+    await pb.writePages(new Uint8Array(512).fill(7), 0); // carries the lease: accepted
+    await expect(client.uploadPages(Buffer.alloc(512, 9), 512, 512)).rejects.toMatchObject({ statusCode: 412 }); // without it: refused
+    // Creating where a blob exists, when asked for a new one, fails (409/412), never replaces it.
+    const again = new PageBlob(svc.getContainerClient(C), loc, newCounters());
+    expect((await rejection(again.create(MiB, {}, true))).actual).toBeGreaterThanOrEqual(409);
+    await pb.releaseLease();
+    expect((await client.getProperties()).leaseState).toBe('available');
+    const settled = counters.requests;
+    await new Promise((r) => setTimeout(r, 200));
+    expect(counters.requests).toBe(settled); // no renewals after release
   });
 
   describe('secrets never reach stdout or stderr', () => {

@@ -23,6 +23,9 @@ import { backoffDelay, isTransient, type RetryOptions, RetryCounter, sleep, with
 export const PAGE = 512;
 export const MAX_PAGE_WRITE = 4 * 1024 * 1024;
 export const MAX_PAGE_BLOB = 8 * 1024 ** 4;
+/** A writer's lease: the longest finite one Azure grants, renewed at a third of it. */
+export const LEASE_SECONDS = 60;
+const LEASE_RENEW_MS = 20_000;
 
 export interface BlobProps {
   size: number;
@@ -33,6 +36,8 @@ export interface BlobProps {
   copyStatusDescription?: string;
   lastModified?: Date;
   blobType?: string;
+  etag?: string;
+  leased?: boolean;
 }
 
 export interface Counters {
@@ -99,6 +104,11 @@ export async function containerClient(loc: BlobLocation, options: ConnectOptions
 export class PageBlob {
   size = 0;
   readonly client: PageBlobClient;
+  /** The lease this process holds on the blob (acquireLease); every write carries it. */
+  leaseId: string | undefined;
+  private renewal: ReturnType<typeof setInterval> | undefined;
+  /** How often the lease is renewed (tests shorten it). */
+  renewEveryMs = LEASE_RENEW_MS;
 
   constructor(
     readonly container: ContainerClient,
@@ -141,6 +151,8 @@ export class PageBlob {
         copyStatusDescription: p.copyStatusDescription,
         lastModified: p.lastModified,
         blobType: p.blobType,
+        etag: p.etag,
+        leased: p.leaseState === 'leased',
       };
     } catch (e) {
       if (e instanceof VhdError && (e.actual === 404 || (e.cause as { statusCode?: number })?.statusCode === 404)) return undefined;
@@ -157,24 +169,79 @@ export class PageBlob {
     }
   }
 
-  /** Creates (or replaces) the blob, empty, with this size and metadata. */
-  async create(size: number, metadata: Record<string, string>): Promise<void> {
+  private get lease(): { leaseId: string } | undefined {
+    return this.leaseId ? { leaseId: this.leaseId } : undefined;
+  }
+
+  /**
+   * Creates (or, holding its lease, replaces) the blob, empty, with this size and metadata. With
+   * `onlyIfNew`, fails with `exists()` true when a blob of that name is there (one made by another
+   * writer meanwhile, or by an attempt of this call whose response was lost: the caller tells).
+   */
+  async create(size: number, metadata: Record<string, string>, onlyIfNew = false): Promise<void> {
     checkBlobSize(size, this.name);
-    await this.request('create page blob', (abortSignal) => this.client.create(size, { metadata, abortSignal }));
+    const conditions = { ...this.lease, ...(onlyIfNew ? { ifNoneMatch: '*' } : {}) };
+    await this.request('create page blob', (abortSignal) => this.client.create(size, { metadata, abortSignal, conditions }));
     this.size = size;
   }
 
   async resize(size: number): Promise<void> {
     checkBlobSize(size, this.name);
-    await this.request(`resize to ${size} bytes`, (abortSignal) => this.client.resize(size, { abortSignal }));
+    await this.request(`resize to ${size} bytes`, (abortSignal) => this.client.resize(size, { abortSignal, conditions: this.lease }));
     this.size = size;
+  }
+
+  /**
+   * Takes the blob's lease with `id` (a rerun proposes the id it held before, and gets it back at
+   * once), then renews it until released: while held, no other writer can change the blob. With
+   * `ifMatch`, only if the blob is still at that ETag. Another writer's lease, or a change since
+   * `ifMatch`, is LOCKED.
+   */
+  async acquireLease(id: string, ifMatch?: string): Promise<void> {
+    try {
+      await this.request('acquire lease', (abortSignal) =>
+        this.client.getBlobLeaseClient(id).acquireLease(LEASE_SECONDS, { abortSignal, conditions: ifMatch ? { ifMatch } : undefined }),
+      );
+    } catch (e) {
+      const status = e instanceof VhdError ? (e.actual ?? (e.cause as { statusCode?: number })?.statusCode) : undefined;
+      if (status === 409) {
+        throw new VhdError(
+          ErrorCodes.LOCKED,
+          `${this.name} is leased by another writer (an upload to it running elsewhere?); wait for that to end, or for its lease to lapse (${LEASE_SECONDS} s after its writer stopped)`,
+        );
+      }
+      if (status === 412) throw new VhdError(ErrorCodes.LOCKED, `${this.name} was changed by another writer while this upload was planning; run it again`);
+      throw e;
+    }
+    this.leaseId = id;
+    clearInterval(this.renewal);
+    this.renewal = setInterval(() => {
+      // A renewal that fails for good lets the lease lapse: the next write then fails, naming it.
+      this.request('renew lease', (abortSignal) => this.client.getBlobLeaseClient(id).renewLease({ abortSignal })).catch(() => {});
+    }, this.renewEveryMs);
+    this.renewal.unref?.();
+  }
+
+  /** Gives the lease up (best effort: one that cannot be released lapses by itself). */
+  async releaseLease(): Promise<void> {
+    clearInterval(this.renewal);
+    this.renewal = undefined;
+    const id = this.leaseId;
+    if (!id) return;
+    this.leaseId = undefined;
+    try {
+      this.counters.requests++;
+      await this.client.getBlobLeaseClient(id).releaseLease();
+    } catch {
+      // it lapses within LEASE_SECONDS
+    }
   }
 
   /** One Put Page: 512-aligned, at most 4 MiB, inside the blob. */
   async writePages(data: Uint8Array, offset: number): Promise<void> {
     checkPages(offset, data.length, this.size, this.name, MAX_PAGE_WRITE);
     await this.request(`write ${data.length} bytes of pages at ${offset}`, (abortSignal) =>
-      this.client.uploadPages(Buffer.from(data.buffer, data.byteOffset, data.length), offset, data.length, { abortSignal }),
+      this.client.uploadPages(Buffer.from(data.buffer, data.byteOffset, data.length), offset, data.length, { abortSignal, conditions: this.lease }),
     );
     this.counters.bytesUploaded += data.length;
   }
@@ -182,12 +249,12 @@ export class PageBlob {
   /** One Clear Pages: 512-aligned, inside the blob (no size limit). */
   async clearPages(offset: number, length: number): Promise<void> {
     checkPages(offset, length, this.size, this.name, Infinity);
-    await this.request(`clear ${length} bytes of pages at ${offset}`, (abortSignal) => this.client.clearPages(offset, length, { abortSignal }));
+    await this.request(`clear ${length} bytes of pages at ${offset}`, (abortSignal) => this.client.clearPages(offset, length, { abortSignal, conditions: this.lease }));
     this.counters.bytesCleared += length;
   }
 
   async setMetadata(metadata: Record<string, string>): Promise<void> {
-    await this.request('set metadata', (abortSignal) => this.client.setMetadata(metadata, { abortSignal }));
+    await this.request('set metadata', (abortSignal) => this.client.setMetadata(metadata, { abortSignal, conditions: this.lease }));
   }
 
   /** Sets Content-MD5 (base64) or clears it (undefined); the other HTTP headers are reset with it. */
@@ -195,7 +262,7 @@ export class PageBlob {
     await this.request('set Content-MD5', (abortSignal) =>
       this.client.setHTTPHeaders(
         { blobContentType: 'application/octet-stream', blobContentMD5: md5 ? Buffer.from(md5, 'base64') : undefined },
-        { abortSignal },
+        { abortSignal, conditions: this.lease },
       ),
     );
   }
@@ -245,16 +312,16 @@ export class PageBlob {
   }
 
   /**
-   * Starts a server-side copy from `sourceUrl` onto this blob (replacing it), with `metadata`, and
-   * waits for it to finish, polling the copy status.
+   * Starts a server-side copy from `sourceUrl` onto this blob (replacing it, holding its lease), with
+   * `metadata`; `onlyIfNew` as for `create`. `waitForCopy` then polls it to its end.
    */
-  async copyFrom(sourceUrl: string, metadata: Record<string, string>, onProgress?: (done: number, total: number) => void): Promise<void> {
+  async startCopy(sourceUrl: string, metadata: Record<string, string>, onlyIfNew = false): Promise<void> {
+    const conditions = { ...this.lease, ...(onlyIfNew ? { ifNoneMatch: '*' } : {}) };
     await this.request('start server-side copy', async (abortSignal) => {
-      const poller = await this.client.beginCopyFromURL(sourceUrl, { metadata, abortSignal, intervalInMs: 1 << 30 });
+      const poller = await this.client.beginCopyFromURL(sourceUrl, { metadata, abortSignal, conditions, intervalInMs: 1 << 30 });
       poller.stopPolling();
       return undefined;
     });
-    await this.waitForCopy(onProgress);
   }
 
   /** Polls a copy onto this blob until it ends; an aborted or failed copy is an error. */

@@ -4,7 +4,7 @@
  * merge when a child has grown past a share of its base.
  */
 import { type ConnectOptions, parseContainer } from '../azure/destination.js';
-import { containerClient, newCounters } from '../azure/pageblob.js';
+import { containerClient, LEASE_SECONDS, newCounters } from '../azure/pageblob.js';
 import { withRetry } from '../azure/retry.js';
 import type { OperationOptions } from './common.js';
 import { isCompleteUpload, Meta } from './upload.js';
@@ -49,7 +49,7 @@ export async function generations(container: string, options: GenerationsOptions
   const loc = parseContainer(container, options);
   const client = await containerClient(loc, options);
   const counters = newCounters();
-  const items: Array<{ name: string; snapshot?: string; metadata: Record<string, string>; size: number; md5?: string; modified?: Date }> = [];
+  const items: Array<{ name: string; snapshot?: string; metadata: Record<string, string>; size: number; md5?: string; modified?: Date; leased: boolean }> = [];
   let otherBlobs = 0;
   await withRetry(
     `${loc.container}: list blobs`,
@@ -70,6 +70,7 @@ export async function generations(container: string, options: GenerationsOptions
           size: b.properties.contentLength ?? 0,
           md5: b.properties.contentMD5 ? Buffer.from(b.properties.contentMD5).toString('base64') : undefined,
           modified: b.properties.lastModified,
+          leased: b.properties.leaseState === 'leased',
         });
       }
     },
@@ -86,7 +87,11 @@ export async function generations(container: string, options: GenerationsOptions
     const differing = baseRef && m[Meta.differing] !== undefined ? Number(m[Meta.differing]) : null;
     const data = m[Meta.data] !== undefined ? Number(m[Meta.data]) : null;
     let hint: string | null = null;
-    if (!complete) hint = `unfinished upload: run the same "vhdkit upload" again to complete it`;
+    if (!complete && it.leased) {
+      // A writer's lease: held by a running upload, or by one killed less than a lease ago.
+      hint = `unfinished upload, leased: being written now, or its writer stopped less than ${LEASE_SECONDS} s ago; if no upload of it is running, run the same "vhdkit upload" again to complete it`;
+    }
+    else if (!complete) hint = `unfinished upload: run the same "vhdkit upload" again to complete it`;
     else if (differing !== null && baseRef && baseRef !== '.') {
       const baseMeta = byName.get(baseRef);
       const baseData = baseMeta?.[Meta.data] !== undefined ? Number(baseMeta[Meta.data]) : null;

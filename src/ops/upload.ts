@@ -22,7 +22,7 @@
  *      manifest sidecar, then metadata "complete". A blob without that last step is never taken
  *      for a complete one (not as a base, not by `generations`).
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -167,25 +167,35 @@ interface LocalJournal {
   destination: string;
   plan: string;
   done: number;
+  /** The id of the blob lease this upload holds (or held, when it was killed). */
+  lease?: string;
 }
 
 class UploadJournal {
   readonly file: string;
+  /** The lease id to propose: the one a killed run of this machine held, else a new one. */
+  readonly leaseId: string;
   constructor(dir: string, destination: string) {
     this.file = path.join(dir, `${createHash('sha256').update(destination).digest('hex').slice(0, 32)}.json`);
+    const held = this.load()?.lease;
+    this.leaseId = typeof held === 'string' && /^[0-9a-f-]{36}$/.test(held) ? held : randomUUID();
   }
-  read(plan: string): number {
+  private load(): LocalJournal | undefined {
     try {
       const j = JSON.parse(fs.readFileSync(this.file, 'utf8')) as LocalJournal;
-      return j.kind === 'vhdkit-upload' && j.plan === plan && Number.isSafeInteger(j.done) ? j.done : 0;
+      return j.kind === 'vhdkit-upload' ? j : undefined;
     } catch {
-      return 0;
+      return undefined;
     }
+  }
+  read(plan: string): number {
+    const j = this.load();
+    return j && j.plan === plan && Number.isSafeInteger(j.done) ? j.done : 0;
   }
   write(destination: string, plan: string, done: number): void {
     fs.mkdirSync(path.dirname(this.file), { recursive: true });
     const tmp = `${this.file}.tmp`;
-    fs.writeFileSync(tmp, JSON.stringify({ kind: 'vhdkit-upload', destination, plan, done } satisfies LocalJournal));
+    fs.writeFileSync(tmp, JSON.stringify({ kind: 'vhdkit-upload', destination, plan, done, lease: this.leaseId } satisfies LocalJournal));
     fs.renameSync(tmp, this.file);
   }
   remove(): void {
@@ -307,6 +317,7 @@ export async function upload(file: string, destination: string, options: UploadO
     }
     return await run();
   } finally {
+    await blob.releaseLease();
     for (const r of releases) r();
     await disk.close();
     fs.rmSync(tmp, { recursive: true, force: true });
@@ -466,12 +477,37 @@ export async function upload(file: string, destination: string, options: UploadO
         ...(base ? baseMetadata(base) : {}),
       });
 
-      // ---- the blob: created, copied from the base, or continued ---------------------------------
+      // ---- the blob: leased, then created, copied from the base, or continued ---------------------
+      // The upload holds the blob's lease while it writes: a second writer (another upload to the
+      // same name) is refused (LOCKED) instead of mixing its pages with these. The lease id is in
+      // the local journal first, so a rerun after a kill takes the lease back at once. A blob that
+      // was there when the plan was made is leased only if it has not changed since (its ETag).
+      journal.write(publicUrl(loc), planId, resumeFrom);
+      if (current) await blob.acquireLease(journal.leaseId, current.etag);
+      /** Makes the blob where there was none, then leases it and checks it is this upload's. */
+      const makeNew = async (make: () => Promise<void>) => {
+        try {
+          await make();
+        } catch (e) {
+          // There already: made by another writer meanwhile, or by an attempt of ours whose
+          // response was lost. Whose it is shows below, under the lease.
+          const status = e instanceof VhdError ? e.actual : undefined;
+          if (status !== 409 && status !== 412) throw e;
+        }
+        await blob.acquireLease(journal.leaseId);
+        const now = await blob.props();
+        if (now?.metadata[Meta.plan] !== planId) {
+          throw new VhdError(ErrorCodes.LOCKED, `${blob.name} was created by another writer at the same time as this upload; run it again to see what it holds`);
+        }
+      };
       if (!resumable) {
         options.onPhase?.('copy');
         if (base && base.ref !== '.') {
           await blob.ensureContainer();
-          await blob.copyFrom(base.copySource, meta('copying', 0));
+          const start = () => blob.startCopy(base!.copySource, meta('copying', 0), !current);
+          if (current) await start();
+          else await makeNew(start);
+          await blob.waitForCopy();
           await blob.setContentMd5(undefined);
           await blob.setMetadata(meta('uploading', 0));
         } else if (base || dirty) {
@@ -479,7 +515,9 @@ export async function upload(file: string, destination: string, options: UploadO
           await blob.setContentMd5(undefined);
         } else {
           await blob.ensureContainer();
-          await blob.create(blobSize, meta('uploading', 0));
+          const create = () => blob.create(blobSize, meta('uploading', 0), !current);
+          if (current) await create();
+          else await makeNew(create);
         }
         current = await blob.props();
       } else if (current!.metadata[Meta.state] === 'copying') {
@@ -488,7 +526,8 @@ export async function upload(file: string, destination: string, options: UploadO
           await blob.waitForCopy();
         } catch (e) {
           if (!(e instanceof VhdError) || e.code !== ErrorCodes.AZURE) throw e;
-          await blob.copyFrom(base!.copySource, meta('copying', 0)); // a failed or aborted copy: start it again
+          await blob.startCopy(base!.copySource, meta('copying', 0)); // a failed or aborted copy: start it again
+          await blob.waitForCopy();
         }
         await blob.setContentMd5(undefined);
         await blob.setMetadata(meta('uploading', resumeFrom));
