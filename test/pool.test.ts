@@ -23,7 +23,7 @@ import { ErrorCodes, VhdError } from '../src/errors.js';
 import { FileSink } from '../src/io/file.js';
 import { diff } from '../src/ops/diff.js';
 import { hash } from '../src/ops/hash.js';
-import { defaultWorkers, destroyPool, getPool } from '../src/pool/pool.js';
+import { defaultWorkers, destroyPool, getPool, INLINE_BELOW } from '../src/pool/pool.js';
 import { fixturesDir, repoRoot, tmpDir, runProcess, type ProcessRun } from './helpers.js';
 
 vi.setConfig({ testTimeout: 120_000, hookTimeout: 120_000 });
@@ -374,6 +374,20 @@ describe('workers 0 and 2 are equivalent; pool sizes', () => {
     const cores = typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length;
     expect(defaultWorkers()).toBe(Math.max(1, cores));
     expect(getPool().workers).toBe(defaultWorkers());
+  });
+
+  it(`inputs under ${INLINE_BELOW / MiB} MiB of data run on the main thread unless workers is given; larger ones on the default pool`, async () => {
+    const small = fs.readdirSync(fx).find((n) => n.endsWith('.vhd'))!;
+    const inlineRun = await hash(path.join(fx, small));
+    expect(inlineRun.bytesRead).toBeLessThan(INLINE_BELOW);
+    expect(inlineRun.workers).toBe(0);
+    const asked = await hash(path.join(fx, small), { workers: 2 });
+    expect(asked.workers).toBe(2);
+    expect(asked.digest).toBe(inlineRun.digest);
+    const big = await hash(A); // 224 MiB of data
+    expect(big.workers).toBe(defaultWorkers());
+    const d = await diff(A, B);
+    expect(d.workers).toBe(defaultWorkers());
   });
 
   it('a resized pool still runs tasks (1 → 2 → 1 workers: the same digest)', async () => {

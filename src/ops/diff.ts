@@ -17,7 +17,7 @@ import { DynamicWriter } from '../disk/writer.js';
 import { setBits } from '../format/bitmap.js';
 import { DEFAULT_BLOCK_SIZE } from '../format/header.js';
 import { writeAtomically } from '../io/file.js';
-import { getPool } from '../pool/pool.js';
+import { poolFor } from '../pool/pool.js';
 import type { DiffTask, DiskRef } from '../pool/tasks.js';
 import { throwIfAborted, type OperationOptions } from './common.js';
 import { newUuid, parentLinkFor } from './create.js';
@@ -46,6 +46,8 @@ export interface DiffResult {
   changedSectors: number;
   /** Bytes compared (read on each side). */
   bytesCompared: number;
+  /** Worker threads that compared (0: the main thread, as for small inputs). */
+  workers: number;
   out: { file: string; blocks: number; fileSize: number } | null;
   seconds: number;
   warnings: Finding[];
@@ -103,7 +105,6 @@ function packTasks(ranges: Range[], max: number): Range[][] {
 export async function diff(oldFile: string, newFile: string, options: DiffOptions = {}): Promise<DiffResult> {
   const started = performance.now();
   const warnings: Finding[] = [];
-  const pool = getPool({ workers: options.workers }); // threads start loading now
   const open = { ...options, onFinding: (f: Finding) => warnings.push(f) };
   const a = await openAny(oldFile, 'auto', open);
   let b: Awaited<ReturnType<typeof openAny>>;
@@ -119,6 +120,7 @@ export async function diff(oldFile: string, newFile: string, options: DiffOption
     // Sector alignment: candidates from block ranges are aligned already; clip to the larger disk.
     const candidatesAligned = normalizeRanges(cand.map(([s, e]) => [Math.floor(s / 512) * 512, Math.min(virtualSize, Math.ceil(e / 512) * 512)] as Range));
     const total = totalLength(candidatesAligned);
+    const pool = poolFor(2 * total, { workers: options.workers });
     const refA: DiskRef = { file: oldFile, format: a.format, allowedDirs: options.allowedDirs };
     const refB: DiskRef = { file: newFile, format: b.format, allowedDirs: options.allowedDirs };
     const changed: Range[] = [];
@@ -170,6 +172,7 @@ export async function diff(oldFile: string, newFile: string, options: DiffOption
       changedBytes,
       changedSectors: changedBytes / 512,
       bytesCompared: compared,
+      workers: pool.workers,
       out,
       seconds: (performance.now() - started) / 1000,
       warnings,

@@ -11,7 +11,7 @@ import { alignRanges, totalLength, type Range } from '../disk/ranges.js';
 import { encodeManifestHeader, manifestSize } from '../format/manifest.js';
 import { isPowerOfTwo } from '../format/header.js';
 import { writeAtomically, type FileSink } from '../io/file.js';
-import { getPool } from '../pool/pool.js';
+import { poolFor } from '../pool/pool.js';
 import { type DiskRef, type HashTask, type HashTaskResult, READ_UNIT } from '../pool/tasks.js';
 import { orderedWindow, splitRanges, TASK_BYTES } from '../pool/schedule.js';
 import { throwIfAborted, type OperationOptions } from './common.js';
@@ -55,7 +55,6 @@ export async function hash(file: string, options: HashOptions = {}): Promise<Has
     throw new VhdError(ErrorCodes.USAGE, `chunk size ${chunkSize} must be a power of two from 512 bytes to 4 MiB`);
   }
   const warnings: Finding[] = [];
-  const pool = getPool({ workers: options.workers }); // threads start loading now
   const { disk, format } = await openAny(file, options.from ?? 'auto', { ...options, onFinding: (f) => warnings.push(f) });
   let virtualSize: number;
   let ranges: Range[];
@@ -68,6 +67,7 @@ export async function hash(file: string, options: HashOptions = {}): Promise<Has
   const ref: DiskRef = { file, format, allowedDirs: options.allowedDirs };
   const chunks = Math.ceil(virtualSize / chunkSize);
   const total = totalLength(ranges);
+  const pool = poolFor(total, { workers: options.workers });
   const tasks = splitRanges(ranges, TASK_BYTES, chunkSize).map(([start, end]): HashTask => ({ disk: ref, chunkSize, start, end }));
 
   const { create64 } = await xxhash();

@@ -4,7 +4,7 @@
  */
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
-import { Piscina } from 'piscina';
+import type { Piscina } from 'piscina';
 import { ErrorCodes, type ErrorCode, VhdError } from '../errors.js';
 import { alignedBuffer } from '../io/aligned.js';
 import { type MergeCopyResult, type MergeCopyTask, runMergeCopyInline } from './merge-task.js';
@@ -69,39 +69,54 @@ function rethrow(e: unknown, signal?: AbortSignal): never {
 }
 
 class PiscinaRunner implements TaskRunner {
-  readonly piscina: Piscina;
+  /**
+   * piscina is imported when the first pool is made, not when this module loads: a run that never
+   * starts a thread (`--workers 0`, small inputs, info, check) does not pay for loading it.
+   */
+  private readonly ready: Promise<Piscina>;
   constructor(readonly workers: number) {
-    this.piscina = new Piscina({
-      filename: workerFile(),
-      // Started at once, so the threads load while the main thread opens the disk; idle threads
-      // are unreferenced by piscina and never keep the process alive.
-      minThreads: workers,
-      maxThreads: workers,
-      idleTimeout: 2000,
-      // Tasks are few and large: the queue stays short; tasks wait in the caller's bounded window.
-      concurrentTasksPerWorker: 1,
-    });
+    this.ready = import('piscina').then(
+      ({ Piscina }) =>
+        new Piscina({
+          filename: workerFile(),
+          // Started at once, so the threads load while the main thread goes on; idle threads are
+          // unreferenced by piscina and never keep the process alive.
+          minThreads: workers,
+          maxThreads: workers,
+          idleTimeout: 2000,
+          // Tasks are few and large: the queue stays short; tasks wait in the caller's bounded window.
+          concurrentTasksPerWorker: 1,
+        }),
+    );
+    this.ready.catch(() => {}); // reported by the first task
+  }
+  // What a task returns is typed where it is unwrapped.
+  private async run(task: unknown, options: { name: string; signal?: AbortSignal | null; transferList?: ArrayBuffer[] }): Promise<any> {
+    return (await this.ready).run(task, options as never);
+  }
+  async destroy(): Promise<void> {
+    await (await this.ready).destroy();
   }
   get concurrency(): number {
     return this.workers * 2;
   }
   async hash(task: HashTask, signal?: AbortSignal): Promise<HashTaskResult> {
     try {
-      return unwrap<HashTaskResult>(await this.piscina.run(task, { name: 'hash', signal: signal ?? null }));
+      return unwrap<HashTaskResult>(await this.run(task, { name: 'hash', signal: signal ?? null }));
     } catch (e) {
       rethrow(e, signal);
     }
   }
   async diff(task: DiffTask, signal?: AbortSignal): Promise<DiffTaskResult> {
     try {
-      return unwrap<DiffTaskResult>(await this.piscina.run(task, { name: 'diff', signal: signal ?? null }));
+      return unwrap<DiffTaskResult>(await this.run(task, { name: 'diff', signal: signal ?? null }));
     } catch (e) {
       rethrow(e, signal);
     }
   }
   async md5(task: Md5Task, signal?: AbortSignal): Promise<Md5Result> {
     try {
-      return unwrap<Md5Result>(await this.piscina.run(task, { name: 'md5', signal: signal ?? null }));
+      return unwrap<Md5Result>(await this.run(task, { name: 'md5', signal: signal ?? null }));
     } catch (e) {
       rethrow(e, signal);
     }
@@ -109,7 +124,7 @@ class PiscinaRunner implements TaskRunner {
   async mergeCopy(task: MergeCopyTask): Promise<MergeCopyResult> {
     // The copy lists go by transfer, not structured clone (a fragmented child has many copies).
     const transferList = [task.copies.buffer, task.blocks.buffer, task.bitmapInit.buffer] as ArrayBuffer[];
-    return unwrap<MergeCopyResult>(await this.piscina.run(task, { name: 'mergeCopy', transferList }));
+    return unwrap<MergeCopyResult>(await this.run(task, { name: 'mergeCopy', transferList }));
   }
 }
 
@@ -160,15 +175,28 @@ export function getPool(options: PoolOptions = {}): TaskRunner {
   if (shared && shared.workers !== workers) {
     const old = shared;
     shared = undefined;
-    void old.piscina.destroy();
+    void old.destroy().catch(() => {});
   }
   shared ??= new PiscinaRunner(workers);
   return shared;
+}
+
+/**
+ * Below this many bytes to read, an operation runs on the main thread unless the caller chose a pool
+ * size: starting threads (loading the worker module and compiling the hash kernel, ~50 ms of CPU
+ * each) costs more than the pool saves on so little data.
+ */
+export const INLINE_BELOW = 64 * 1024 * 1024;
+
+/** The pool for an operation that will read `bytes`: inline for small inputs unless `workers` is given. */
+export function poolFor(bytes: number, options: PoolOptions = {}): TaskRunner {
+  if (options.workers === undefined && bytes < INLINE_BELOW) return inline;
+  return getPool(options);
 }
 
 /** Stops the pool's threads (the process also exits without this: idle workers are unreferenced). */
 export async function destroyPool(): Promise<void> {
   const p = shared;
   shared = undefined;
-  if (p) await p.piscina.destroy();
+  if (p) await p.destroy();
 }
