@@ -51,7 +51,8 @@ import { newUuid, parentLinkFor } from '../src/ops/create.js';
 import { generations, type Generation } from '../src/ops/generations.js';
 import { acquireSharedLock } from '../src/ops/journal.js';
 import { openDisk } from '../src/ops/open.js';
-import { upload, type UploadOptions, type UploadResult } from '../src/ops/upload.js';
+import { chainSectorRanges, upload, type UploadOptions, type UploadResult } from '../src/ops/upload.js';
+import { normalizeRanges, totalLength, type Range } from '../src/disk/ranges.js';
 import { destroyPool } from '../src/pool/pool.js';
 import { mulberry32, readVirtual, repoRoot, runProcess, startTestAzurite, tmpDir, type ProcessRun , type TestAzurite, rejection } from './helpers.js';
 
@@ -479,6 +480,27 @@ describe('dedup against a base', () => {
     expect(r.bytesCleared).toBe(zeroRun[1].length);
     expect(r.bytesDiffering).toBe(childOwn);
     await expectBlob(C, 'child.vhd', model, size, { uuid: uuidOf(child) });
+
+    // The child's sectors are read a window at a time (memory bounded for any child): any window
+    // gives the same ranges, in order, each inside its window.
+    const img = await openDisk(child);
+    try {
+      const collect = async (w?: number) => {
+        const out: Range[] = [];
+        for await (const r of chainSectorRanges(img.chain.slice(0, 1), size, w)) out.push(r);
+        return out;
+      };
+      const whole = await collect();
+      expect(totalLength(whole)).toBe(childOwn);
+      for (const w of [4 * MiB, 3 * MiB + 512, 64 * KiB]) {
+        const parts = await collect(w);
+        for (let i = 1; i < parts.length; i++) expect(parts[i][0]).toBeGreaterThanOrEqual(parts[i - 1][1]);
+        for (const [a, b] of parts) expect(Math.floor(a / w), `[${a}, ${b}) inside one window of ${w}`).toBe(Math.floor((b - 1) / w));
+        expect(normalizeRanges(parts)).toEqual(whole);
+      }
+    } finally {
+      await img.close();
+    }
 
     // The parent file touched (new mtime, same bytes): its identity is then checked by hash, still 'sectors'.
     const later = new Date(Date.now() + 60_000);

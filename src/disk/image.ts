@@ -67,6 +67,18 @@ const MAX_BAT_ENTRIES = 1 << 28;
 const DEFAULT_MAX_DEPTH = 64;
 /** Bitmaps cached per image (512 bytes each for 2 MiB blocks): 8 MiB at most. */
 const BITMAP_CACHE_BYTES = 8 * 1024 * 1024;
+/** The first index of sorted `a` whose value is at least `x`. */
+function lowerBound(a: Uint32Array, x: number): number {
+  let lo = 0;
+  let hi = a.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (a[mid] < x) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
 /** Above this many bitmap runs in one read, read whole spans and merge in memory. */
 const MAX_RUN_READS = 16;
 /** Sector bitmaps read together when listing a differencing disk's sectors. */
@@ -764,22 +776,30 @@ export class VhdImage {
 
   /**
    * Virtual byte ranges this file holds, exact to the sector: for a differencing disk, the sectors
-   * whose bitmap bit is set; otherwise the same as ownBlockRanges.
+   * whose bitmap bit is set; otherwise the same as ownBlockRanges. Only those inside [start, end)
+   * when given (clipped to it): windows of a large child, one at a time, in bounded memory.
    */
-  async ownSectorRanges(): Promise<Range[]> {
-    if (this.type !== 'differencing') return this.ownBlockRanges();
+  async ownSectorRanges(start = 0, end = this.virtualSize): Promise<Range[]> {
+    if (this.type !== 'differencing') {
+      const out: Range[] = [];
+      for (const [a, b] of this.ownBlockRanges()) if (b > start && a < end) out.push([Math.max(a, start), Math.min(b, end)]);
+      return out;
+    }
     const out: Range[] = [];
     const bs = this.blockSize;
     const sectorsPerBlock = bs / 512;
+    // Only the blocks that meet [start, end): a window of a large child costs what it holds.
+    const first = lowerBound(this.allocated, Math.floor(start / bs));
+    const stop = lowerBound(this.allocated, Math.ceil(end / bs));
     // Bitmaps are small reads scattered over the file: fetch a batch of them together (the device
     // sees a queue, not one round trip at a time), then scan.
-    for (let k = 0; k < this.allocated.length; k += BITMAP_BATCH) {
-      const batch = Array.from(this.allocated.subarray(k, k + BITMAP_BATCH));
+    for (let k = first; k < stop; k += BITMAP_BATCH) {
+      const batch = Array.from(this.allocated.subarray(k, Math.min(stop, k + BITMAP_BATCH)));
       const bitmaps = await Promise.all(batch.map((block) => this.bitmap(block)));
       batch.forEach((block, i) => {
         const base = block * bs;
         forEachBitRun(bitmaps[i], 0, sectorsPerBlock, (s, e, present) => {
-          if (present) out.push([base + s * 512, Math.min(base + e * 512, this.virtualSize)]);
+          if (present) out.push([Math.max(start, base + s * 512), Math.min(base + e * 512, this.virtualSize, end)]);
         });
       });
     }

@@ -29,7 +29,7 @@ import path from 'node:path';
 import xxhash from 'xxhash-wasm';
 import { ErrorCodes, type Finding, VhdError } from '../errors.js';
 import { VhdImage } from '../disk/image.js';
-import { normalizeRanges, totalLength, type Range } from '../disk/ranges.js';
+import { normalizeRanges, type Range } from '../disk/ranges.js';
 import type { VirtualDisk } from '../disk/source.js';
 import { makeFooter } from '../disk/writer.js';
 import { encodeFooter, MAX_VHD_SIZE } from '../format/footer.js';
@@ -249,8 +249,24 @@ async function* chunkPlan(next: ChunkSource, base: ChunkSource, baseBlobSize: nu
 }
 
 /** The plan of a differencing child: its own sectors, in pieces of at most 4 MiB on 4 MiB boundaries. */
-async function* sectorPlan(ranges: Range[], from: number): AsyncGenerator<Op> {
-  for (const [a, b] of ranges) {
+/**
+ * Sector ranges of a window of the virtual disk at a time: a multiple of every block size and of
+ * MAX_PAGE_WRITE, so cutting there changes no page write. Memory follows one window's runs.
+ */
+export const SECTOR_WINDOW = 1024 * 1024 * 1024;
+
+/** The union of the sectors `levels` hold, in order, clipped to `size`, computed a window at a time. */
+export async function* chainSectorRanges(levels: VhdImage[], size: number, window = SECTOR_WINDOW): AsyncGenerator<Range> {
+  for (let w = 0; w < size; w += window) {
+    const end = Math.min(size, w + window);
+    const parts: Range[] = [];
+    for (const d of levels) for (const r of await d.ownSectorRanges(w, end)) parts.push(r);
+    yield* normalizeRanges(parts);
+  }
+}
+
+async function* sectorPlan(ranges: AsyncIterable<Range>, from: number): AsyncGenerator<Op> {
+  for await (const [a, b] of ranges) {
     let s = Math.max(a, from);
     while (s < b) {
       const e = Math.min(b, (Math.floor(s / MAX_PAGE_WRITE) + 1) * MAX_PAGE_WRITE);
@@ -405,7 +421,8 @@ export async function upload(file: string, destination: string, options: UploadO
       }
     }
     const newPath = path.join(tmp, 'new.manifest');
-    let sectorRanges: Range[] | undefined;
+    /** For the 'sectors' method: the child's sectors, in order, a window at a time. */
+    let sectorRanges: (() => AsyncGenerator<Range>) | undefined;
     const ancestorIndex =
       base && disk instanceof VhdImage && disk.type === 'differencing' ? disk.chain.findIndex((d, i) => i > 0 && d.uuid === base!.uuid) : -1;
     if (base && ancestorIndex > 0 && disk instanceof VhdImage && baseManifest instanceof ManifestFile && disk.virtualSize === baseManifest.header.virtualSize) {
@@ -426,9 +443,10 @@ export async function upload(file: string, destination: string, options: UploadO
       }
       if (same) {
         method = 'sectors';
-        const levels = await Promise.all(disk.chain.slice(0, ancestorIndex).map((d) => d.ownSectorRanges()));
-        sectorRanges = normalizeRanges(levels.flat().map(([x, y]) => [x, Math.min(y, disk.virtualSize)] as Range));
-        await deriveManifest(disk, path.join(tmp, 'base.manifest'), sectorRanges, newPath, signal);
+        const levels = disk.chain.slice(0, ancestorIndex);
+        const size = disk.virtualSize;
+        sectorRanges = () => chainSectorRanges(levels, size);
+        await deriveManifest(disk, path.join(tmp, 'base.manifest'), sectorRanges(), newPath, signal);
       }
     }
     if (method !== 'sectors') {
@@ -544,7 +562,7 @@ export async function upload(file: string, destination: string, options: UploadO
       if (baseBlobSize > sourceSize && sourceSize < virtualSize) tail.push({ kind: 'clear', start: sourceSize, end: virtualSize });
       tail.push({ kind: 'footer', start: virtualSize, end: blobSize });
       const makePlan = (from: number): AsyncGenerator<Op> =>
-        withTail(sectorRanges ? sectorPlan(sectorRanges, from) : chunkPlan(next, baseManifest, baseBlobSize, from), tail, from);
+        withTail(sectorRanges ? sectorPlan(sectorRanges(), from) : chunkPlan(next, baseManifest, baseBlobSize, from), tail, from);
       const totals = await planTotals(makePlan(0), resumeFrom);
       const md5 = options.md5 === false ? undefined : pool.md5({ disk: ref, virtualSize, footer }, signal);
       md5?.catch(() => {}); // awaited below; a failure is reported there
@@ -580,7 +598,8 @@ export async function upload(file: string, destination: string, options: UploadO
           message: `${blob.name}: the credential may not create the manifest blob ${sidecarName} beside it (a SAS for one blob); the upload is complete, but cannot serve as a --base`,
         });
       }
-      const differing = sectorRanges ? totalLength(sectorRanges) : totals.write + totals.clear;
+      // The sectors plan writes exactly the child's sectors (its tail clears are not differences).
+      const differing = sectorRanges ? totals.write : totals.write + totals.clear;
       const dataBytes = Math.min(virtualSize, (next.header.chunks - next.header.zeroChunks) * chunkSize);
       const final: Record<string, string> = {
         ...meta('complete', blobSize),
@@ -732,7 +751,7 @@ function recordedBase(loc: BlobLocation, m: Record<string, string>, blob: PageBl
  * The manifest of a child from its base's: a copy of the base manifest with every chunk the child's
  * sectors touch re-hashed from the chain (read on the main thread: this is the child's data only).
  */
-async function deriveManifest(disk: VirtualDisk, basePath: string, ranges: Range[], out: string, signal?: AbortSignal): Promise<void> {
+async function deriveManifest(disk: VirtualDisk, basePath: string, ranges: AsyncIterable<Range>, out: string, signal?: AbortSignal): Promise<void> {
   fs.copyFileSync(basePath, out);
   const m = await ManifestFile.open(out, true);
   try {
@@ -741,7 +760,7 @@ async function deriveManifest(disk: VirtualDisk, basePath: string, ranges: Range
     const vs = m.header.virtualSize;
     const buf = alignedBuffer(cs);
     let last = -1;
-    for (const [a, b] of ranges) {
+    for await (const [a, b] of ranges) {
       for (let c = Math.max(Math.floor(a / cs), last + 1); c * cs < b; c++) {
         throwIfAborted(signal);
         const view = buf.subarray(0, Math.min(cs, vs - c * cs));
