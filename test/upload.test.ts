@@ -34,12 +34,13 @@
  *
  * The pool runs the compiled worker and the CLI runs from dist/: `npm run build` first.
  */
+import { spawn, spawnSync } from 'node:child_process';
 import { createHash, randomFillSync } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { BlobServiceClient, RestError } from '@azure/storage-blob';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import type { BlobLocation } from '../src/azure/destination.js';
+import { type BlobLocation, parseDestination, publicUrl } from '../src/azure/destination.js';
 import { newCounters, PageBlob } from '../src/azure/pageblob.js';
 import { DynamicWriter } from '../src/disk/writer.js';
 import { ErrorCodes, VhdError } from '../src/errors.js';
@@ -730,6 +731,51 @@ describe('safety', () => {
     expect((await client.getProperties()).leaseState).toBe('available');
     await upload(big, `${C}/leased.vhd`, opts({ overwrite: true }));
     await expectBlob(C, 'leased.vhd', bigContent, 64 * MiB);
+  });
+
+  it('two uploads to one blob at the same time (one machine, one journal folder): one completes, the other is LOCKED', async () => {
+    const results = await Promise.allSettled([upload(disk, `${C}/raced.vhd`, opts()), upload(disk, `${C}/raced.vhd`, opts())]);
+    const ok = results.filter((r) => r.status === 'fulfilled');
+    const failed = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
+    expect(ok).toHaveLength(1);
+    expect(failed).toHaveLength(1);
+    expect(failed[0].reason).toMatchObject({ code: ErrorCodes.LOCKED });
+    await expectBlob(C, 'raced.vhd', diskContent, 20 * MiB);
+    expect((await svc.getContainerClient(C).getBlobClient('raced.vhd').getProperties()).leaseState).toBe('available');
+    // The loser left no claim: the same upload again finds the blob complete.
+    expect((await upload(disk, `${C}/raced.vhd`, opts())).alreadyComplete).toBe(true);
+  });
+
+  it("the local journal's lease id: taken back after a killed run (its process gone), never shared with a running one", async () => {
+    const journalFile = (blobName: string) =>
+      path.join(journalDir, `${createHash('sha256').update(publicUrl(parseDestination(`${C}/${blobName}`, { connectionString: az.connectionString }))).digest('hex').slice(0, 32)}.json`);
+    const leaseId = '00000000-0000-4000-8000-00000000beef';
+    const dead = spawnSync(process.execPath, ['-e', '']).pid!;
+    const live = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 60000)']);
+    try {
+      for (const [name, pid, expectLocked] of [
+        ['journal-dead.vhd', dead, false],
+        ['journal-live.vhd', live.pid!, true],
+      ] as const) {
+        // A run of this machine holds the blob's lease under the id in the journal, as a killed or a running one would.
+        const pb = svc.getContainerClient(C).getPageBlobClient(name);
+        await pb.create(MiB);
+        await pb.getBlobLeaseClient(leaseId).acquireLease(60);
+        fs.mkdirSync(journalDir, { recursive: true });
+        fs.writeFileSync(journalFile(name), JSON.stringify({ kind: 'vhdkit-upload', destination: 'x', plan: 'p', done: 0, lease: leaseId, pid }));
+        const run = upload(disk, `${C}/${name}`, opts({ overwrite: true }));
+        if (expectLocked) {
+          expect((await rejection(run)).code).toBe(ErrorCodes.LOCKED);
+          await pb.getBlobLeaseClient(leaseId).releaseLease();
+        } else {
+          await run;
+          await expectBlob(C, name, diskContent, 20 * MiB);
+          expect((await pb.getProperties()).leaseState).toBe('available');
+        }
+      }
+    } finally {
+      live.kill();
+    }
   });
 
   it('the lease is renewed while held, and every write carries it', async () => {

@@ -126,7 +126,8 @@ export function hasPendingMerge(file: string): boolean {
   return fs.existsSync(journalPath(file));
 }
 
-function alive(pid: number): boolean {
+/** True when a process with this pid runs on this host. */
+export function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;

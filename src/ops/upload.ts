@@ -42,7 +42,7 @@ import type { RetryOptions } from '../azure/retry.js';
 import { throwIfAborted, type OperationOptions } from './common.js';
 import { azureSize } from './convert.js';
 import { DEFAULT_CHUNK_SIZE, hash } from './hash.js';
-import { acquireSharedLock } from './journal.js';
+import { acquireSharedLock, alive } from './journal.js';
 import { type ChunkSource, emptyManifest, ManifestFile, manifestDigestHex, WINDOW_CHUNKS } from './manifest-file.js';
 import { openAny, type OpenDiskOptions, type SourceFormat } from './open.js';
 
@@ -167,18 +167,24 @@ interface LocalJournal {
   destination: string;
   plan: string;
   done: number;
-  /** The id of the blob lease this upload holds (or held, when it was killed). */
+  /** The id of the blob lease this upload holds (or held, when it was killed), and its process. */
   lease?: string;
+  pid?: number;
 }
 
 class UploadJournal {
   readonly file: string;
-  /** The lease id to propose: the one a killed run of this machine held, else a new one. */
+  /**
+   * The lease id to propose: the one a killed run of this machine held (its process gone), else a
+   * new one. An upload to the same blob running now keeps its id to itself: this one then meets its
+   * lease and stops (LOCKED).
+   */
   readonly leaseId: string;
   constructor(dir: string, destination: string) {
     this.file = path.join(dir, `${createHash('sha256').update(destination).digest('hex').slice(0, 32)}.json`);
-    const held = this.load()?.lease;
-    this.leaseId = typeof held === 'string' && /^[0-9a-f-]{36}$/.test(held) ? held : randomUUID();
+    const j = this.load();
+    const orphan = typeof j?.lease === 'string' && /^[0-9a-f-]{36}$/.test(j.lease) && typeof j.pid === 'number' && j.pid !== process.pid && !alive(j.pid);
+    this.leaseId = orphan ? j!.lease! : randomUUID();
   }
   private load(): LocalJournal | undefined {
     try {
@@ -195,7 +201,7 @@ class UploadJournal {
   write(destination: string, plan: string, done: number): void {
     fs.mkdirSync(path.dirname(this.file), { recursive: true });
     const tmp = `${this.file}.tmp`;
-    fs.writeFileSync(tmp, JSON.stringify({ kind: 'vhdkit-upload', destination, plan, done, lease: this.leaseId } satisfies LocalJournal));
+    fs.writeFileSync(tmp, JSON.stringify({ kind: 'vhdkit-upload', destination, plan, done, lease: this.leaseId, pid: process.pid } satisfies LocalJournal));
     fs.renameSync(tmp, this.file);
   }
   remove(): void {
@@ -497,11 +503,15 @@ export async function upload(file: string, destination: string, options: UploadO
 
       // ---- the blob: leased, then created, copied from the base, or continued ---------------------
       // The upload holds the blob's lease while it writes: a second writer (another upload to the
-      // same name) is refused (LOCKED) instead of mixing its pages with these. The lease id is in
-      // the local journal first, so a rerun after a kill takes the lease back at once. A blob that
-      // was there when the plan was made is leased only if it has not changed since (its ETag).
-      journal.write(publicUrl(loc), planId, resumeFrom);
-      if (current) await blob.acquireLease(journal.leaseId, current.etag);
+      // same name) is refused (LOCKED) instead of mixing its pages with these. The lease id goes to
+      // the local journal as soon as it is held, so a rerun after a kill takes the lease back at
+      // once. A blob that was there when the plan was made is leased only if it has not changed
+      // since (its ETag; a copy still running may change that by itself, so not in that state).
+      const leased = async (ifMatch?: string) => {
+        await blob.acquireLease(journal.leaseId, ifMatch);
+        journal.write(publicUrl(loc), planId, resumeFrom);
+      };
+      if (current) await leased(current.metadata[Meta.state] === 'copying' ? undefined : current.etag);
       /** Makes the blob where there was none, then leases it and checks it is this upload's. */
       const makeNew = async (make: () => Promise<void>) => {
         try {
@@ -512,7 +522,7 @@ export async function upload(file: string, destination: string, options: UploadO
           const status = e instanceof VhdError ? e.actual : undefined;
           if (status !== 409 && status !== 412) throw e;
         }
-        await blob.acquireLease(journal.leaseId);
+        await leased();
         const now = await blob.props();
         if (now?.metadata[Meta.plan] !== planId) {
           throw new VhdError(ErrorCodes.LOCKED, `${blob.name} was created by another writer at the same time as this upload; run it again to see what it holds`);
