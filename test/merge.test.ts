@@ -731,6 +731,12 @@ describe('the lock next to the target', () => {
     const release = acquireLock(parent, 'merge');
     expect(() => acquireSharedLock(parent, 'upload')).toThrow(/locked by merge/);
     release();
+    // A mark with this very pid that this process did not make (left by an earlier process that had
+    // the same pid, as in containers): stale, removed, not a holder.
+    const reused = path.join(dir, `parent.vhd.vhdkit-read.${process.pid}.1`);
+    fs.writeFileSync(reused, JSON.stringify({ pid: process.pid, host: os.hostname(), what: 'upload' }));
+    acquireLock(parent, 'merge')();
+    expect(fs.existsSync(reused)).toBe(false);
     // A reader killed without releasing: its mark is recognised (pid in its name) and removed.
     const dead = spawnSync(process.execPath, ['-e', '']);
     fs.writeFileSync(path.join(dir, `parent.vhd.vhdkit-read.${dead.pid}.1`), '');

@@ -37,6 +37,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash, randomFillSync } from 'node:crypto';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { BlobServiceClient, RestError } from '@azure/storage-blob';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
@@ -753,16 +754,18 @@ describe('safety', () => {
     const dead = spawnSync(process.execPath, ['-e', '']).pid!;
     const live = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 60000)']);
     try {
-      for (const [name, pid, expectLocked] of [
-        ['journal-dead.vhd', dead, false],
-        ['journal-live.vhd', live.pid!, true],
+      for (const [name, pid, host, expectLocked] of [
+        ['journal-dead.vhd', dead, os.hostname(), false],
+        ['journal-live.vhd', live.pid!, os.hostname(), true],
+        // A journal folder shared with another machine: its pids say nothing here.
+        ['journal-elsewhere.vhd', dead, 'another-host', true],
       ] as const) {
         // A run of this machine holds the blob's lease under the id in the journal, as a killed or a running one would.
         const pb = svc.getContainerClient(C).getPageBlobClient(name);
         await pb.create(MiB);
         await pb.getBlobLeaseClient(leaseId).acquireLease(60);
         fs.mkdirSync(journalDir, { recursive: true });
-        fs.writeFileSync(journalFile(name), JSON.stringify({ kind: 'vhdkit-upload', destination: 'x', plan: 'p', done: 0, lease: leaseId, pid }));
+        fs.writeFileSync(journalFile(name), JSON.stringify({ kind: 'vhdkit-upload', destination: 'x', plan: 'p', done: 0, lease: leaseId, pid, host }));
         const run = upload(disk, `${C}/${name}`, opts({ overwrite: true }));
         if (expectLocked) {
           expect((await rejection(run)).code).toBe(ErrorCodes.LOCKED);
@@ -776,6 +779,38 @@ describe('safety', () => {
     } finally {
       live.kill();
     }
+  });
+
+  it('--base onto a blob that exists: the copy never carries a lease (Azure refuses a finite one on Copy Blob), the result is exact', async () => {
+    await upload(disk, `${C}/copy-base.vhd`, opts());
+    const other = path.join(work, 'safety-copy-other.vhd');
+    const otherContent = Buffer.from(diskContent);
+    randomFillSync(otherContent, 9 * MiB, 128 * KiB);
+    await writeDynamic(other, otherContent);
+    await upload(other, `${C}/copy-over.vhd`, opts()); // there, complete, another disk
+    const seen = { copies: 0, leasedCopies: 0 };
+    // Azure's rule, which Azurite does not enforce: Copy Blob with a (finite) lease id is refused.
+    const azureCopyRule = {
+      create(nextPolicy: { sendRequest(r: unknown): Promise<unknown> }) {
+        return {
+          async sendRequest(request: any) {
+            if (request.method === 'PUT' && request.headers.get('x-ms-copy-source')) {
+              seen.copies++;
+              if (request.headers.get('x-ms-lease-id')) {
+                seen.leasedCopies++;
+                throw new RestError('A lease ID was specified, but the lease for the blob has expired or is not infinite.', { statusCode: 412, code: 'InfiniteLeaseDurationRequired' });
+              }
+            }
+            return nextPolicy.sendRequest(request);
+          },
+        };
+      },
+    };
+    const r = await upload(disk, `${C}/copy-over.vhd`, opts({ base: 'copy-base.vhd', overwrite: true, policies: [azureCopyRule] }));
+    expect(seen).toEqual({ copies: 1, leasedCopies: 0 });
+    expect(r).toMatchObject({ method: 'chunks', bytesUploaded: 512 }); // the same content as the base: only the footer
+    await expectBlob(C, 'copy-over.vhd', diskContent, 20 * MiB);
+    expect((await svc.getContainerClient(C).getBlobClient('copy-over.vhd').getProperties()).leaseState).not.toBe('leased');
   });
 
   it('the lease is renewed while held, and every write carries it', async () => {

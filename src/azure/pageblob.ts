@@ -7,7 +7,7 @@
  *   - every request retried by one policy (./retry.ts), and counted.
  * Messages name the blob without its URL query: a SAS never reaches an error or a log.
  */
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import {
   AnonymousCredential,
   BlobServiceClient,
@@ -38,6 +38,8 @@ export interface BlobProps {
   blobType?: string;
   etag?: string;
   leased?: boolean;
+  /** Leased without an end (Azure's infinite lease: a disk attached to a VM, another tool's lock). */
+  leaseInfinite?: boolean;
 }
 
 export interface Counters {
@@ -100,6 +102,12 @@ export async function containerClient(loc: BlobLocation, options: ConnectOptions
   return (await serviceClient(loc, options)).getContainerClient(loc.container);
 }
 
+/** The HTTP status behind an error of a request (a VhdError from the retry policy, or the SDK's own). */
+function statusOf(e: unknown): number | undefined {
+  if (e instanceof VhdError) return (typeof e.actual === 'number' ? e.actual : undefined) ?? (e.cause as { statusCode?: number })?.statusCode;
+  return (e as { statusCode?: number })?.statusCode;
+}
+
 /** A page blob, its size as vhdkit knows it, and the rules Azure applies to it. */
 export class PageBlob {
   size = 0;
@@ -107,6 +115,8 @@ export class PageBlob {
   /** The lease this process holds on the blob (acquireLease); every write carries it. */
   leaseId: string | undefined;
   private renewal: ReturnType<typeof setInterval> | undefined;
+  /** Aborts a renewal in flight (or in its backoff) when the lease is released. */
+  private renewals: AbortController | undefined;
   /** How often the lease is renewed (tests shorten it). */
   renewEveryMs = LEASE_RENEW_MS;
 
@@ -153,6 +163,7 @@ export class PageBlob {
         blobType: p.blobType,
         etag: p.etag,
         leased: p.leaseState === 'leased',
+        leaseInfinite: p.leaseState === 'leased' && p.leaseDuration === 'infinite',
       };
     } catch (e) {
       if (e instanceof VhdError && (e.actual === 404 || (e.cause as { statusCode?: number })?.statusCode === 404)) return undefined;
@@ -192,46 +203,101 @@ export class PageBlob {
   }
 
   /**
-   * Takes the blob's lease with `id` (a rerun proposes the id it held before, and gets it back at
-   * once), then renews it until released: while held, no other writer can change the blob. With
-   * `ifMatch`, only if the blob is still at that ETag. Another writer's lease, or a change since
-   * `ifMatch`, is LOCKED.
+   * Takes the blob's lease with `id` (a rerun proposes the id its killed run held, and gets the lease
+   * back at once), then renews it until released: while held, no other writer can change the blob.
+   * With `ifMatch`, only if the blob is still at that ETag. With `rotate` (an id read from a journal,
+   * which another rerun may have read too), the lease is switched at once to a fresh id that only one
+   * of them can switch to. Another writer's lease, a change since `ifMatch`, or a copy still running
+   * onto the blob (Azure refuses lease operations then) is LOCKED.
    */
-  async acquireLease(id: string, ifMatch?: string): Promise<void> {
+  async acquireLease(id: string, ifMatch?: string, rotate = false): Promise<void> {
     try {
       await this.request('acquire lease', (abortSignal) =>
         this.client.getBlobLeaseClient(id).acquireLease(LEASE_SECONDS, { abortSignal, conditions: ifMatch ? { ifMatch } : undefined }),
       );
     } catch (e) {
-      const status = e instanceof VhdError ? (e.actual ?? (e.cause as { statusCode?: number })?.statusCode) : undefined;
-      if (status === 409) {
-        throw new VhdError(
-          ErrorCodes.LOCKED,
-          `${this.name} is leased by another writer (an upload to it running elsewhere?); wait for that to end, or for its lease to lapse (${LEASE_SECONDS} s after its writer stopped)`,
-        );
-      }
+      const status = statusOf(e);
+      if (status === 409) throw await this.leasedError();
       if (status === 412) throw new VhdError(ErrorCodes.LOCKED, `${this.name} was changed by another writer while this upload was planning; run it again`);
       throw e;
     }
-    this.leaseId = id;
-    clearInterval(this.renewal);
+    let held = id;
+    if (rotate) {
+      const fresh = randomUUID();
+      try {
+        await this.request('change lease', (abortSignal) => this.client.getBlobLeaseClient(id).changeLease(fresh, { abortSignal }));
+      } catch (e) {
+        if (statusOf(e) !== 409) throw e;
+        // Either another rerun switched it first, or our own switch landed and its answer was lost:
+        // acquiring with the fresh id succeeds only in the second case.
+        try {
+          await this.request('acquire lease', (abortSignal) => this.client.getBlobLeaseClient(fresh).acquireLease(LEASE_SECONDS, { abortSignal }));
+        } catch (e2) {
+          if (statusOf(e2) === 409) throw await this.leasedError();
+          throw e2;
+        }
+      }
+      held = fresh;
+    }
+    this.leaseId = held;
+    this.stopRenewals();
+    const renewals = new AbortController();
+    this.renewals = renewals;
     this.renewal = setInterval(() => {
       // A renewal that fails for good lets the lease lapse: the next write then fails, naming it.
-      this.request('renew lease', (abortSignal) => this.client.getBlobLeaseClient(id).renewLease({ abortSignal })).catch(() => {});
+      withRetry(
+        `${this.name}: renew lease`,
+        (abortSignal) => {
+          this.counters.requests++;
+          return this.client.getBlobLeaseClient(held).renewLease({ abortSignal });
+        },
+        { ...this.retry, signal: renewals.signal, counter: this.counters.retries },
+      ).catch(() => {});
     }, this.renewEveryMs);
     this.renewal.unref?.();
   }
 
-  /** Gives the lease up (best effort: one that cannot be released lapses by itself). */
-  async releaseLease(): Promise<void> {
+  /** Why another writer's lease stops this one, as precisely as the blob's properties tell. */
+  private async leasedError(): Promise<VhdError> {
+    const p = await this.props().catch(() => undefined);
+    if (p?.copyStatus === 'pending') {
+      return new VhdError(ErrorCodes.LOCKED, `${this.name}: a server-side copy onto it is still running (Azure refuses leases meanwhile); run this again once it has ended`);
+    }
+    if (p?.leaseInfinite) {
+      return new VhdError(
+        ErrorCodes.LOCKED,
+        `${this.name} holds an infinite lease (a disk attached to a VM, or another tool's lock), which never lapses by itself; break it (az storage blob lease break) only if nothing uses the blob`,
+      );
+    }
+    return new VhdError(
+      ErrorCodes.LOCKED,
+      `${this.name} is leased by another writer (an upload to it running elsewhere?); wait for that to end, or for its lease to lapse (${LEASE_SECONDS} s after its writer stopped)`,
+    );
+  }
+
+  /** Ends the blob's lease at once, whoever holds it (Copy Blob refuses a blob under a finite lease). */
+  async breakLease(): Promise<void> {
+    this.stopRenewals();
+    this.leaseId = undefined;
+    await this.request('break lease', (abortSignal) => this.client.getBlobLeaseClient().breakLease(0, { abortSignal }));
+  }
+
+  private stopRenewals(): void {
     clearInterval(this.renewal);
     this.renewal = undefined;
+    this.renewals?.abort();
+    this.renewals = undefined;
+  }
+
+  /** Gives the lease up (best effort, within 10 s: one that cannot be released lapses by itself). */
+  async releaseLease(): Promise<void> {
+    this.stopRenewals();
     const id = this.leaseId;
     if (!id) return;
     this.leaseId = undefined;
     try {
       this.counters.requests++;
-      await this.client.getBlobLeaseClient(id).releaseLease();
+      await this.client.getBlobLeaseClient(id).releaseLease({ abortSignal: AbortSignal.timeout(10_000) });
     } catch {
       // it lapses within LEASE_SECONDS
     }
@@ -312,11 +378,12 @@ export class PageBlob {
   }
 
   /**
-   * Starts a server-side copy from `sourceUrl` onto this blob (replacing it, holding its lease), with
-   * `metadata`; `onlyIfNew` as for `create`. `waitForCopy` then polls it to its end.
+   * Starts a server-side copy from `sourceUrl` onto this blob (replacing it), with `metadata`;
+   * `onlyIfNew` as for `create`. The blob must not be under a finite lease (Azure refuses the copy,
+   * lease id or not; see breakLease). `waitForCopy` then polls it to its end.
    */
   async startCopy(sourceUrl: string, metadata: Record<string, string>, onlyIfNew = false): Promise<void> {
-    const conditions = { ...this.lease, ...(onlyIfNew ? { ifNoneMatch: '*' } : {}) };
+    const conditions = onlyIfNew ? { ifNoneMatch: '*' } : undefined;
     await this.request('start server-side copy', async (abortSignal) => {
       const poller = await this.client.beginCopyFromURL(sourceUrl, { metadata, abortSignal, conditions, intervalInMs: 1 << 30 });
       poller.stopPolling();

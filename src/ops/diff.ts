@@ -17,7 +17,7 @@ import { DynamicWriter } from '../disk/writer.js';
 import { setBits } from '../format/bitmap.js';
 import { DEFAULT_BLOCK_SIZE } from '../format/header.js';
 import { writeAtomically } from '../io/file.js';
-import { poolFor } from '../pool/pool.js';
+import { checkWorkers, poolFor } from '../pool/pool.js';
 import type { DiffTask, DiskRef } from '../pool/tasks.js';
 import { throwIfAborted, type OperationOptions } from './common.js';
 import { newUuid, parentLinkFor } from './create.js';
@@ -105,6 +105,7 @@ function packTasks(ranges: Range[], max: number): Range[][] {
 export async function diff(oldFile: string, newFile: string, options: DiffOptions = {}): Promise<DiffResult> {
   const started = performance.now();
   const warnings: Finding[] = [];
+  checkWorkers(options.workers);
   const open = { ...options, onFinding: (f: Finding) => warnings.push(f) };
   const a = await openAny(oldFile, 'auto', open);
   let b: Awaited<ReturnType<typeof openAny>>;

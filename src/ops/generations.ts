@@ -49,7 +49,7 @@ export async function generations(container: string, options: GenerationsOptions
   const loc = parseContainer(container, options);
   const client = await containerClient(loc, options);
   const counters = newCounters();
-  const items: Array<{ name: string; snapshot?: string; metadata: Record<string, string>; size: number; md5?: string; modified?: Date; leased: boolean }> = [];
+  const items: Array<{ name: string; snapshot?: string; metadata: Record<string, string>; size: number; md5?: string; modified?: Date; leased?: 'finite' | 'infinite' }> = [];
   let otherBlobs = 0;
   await withRetry(
     `${loc.container}: list blobs`,
@@ -70,7 +70,7 @@ export async function generations(container: string, options: GenerationsOptions
           size: b.properties.contentLength ?? 0,
           md5: b.properties.contentMD5 ? Buffer.from(b.properties.contentMD5).toString('base64') : undefined,
           modified: b.properties.lastModified,
-          leased: b.properties.leaseState === 'leased',
+          leased: b.properties.leaseState === 'leased' ? (b.properties.leaseDuration === 'infinite' ? 'infinite' : 'finite') : undefined,
         });
       }
     },
@@ -87,7 +87,9 @@ export async function generations(container: string, options: GenerationsOptions
     const differing = baseRef && m[Meta.differing] !== undefined ? Number(m[Meta.differing]) : null;
     const data = m[Meta.data] !== undefined ? Number(m[Meta.data]) : null;
     let hint: string | null = null;
-    if (!complete && it.leased) {
+    if (!complete && it.leased === 'infinite') {
+      hint = 'unfinished upload, under an infinite lease (another tool holds it; it never lapses by itself): break the lease if nothing uses the blob, then run the same "vhdkit upload" again';
+    } else if (!complete && it.leased) {
       // A writer's lease: held by a running upload, or by one killed less than a lease ago.
       hint = `unfinished upload, leased: being written now, or its writer stopped less than ${LEASE_SECONDS} s ago; if no upload of it is running, run the same "vhdkit upload" again to complete it`;
     }

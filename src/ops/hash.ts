@@ -11,7 +11,7 @@ import { alignRanges, totalLength, type Range } from '../disk/ranges.js';
 import { encodeManifestHeader, manifestSize } from '../format/manifest.js';
 import { isPowerOfTwo } from '../format/header.js';
 import { writeAtomically, type FileSink } from '../io/file.js';
-import { poolFor } from '../pool/pool.js';
+import { checkWorkers, poolFor } from '../pool/pool.js';
 import { type DiskRef, type HashTask, type HashTaskResult, READ_UNIT } from '../pool/tasks.js';
 import { orderedWindow, splitRanges, TASK_BYTES } from '../pool/schedule.js';
 import { throwIfAborted, type OperationOptions } from './common.js';
@@ -55,6 +55,7 @@ export async function hash(file: string, options: HashOptions = {}): Promise<Has
     throw new VhdError(ErrorCodes.USAGE, `chunk size ${chunkSize} must be a power of two from 512 bytes to 4 MiB`);
   }
   const warnings: Finding[] = [];
+  checkWorkers(options.workers);
   const { disk, format } = await openAny(file, options.from ?? 'auto', { ...options, onFinding: (f) => warnings.push(f) });
   let virtualSize: number;
   let ranges: Range[];

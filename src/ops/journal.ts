@@ -7,13 +7,14 @@
  *                              only the same merge (run again, or `--resume`) may touch the target.
  *   TARGET.vhdkit-lock         the exclusive lock, held while a merge writes into TARGET; names the
  *                              holder's pid and host. A lock whose process is gone (killed) is taken over.
- *   TARGET.vhdkit-read.PID.N   a shared lock, one per reader that needs TARGET unchanged while it runs
+ *   TARGET.vhdkit-read.PID.R   a shared lock, one per reader that needs TARGET unchanged while it runs
  *                              (an upload of a chain holding TARGET). Readers exclude a merge, not each
  *                              other: two uploads of one disk run together.
  *
  * A reader creates its mark, then looks for the exclusive lock; a merge creates the lock, then looks
  * for marks. Whichever comes second sees the first and backs off (both may, never neither).
  */
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -247,7 +248,8 @@ function readHolder(file: string): Holder | undefined {
 }
 
 const READ_INFIX = '.vhdkit-read.';
-let readSeq = 0;
+/** This process's own marks: any other mark carrying its pid was left by an earlier process with the same pid. */
+const ownMarks = new Set<string>();
 
 /**
  * The shared locks of `target` held by live processes. Marks of processes that no longer run on this
@@ -265,14 +267,15 @@ function liveReaders(target: string): Array<{ file: string; holder: Holder }> {
     return out;
   }
   for (const name of names) {
-    const m = name.startsWith(prefix) && /^(\d+)\.\d+$/.exec(name.slice(prefix.length));
+    const m = name.startsWith(prefix) && /^(\d+)\.[0-9a-f]+$/.exec(name.slice(prefix.length));
     if (!m) continue;
     const file = path.join(dir, name);
     const holder = readHolder(file);
     if (!holder) continue; // released meanwhile
     const pid = holder.pid ?? Number(m[1]);
     const host = holder.host ?? os.hostname();
-    if (host === os.hostname() && pid !== process.pid && !alive(pid)) {
+    const stale = host === os.hostname() && (pid === process.pid ? !ownMarks.has(file) : !alive(pid));
+    if (stale) {
       fs.rmSync(file, { force: true });
       continue;
     }
@@ -288,12 +291,15 @@ function liveReaders(target: string): Array<{ file: string; holder: Holder }> {
  */
 export function acquireSharedLock(target: string, what: string): () => void {
   const dir = path.dirname(path.resolve(target));
-  const mine = path.join(dir, `${path.basename(target)}${READ_INFIX}${process.pid}.${++readSeq}`);
+  // A random part in the name: a mark left by a killed process whose pid this one now has never collides.
+  const mine = path.join(dir, `${path.basename(target)}${READ_INFIX}${process.pid}.${randomBytes(6).toString('hex')}`);
   fs.writeFileSync(mine, JSON.stringify({ pid: process.pid, host: os.hostname(), what, since: new Date().toISOString() }), { flag: 'wx', mode: 0o644 });
+  ownMarks.add(mine);
   let released = false;
   const release = () => {
     if (released) return;
     released = true;
+    ownMarks.delete(mine);
     fs.rmSync(mine, { force: true });
   };
   try {

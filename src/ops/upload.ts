@@ -42,7 +42,7 @@ import type { RetryOptions } from '../azure/retry.js';
 import { throwIfAborted, type OperationOptions } from './common.js';
 import { azureSize } from './convert.js';
 import { DEFAULT_CHUNK_SIZE, hash } from './hash.js';
-import { acquireSharedLock, alive } from './journal.js';
+import { acquireSharedLock, alive, hasPendingMerge } from './journal.js';
 import { type ChunkSource, emptyManifest, ManifestFile, manifestDigestHex, WINDOW_CHUNKS } from './manifest-file.js';
 import { openAny, type OpenDiskOptions, type SourceFormat } from './open.js';
 
@@ -170,6 +170,7 @@ interface LocalJournal {
   /** The id of the blob lease this upload holds (or held, when it was killed), and its process. */
   lease?: string;
   pid?: number;
+  host?: string;
 }
 
 class UploadJournal {
@@ -177,14 +178,18 @@ class UploadJournal {
   /**
    * The lease id to propose: the one a killed run of this machine held (its process gone), else a
    * new one. An upload to the same blob running now keeps its id to itself: this one then meets its
-   * lease and stops (LOCKED).
+   * lease and stops (LOCKED). A journal folder shared by several machines (a home on NFS) only lends
+   * ids between runs of one host.
    */
-  readonly leaseId: string;
+  leaseId: string;
+  /** The id came from a killed run: switch the lease to a fresh one as soon as it is held (two reruns may have read it). */
+  orphan: boolean;
   constructor(dir: string, destination: string) {
     this.file = path.join(dir, `${createHash('sha256').update(destination).digest('hex').slice(0, 32)}.json`);
     const j = this.load();
-    const orphan = typeof j?.lease === 'string' && /^[0-9a-f-]{36}$/.test(j.lease) && typeof j.pid === 'number' && j.pid !== process.pid && !alive(j.pid);
-    this.leaseId = orphan ? j!.lease! : randomUUID();
+    this.orphan =
+      typeof j?.lease === 'string' && /^[0-9a-f-]{36}$/.test(j.lease) && j.host === os.hostname() && typeof j.pid === 'number' && j.pid !== process.pid && !alive(j.pid);
+    this.leaseId = this.orphan ? j!.lease! : randomUUID();
   }
   private load(): LocalJournal | undefined {
     try {
@@ -201,7 +206,7 @@ class UploadJournal {
   write(destination: string, plan: string, done: number): void {
     fs.mkdirSync(path.dirname(this.file), { recursive: true });
     const tmp = `${this.file}.tmp`;
-    fs.writeFileSync(tmp, JSON.stringify({ kind: 'vhdkit-upload', destination, plan, done, lease: this.leaseId, pid: process.pid } satisfies LocalJournal));
+    fs.writeFileSync(tmp, JSON.stringify({ kind: 'vhdkit-upload', destination, plan, done, lease: this.leaseId, pid: process.pid, host: os.hostname() } satisfies LocalJournal));
     fs.renameSync(tmp, this.file);
   }
   remove(): void {
@@ -323,6 +328,15 @@ export async function upload(file: string, destination: string, options: UploadO
     },
   });
   const chainFiles = disk instanceof VhdImage ? disk.chain.map((d) => d.source.name) : [file];
+  const statOf = (f: string) => {
+    try {
+      const st = fs.statSync(f);
+      return `${st.size}:${st.mtimeMs}:${st.ino}`;
+    } catch {
+      return 'missing';
+    }
+  };
+  const opened = chainFiles.map(statOf);
   const releases: Array<() => void> = [];
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'vhdkit-upload-'));
   try {
@@ -336,6 +350,12 @@ export async function upload(file: string, destination: string, options: UploadO
         if (code !== 'EACCES' && code !== 'EROFS' && code !== 'EPERM') throw e;
         warnings.push({ code: ErrorCodes.LOCKED, severity: 'warning', message: `${f}: cannot create a lock file beside it (${code}); a merge into it during the upload would not be stopped` });
       }
+    }
+    // A merge into the chain that began (or ended) between opening the disk and taking the locks:
+    // what was read of its structure may be stale.
+    for (const [i, f] of chainFiles.entries()) {
+      if (hasPendingMerge(f)) throw new VhdError(ErrorCodes.MERGE_PENDING, 'a merge into it began while this upload opened it; complete it (vhdkit merge --resume), then upload', { file: f });
+      if (statOf(f) !== opened[i]) throw new VhdError(ErrorCodes.LOCKED, 'it changed while this upload opened it (a merge?); run the upload again', { file: f });
     }
     return await run();
   } finally {
@@ -506,14 +526,24 @@ export async function upload(file: string, destination: string, options: UploadO
       // same name) is refused (LOCKED) instead of mixing its pages with these. The lease id goes to
       // the local journal as soon as it is held, so a rerun after a kill takes the lease back at
       // once. A blob that was there when the plan was made is leased only if it has not changed
-      // since (its ETag; a copy still running may change that by itself, so not in that state).
+      // since (its ETag). Azure refuses Copy Blob onto a blob under a finite lease, and any lease
+      // operation while a copy onto it is pending: a copy from the base therefore runs unleased
+      // (onto a blob that existed, just after checking it under a lease, then broken), and the lease
+      // is taken when the copy has ended, with a check that the blob is still this upload's.
       const leased = async (ifMatch?: string) => {
-        await blob.acquireLease(journal.leaseId, ifMatch);
+        await blob.acquireLease(journal.leaseId, ifMatch, journal.orphan);
+        journal.leaseId = blob.leaseId!;
+        journal.orphan = false;
         journal.write(publicUrl(loc), planId, resumeFrom);
       };
-      if (current) await leased(current.metadata[Meta.state] === 'copying' ? undefined : current.etag);
-      /** Makes the blob where there was none, then leases it and checks it is this upload's. */
-      const makeNew = async (make: () => Promise<void>) => {
+      const ours = async () => {
+        const now = await blob.props();
+        if (now?.metadata[Meta.plan] !== planId) {
+          throw new VhdError(ErrorCodes.LOCKED, `${blob.name} was written by another writer at the same time as this upload; run it again to see what it holds`);
+        }
+      };
+      /** Makes the blob (or starts the copy onto it), then leases it and checks it is this upload's. */
+      const claim = async (make: () => Promise<void>, copy: boolean) => {
         try {
           await make();
         } catch (e) {
@@ -522,20 +552,27 @@ export async function upload(file: string, destination: string, options: UploadO
           const status = e instanceof VhdError ? e.actual : undefined;
           if (status !== 409 && status !== 412) throw e;
         }
+        if (copy) await blob.waitForCopy();
         await leased();
-        const now = await blob.props();
-        if (now?.metadata[Meta.plan] !== planId) {
-          throw new VhdError(ErrorCodes.LOCKED, `${blob.name} was created by another writer at the same time as this upload; run it again to see what it holds`);
-        }
+        await ours();
       };
+      const startCopy = (onlyIfNew: boolean) => () => blob.startCopy(base!.copySource, meta('copying', 0), onlyIfNew);
+      /** A copy onto a blob that exists: checked under the lease (ETag), which is broken for the copy. */
+      const copyOver = async (ifMatch?: string) => {
+        await blob.acquireLease(journal.leaseId, ifMatch, journal.orphan);
+        journal.orphan = false;
+        await blob.breakLease();
+        await claim(startCopy(false), true);
+      };
+      const copyRunning = resumable && current!.metadata[Meta.state] === 'copying';
+      const copyFromBase = !resumable && base !== undefined && base.ref !== '.';
+      if (current && !copyRunning && !copyFromBase) await leased(current.etag);
       if (!resumable) {
         options.onPhase?.('copy');
-        if (base && base.ref !== '.') {
+        if (copyFromBase) {
           await blob.ensureContainer();
-          const start = () => blob.startCopy(base!.copySource, meta('copying', 0), !current);
-          if (current) await start();
-          else await makeNew(start);
-          await blob.waitForCopy();
+          if (current) await copyOver(current.etag);
+          else await claim(startCopy(true), true);
           await blob.setContentMd5(undefined);
           await blob.setMetadata(meta('uploading', 0));
         } else if (base || dirty) {
@@ -545,17 +582,22 @@ export async function upload(file: string, destination: string, options: UploadO
           await blob.ensureContainer();
           const create = () => blob.create(blobSize, meta('uploading', 0), !current);
           if (current) await create();
-          else await makeNew(create);
+          else await claim(create, false);
         }
         current = await blob.props();
-      } else if (current!.metadata[Meta.state] === 'copying') {
+      } else if (copyRunning) {
         options.onPhase?.('copy');
+        let failed = false;
         try {
           await blob.waitForCopy();
         } catch (e) {
           if (!(e instanceof VhdError) || e.code !== ErrorCodes.AZURE) throw e;
-          await blob.startCopy(base!.copySource, meta('copying', 0)); // a failed or aborted copy: start it again
-          await blob.waitForCopy();
+          failed = true;
+        }
+        if (failed) await copyOver(); // a failed or aborted copy: start it again
+        else {
+          await leased();
+          await ours();
         }
         await blob.setContentMd5(undefined);
         await blob.setMetadata(meta('uploading', resumeFrom));

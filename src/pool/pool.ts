@@ -167,11 +167,18 @@ class InlineRunner implements TaskRunner {
 let shared: PiscinaRunner | undefined;
 const inline = new InlineRunner();
 
+/** Throws USAGE unless `workers` is absent or a whole number ≥ 0 (operations check it before opening anything). */
+export function checkWorkers(workers: number | undefined): void {
+  if (workers !== undefined && (!Number.isInteger(workers) || workers < 0)) {
+    throw new VhdError(ErrorCodes.USAGE, `--workers must be a whole number ≥ 0, got ${workers}`);
+  }
+}
+
 /** The process's pool (created on first use, resized if asked for a different size). */
 export function getPool(options: PoolOptions = {}): TaskRunner {
   const workers = options.workers ?? defaultWorkers();
   if (workers === 0) return inline;
-  if (!Number.isInteger(workers) || workers < 0) throw new VhdError(ErrorCodes.USAGE, `--workers must be a whole number ≥ 0, got ${workers}`);
+  checkWorkers(workers);
   if (shared && shared.workers !== workers) {
     const old = shared;
     shared = undefined;
