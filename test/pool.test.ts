@@ -17,6 +17,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { DynamicWriter } from '../src/disk/writer.js';
 import { ErrorCodes, VhdError } from '../src/errors.js';
@@ -388,6 +389,35 @@ describe('workers 0 and 2 are equivalent; pool sizes', () => {
     expect(big.workers).toBe(defaultWorkers());
     const d = await diff(A, B);
     expect(d.workers).toBe(defaultWorkers());
+  });
+
+  it("a worker's results go back by transfer: marked movable for piscina, without loading the whole piscina package", async () => {
+    // In a thread of its own, as piscina runs it: piscina's worker module loaded first, then ours.
+    const code = `
+      import { Worker } from 'node:worker_threads';
+      const body = \`
+        const { parentPort } = await import('node:worker_threads');
+        const { createRequire } = await import('node:module');
+        const req = createRequire(${JSON.stringify(path.join(repoRoot, 'package.json'))});
+        const main = req.resolve('piscina');
+        const common = req(main.replace(/main\\.js$/, 'common.js'));
+        req(main.replace(/main\\.js$/, 'worker.js'));
+        const before = Object.keys(req.cache).filter((k) => k.includes('piscina')).length;
+        const w = await import(${JSON.stringify(pathToFileURL(path.join(repoRoot, 'dist/pool/worker.js')).href)});
+        const task = { disk: { file: ${JSON.stringify(A)}, format: 'vhd' }, chunkSize: 65536, start: 0, end: 4 * 1024 * 1024 };
+        const r = await w.hash(task);
+        const value = r[Symbol.for('Piscina.valueOf')];
+        const buffers = r[Symbol.for('Piscina.transferable')];
+        const after = Object.keys(req.cache).filter((k) => k.includes('piscina')).length;
+        parentPort.postMessage({ movable: common.isMovable(r), chunks: value.hashes.length, transfers: buffers.length, sameBuffer: buffers[0] === value.hashes.buffer, loadedMore: after - before });
+      \`;
+      const t = new Worker(body, { eval: true, type: 'module' });
+      t.on('message', (m) => { console.log(JSON.stringify(m)); process.exit(0); });
+      t.on('error', (e) => { console.error(e); process.exit(1); });
+    `;
+    const r = await nodeEval(code, dir);
+    expect(r.code, show(r)).toBe(0);
+    expect(JSON.parse(r.stdout)).toEqual({ movable: true, chunks: 64, transfers: 2, sameBuffer: true, loadedMore: 0 });
   });
 
   it('a resized pool still runs tasks (1 → 2 → 1 workers: the same digest)', async () => {

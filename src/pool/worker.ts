@@ -2,7 +2,8 @@
  * The worker module: one named function per task kind. Each worker keeps one pair of reused
  * page-aligned buffers and its own open disks; results go back by transfer (Piscina.move).
  */
-import { move, transferableSymbol, valueSymbol } from 'piscina';
+import { createRequire } from 'node:module';
+import path from 'node:path';
 import { VhdError } from '../errors.js';
 import { alignedBuffer } from '../io/aligned.js';
 import { useBlockingReads } from '../io/file.js';
@@ -36,9 +37,38 @@ function asResult(e: unknown): { error: TaskError } {
   throw e;
 }
 
+/**
+ * Piscina transfers (not copies) a result marked "movable", which its `move()` does with a marker
+ * private to its `common` module. Importing the 'piscina' package here to get `move()` would load
+ * all of it into every worker (15–20 ms of each thread's start); the `common` module is already
+ * loaded in this thread by piscina's own worker, which runs this module, so it is taken from there.
+ * Should that module ever lack `markMovable` (another piscina), the package's `move()` is used.
+ */
+const TRANSFERABLE = Symbol.for('Piscina.transferable');
+const VALUE = Symbol.for('Piscina.valueOf');
+type Mark = (value: object) => void;
+let markMovable: Mark | undefined;
+try {
+  const req = createRequire(import.meta.url);
+  const common = req(path.join(path.dirname(req.resolve('piscina')), 'common.js')) as { markMovable?: Mark; isMovable?: (v: unknown) => boolean };
+  if (typeof common.markMovable === 'function' && typeof common.isMovable === 'function') {
+    const probe = { [TRANSFERABLE]: [], [VALUE]: null };
+    common.markMovable(probe);
+    if (common.isMovable(probe)) markMovable = common.markMovable;
+  }
+} catch {
+  // the fallback below
+}
+const move: Promise<(value: object) => object> | undefined = markMovable ? undefined : import('piscina').then((m) => m.move as (value: object) => object);
+
 /** Returns `value` to the main thread with `buffers` transferred, not copied. */
-function transfer<T>(value: T, buffers: ArrayBufferLike[]): T {
-  return move({ [transferableSymbol]: buffers, [valueSymbol]: value } as never) as unknown as T;
+async function transfer<T>(value: T, buffers: ArrayBufferLike[]): Promise<T> {
+  const wrapped = { [TRANSFERABLE]: buffers, [VALUE]: value };
+  if (markMovable) {
+    markMovable(wrapped);
+    return wrapped as unknown as T;
+  }
+  return (await move!)(wrapped) as unknown as T;
 }
 
 export async function hash(task: HashTask): Promise<HashTaskResult | { error: TaskError }> {
@@ -46,7 +76,7 @@ export async function hash(task: HashTask): Promise<HashTaskResult | { error: Ta
     const k = await kernel;
     const disk = await openRef(task.disk);
     const r = await runHashTask(task, disk, k.buffer, k.hashAt);
-    return transfer(r, [r.hashes.buffer, r.zero.buffer]);
+    return await transfer(r, [r.hashes.buffer, r.zero.buffer]);
   } catch (e) {
     return asResult(e);
   }
@@ -57,7 +87,7 @@ export async function diff(task: DiffTask): Promise<DiffTaskResult | { error: Ta
     const [a, b] = await Promise.all([openRef(task.a), openRef(task.b)]);
     const [x, y] = buffers();
     const r = await runDiffTask(task, a, b, x, y);
-    return transfer(r, [r.changed.buffer]);
+    return await transfer(r, [r.changed.buffer]);
   } catch (e) {
     return asResult(e);
   }
