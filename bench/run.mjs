@@ -112,6 +112,19 @@ function timeit([cmd, args], { before, cold = false, warm } = {}) {
   return { seconds: best, peakRssMiB: hasTime ? rss / 1024 : null };
 }
 
+/** Best over `runs` of a vhdkit command's own `seconds` (its --json); cache handling as in timeit. */
+function engineSeconds(args, { cold = false, warm } = {}) {
+  let best = Infinity;
+  for (let r = 0; r < runs; r++) {
+    if (cold) dropCaches();
+    if (cold && warm) spawnSync(warm[0], warm[1]);
+    const res = spawnSync(process.execPath, [cli, ...args, '--json'], { encoding: 'utf8' });
+    if (res.status !== 0) throw new Error(`vhdkit ${args.join(' ')} failed (${res.status}): ${res.stderr}`);
+    best = Math.min(best, JSON.parse(res.stdout).seconds);
+  }
+  return { seconds: best, peakRssMiB: null };
+}
+
 const results = { date: new Date().toISOString(), node: process.version, cpus: os.cpus().length, quick, runs, scenarios: {} };
 const rows = [];
 /**
@@ -182,14 +195,7 @@ const fileSize = (f) => fs.statSync(f).size;
   const v1 = timeit(vhdkit('hash', dynRaw, '--workers', '1'));
   row('hash raw: 2 workers vs 1 worker (whole process)', '', v2, v1, '1 worker', {});
   // Scaling of the engine itself: the operation's own seconds (--json), without process startup.
-  const inner = (w) => {
-    let best = Infinity;
-    for (let r = 0; r < runs; r++) {
-      const res = spawnSync(process.execPath, [cli, 'hash', dynRaw, '--workers', String(w), '--json'], { encoding: 'utf8' });
-      best = Math.min(best, JSON.parse(res.stdout).seconds);
-    }
-    return { seconds: best, peakRssMiB: null };
-  };
+  const inner = (w) => engineSeconds(['hash', dynRaw, '--workers', String(w)]);
   row('hash raw: 2 workers vs 1 worker (engine time)', '≥ 1.7x', inner(2), inner(1), '1 worker', { vBytes: dynSize, refBytes: dynSize });
   const vd = timeit(vhdkit('hash', dyn));
   row('hash dynamic (page cache) vs xxhsum of raw', '', vd, x, 'xxhsum -H1', {});
@@ -203,14 +209,8 @@ const fileSize = (f) => fs.statSync(f).size;
     const dd = timeit(ddCmd, { cold: true, warm: warmDd });
     row('hash dynamic, data cold, vs dd read', '≥ 0.9x', cold, dd, 'dd', { vBytes: fileSize(dyn), refBytes: fileSize(dyn) });
     // The engine's own seconds (--json: from opening the disk to the digest, threads' start included).
-    let engine = Infinity;
-    for (let r = 0; r < runs; r++) {
-      dropCaches();
-      spawnSync(warmVhdkit[0], warmVhdkit[1]);
-      const res = spawnSync(process.execPath, [cli, 'hash', dyn, '--json'], { encoding: 'utf8' });
-      engine = Math.min(engine, JSON.parse(res.stdout).seconds);
-    }
-    row('hash dynamic, data cold, engine time vs dd read', '', { seconds: engine, peakRssMiB: null }, dd, 'dd', { vBytes: fileSize(dyn), refBytes: fileSize(dyn) });
+    const engine = engineSeconds(['hash', dyn], { cold: true, warm: warmVhdkit });
+    row('hash dynamic, data cold, engine time vs dd read', '', engine, dd, 'dd', { vBytes: fileSize(dyn), refBytes: fileSize(dyn) });
     const allCold = timeit(vhdkit('hash', dyn), { cold: true });
     const ddAllCold = timeit(ddCmd, { cold: true });
     row('hash dynamic, all cold (Node too), vs dd read', '', allCold, ddAllCold, 'dd', { vBytes: fileSize(dyn), refBytes: fileSize(dyn) });

@@ -264,6 +264,52 @@ export function runProcess(
   });
 }
 
+/**
+ * Runs a process and interrupts it at a chosen instant, for crash tests: `killAfterMs` after the
+ * spawn, or `killAfterConditionMs` after `condition()` first holds (polled every millisecond); 0 or
+ * less interrupts at once. SIGKILL unless `signal` says otherwise. No timeout: the test's own bounds it.
+ */
+export function runAndInterrupt(
+  cmd: string,
+  args: string[],
+  o: { cwd: string; env?: NodeJS.ProcessEnv; killAfterMs?: number; killAfterConditionMs?: number; condition?: () => boolean; signal?: NodeJS.Signals },
+): Promise<ProcessRun> {
+  return new Promise((resolve, reject) => {
+    const started = performance.now();
+    const child = spawn(cmd, args, { cwd: o.cwd, env: o.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    child.stdout.on('data', (b: Buffer) => out.push(b));
+    child.stderr.on('data', (b: Buffer) => err.push(b));
+    let timer: NodeJS.Timeout | undefined;
+    let poll: NodeJS.Timeout | undefined;
+    const kill = () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill(o.signal ?? 'SIGKILL');
+    };
+    const killAfter = (ms: number) => {
+      if (ms <= 0) kill();
+      else timer = setTimeout(kill, ms);
+    };
+    if (o.killAfterMs !== undefined) killAfter(o.killAfterMs);
+    else if (o.killAfterConditionMs !== undefined && o.condition) {
+      const { condition, killAfterConditionMs } = o;
+      poll = setInterval(() => {
+        if (!condition()) return;
+        clearInterval(poll);
+        poll = undefined;
+        killAfter(killAfterConditionMs);
+      }, 1);
+    }
+    child.on('error', reject);
+    child.on('close', (code, signal) => {
+      if (timer) clearTimeout(timer);
+      if (poll) clearInterval(poll);
+      const stderrBytes = Buffer.concat(err);
+      resolve({ code, signal, stdout: Buffer.concat(out).toString('utf8'), stderr: stderrBytes.toString('utf8'), stderrBytes, ms: performance.now() - started });
+    });
+  });
+}
+
 /** The whole virtual content of a disk (VHD, chain or raw), read through vhdkit's reader. */
 export async function readVirtual(file: string): Promise<Buffer> {
   const { openAny } = await import('../src/ops/open.js');

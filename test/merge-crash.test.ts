@@ -29,7 +29,6 @@
  *
  * The CLI runs from dist/: `npm run build` first (npm test does it in pretest).
  */
-import { spawn } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -44,7 +43,7 @@ import { newUuid, parentLinkFor } from '../src/ops/create.js';
 import { journalPath, lockPath, type MergeJournal } from '../src/ops/journal.js';
 import { merge } from '../src/ops/merge.js';
 import { openDisk } from '../src/ops/open.js';
-import { repoRoot, tmpDir, mulberry32, readVirtual } from './helpers.js';
+import { mulberry32, type ProcessRun, readVirtual, repoRoot, runAndInterrupt, tmpDir } from './helpers.js';
 
 vi.setConfig({ testTimeout: 180_000, hookTimeout: 180_000 });
 
@@ -168,51 +167,20 @@ function leftovers(dir: string): string[] {
   return fs.readdirSync(dir).filter((n) => /vhdkit-(merge|lock)|\.tmp$/.test(n));
 }
 
-interface Exit {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: string;
-  stderr: string;
-  ms: number;
-}
+type Exit = ProcessRun;
 
 /**
  * Runs the CLI; `killAfterMs` SIGKILLs it after that delay, `killAfterJournalMs` that long after the
  * journal file appears (polled).
  */
 function runCli(args: string[], cwd: string, o: { killAfterMs?: number; killAfterJournalMs?: number; journal?: string; env?: NodeJS.ProcessEnv; nodeArgs?: string[] } = {}): Promise<Exit> {
-  return new Promise((resolve, reject) => {
-    const t0 = performance.now();
-    const p = spawn(process.execPath, [...(o.nodeArgs ?? []), CLI, ...args], { cwd, env: { ...process.env, ...o.env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (d) => (stdout += d));
-    p.stderr.on('data', (d) => (stderr += d));
-    let timer: NodeJS.Timeout | undefined;
-    let poll: NodeJS.Timeout | undefined;
-    const kill = () => {
-      if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
-    };
-    if (o.killAfterMs !== undefined) {
-      if (o.killAfterMs <= 0) kill();
-      else timer = setTimeout(kill, o.killAfterMs);
-    } else if (o.killAfterJournalMs !== undefined && o.journal) {
-      const jf = o.journal;
-      poll = setInterval(() => {
-        if (fs.existsSync(jf)) {
-          clearInterval(poll);
-          poll = undefined;
-          if (o.killAfterJournalMs! <= 0) kill();
-          else timer = setTimeout(kill, o.killAfterJournalMs);
-        }
-      }, 1);
-    }
-    p.on('error', reject);
-    p.on('close', (code, signal) => {
-      if (timer) clearTimeout(timer);
-      if (poll) clearInterval(poll);
-      resolve({ code, signal, stdout, stderr, ms: performance.now() - t0 });
-    });
+  const jf = o.journal;
+  return runAndInterrupt(process.execPath, [...(o.nodeArgs ?? []), CLI, ...args], {
+    cwd,
+    env: { ...process.env, ...o.env },
+    killAfterMs: o.killAfterMs,
+    killAfterConditionMs: o.killAfterJournalMs,
+    condition: jf ? () => fs.existsSync(jf) : undefined,
   });
 }
 
@@ -561,15 +529,19 @@ if (process.env.VHDKIT_CRASH_ON_JOURNAL_RENAME) {
 }
 `;
 
+/** Node arguments that preload HOOK (written to a fresh folder) in the CLI and its worker threads. */
+function hookNodeArgs(prefix: string): string[] {
+  const hook = path.join(tmpDir(prefix), 'crash-hook.mjs');
+  fs.writeFileSync(hook, HOOK);
+  return ['--import', pathToFileURL(hook).href];
+}
+
 describe('real processes killed at exact points', () => {
   let hookArgs: string[];
   let c: Chain;
 
   beforeAll(async () => {
-    const dir = tmpDir('vhdkit-crash-hook-');
-    const hook = path.join(dir, 'crash-hook.mjs');
-    fs.writeFileSync(hook, HOOK);
-    hookArgs = ['--import', pathToFileURL(hook).href];
+    hookArgs = hookNodeArgs('vhdkit-crash-hook-');
     c = await buildChain({
       parentSize: 6 * MiB,
       childSize: 16 * MiB,
@@ -667,10 +639,7 @@ describe('the data copies on the pool: order of writes, and kills while workers 
       .map((l) => JSON.parse(l) as Op);
 
   beforeAll(async () => {
-    const dir = tmpDir('vhdkit-crash-pool-hook-');
-    const hook = path.join(dir, 'crash-hook.mjs');
-    fs.writeFileSync(hook, HOOK);
-    hookArgs = ['--import', pathToFileURL(hook).href];
+    hookArgs = hookNodeArgs('vhdkit-crash-pool-hook-');
     // ~20 MiB of child data in partial blocks over allocated and new parent blocks; the child is
     // larger than the parent (the BAT moves): five or six tasks of 4 MiB, two workers.
     c = await buildChain({

@@ -21,7 +21,6 @@
  *
  * The CLI runs from dist/: `npm run build` first (npm test does it in pretest).
  */
-import { spawn } from 'node:child_process';
 import { pathToFileURL } from 'node:url';
 import { createHash, randomFillSync } from 'node:crypto';
 import fs from 'node:fs';
@@ -32,7 +31,7 @@ import { convert } from '../src/ops/convert.js';
 import { generations } from '../src/ops/generations.js';
 import type { UploadResult } from '../src/ops/upload.js';
 import { destroyPool } from '../src/pool/pool.js';
-import { mulberry32, repoRoot, startTestAzurite, tmpDir, type TestAzurite } from './helpers.js';
+import { mulberry32, type ProcessRun, repoRoot, runAndInterrupt, startTestAzurite, tmpDir, type TestAzurite } from './helpers.js';
 
 vi.setConfig({ testTimeout: 120_000, hookTimeout: 120_000 });
 
@@ -75,50 +74,23 @@ afterAll(async () => {
   await az?.stop();
 });
 
-interface Exit {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: string;
-  stderr: string;
-  ms: number;
-}
+type Exit = ProcessRun;
 
 /**
  * Runs the CLI; `killAfterMs` SIGKILLs it (or sends `signal`) that long after the spawn,
  * `killAfterJournalMs` that long after a file first appears in `journalDir` (polled every millisecond).
  */
 function runCli(args: string[], o: { killAfterMs?: number; killAfterJournalMs?: number; journalDir?: string; slow?: boolean; signal?: NodeJS.Signals } = {}): Promise<Exit> {
-  return new Promise((resolve, reject) => {
-    const t0 = performance.now();
-    const node = o.slow ? ['--import', pathToFileURL(slowNetwork).href] : [];
-    const env = o.slow ? { ...process.env, VHDKIT_TEST_PAGE_DELAY_MS: String(PAGE_DELAY_MS) } : process.env;
-    const p = spawn(process.execPath, [...node, CLI, ...args], { cwd: work, env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (d) => (stdout += d));
-    p.stderr.on('data', (d) => (stderr += d));
-    let timer: NodeJS.Timeout | undefined;
-    let poll: NodeJS.Timeout | undefined;
-    const kill = () => {
-      if (p.exitCode === null && p.signalCode === null) p.kill(o.signal ?? 'SIGKILL');
-    };
-    if (o.killAfterMs !== undefined) timer = setTimeout(kill, o.killAfterMs);
-    else if (o.killAfterJournalMs !== undefined && o.journalDir) {
-      const dir = o.journalDir;
-      poll = setInterval(() => {
-        if (fs.existsSync(dir) && fs.readdirSync(dir).some((n) => n.endsWith('.json'))) {
-          clearInterval(poll);
-          poll = undefined;
-          timer = setTimeout(kill, o.killAfterJournalMs);
-        }
-      }, 1);
-    }
-    p.on('error', reject);
-    p.on('close', (code, signal) => {
-      if (timer) clearTimeout(timer);
-      if (poll) clearInterval(poll);
-      resolve({ code, signal, stdout, stderr, ms: performance.now() - t0 });
-    });
+  const node = o.slow ? ['--import', pathToFileURL(slowNetwork).href] : [];
+  const env = o.slow ? { ...process.env, VHDKIT_TEST_PAGE_DELAY_MS: String(PAGE_DELAY_MS) } : process.env;
+  const dir = o.journalDir;
+  return runAndInterrupt(process.execPath, [...node, CLI, ...args], {
+    cwd: work,
+    env,
+    signal: o.signal,
+    killAfterMs: o.killAfterMs,
+    killAfterConditionMs: o.killAfterJournalMs,
+    condition: dir ? () => fs.existsSync(dir) && fs.readdirSync(dir).some((n) => n.endsWith('.json')) : undefined,
   });
 }
 

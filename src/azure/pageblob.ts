@@ -103,7 +103,7 @@ export async function containerClient(loc: BlobLocation, options: ConnectOptions
 }
 
 /** The HTTP status behind an error of a request (a VhdError from the retry policy, or the SDK's own). */
-function statusOf(e: unknown): number | undefined {
+export function statusOf(e: unknown): number | undefined {
   if (e instanceof VhdError) return (typeof e.actual === 'number' ? e.actual : undefined) ?? (e.cause as { statusCode?: number })?.statusCode;
   return (e as { statusCode?: number })?.statusCode;
 }
@@ -166,7 +166,7 @@ export class PageBlob {
         leaseInfinite: p.leaseState === 'leased' && p.leaseDuration === 'infinite',
       };
     } catch (e) {
-      if (e instanceof VhdError && (e.actual === 404 || (e.cause as { statusCode?: number })?.statusCode === 404)) return undefined;
+      if (e instanceof VhdError && statusOf(e) === 404) return undefined;
       throw e;
     }
   }
@@ -211,16 +211,7 @@ export class PageBlob {
    * onto the blob (Azure refuses lease operations then) is LOCKED.
    */
   async acquireLease(id: string, ifMatch?: string, rotate = false): Promise<void> {
-    try {
-      await this.request('acquire lease', (abortSignal) =>
-        this.client.getBlobLeaseClient(id).acquireLease(LEASE_SECONDS, { abortSignal, conditions: ifMatch ? { ifMatch } : undefined }),
-      );
-    } catch (e) {
-      const status = statusOf(e);
-      if (status === 409) throw await this.leasedError();
-      if (status === 412) throw new VhdError(ErrorCodes.LOCKED, `${this.name} was changed by another writer while this upload was planning; run it again`);
-      throw e;
-    }
+    await this.acquire(id, ifMatch);
     let held = id;
     if (rotate) {
       const fresh = randomUUID();
@@ -230,12 +221,7 @@ export class PageBlob {
         if (statusOf(e) !== 409) throw e;
         // Either another rerun switched it first, or our own switch landed and its answer was lost:
         // acquiring with the fresh id succeeds only in the second case.
-        try {
-          await this.request('acquire lease', (abortSignal) => this.client.getBlobLeaseClient(fresh).acquireLease(LEASE_SECONDS, { abortSignal }));
-        } catch (e2) {
-          if (statusOf(e2) === 409) throw await this.leasedError();
-          throw e2;
-        }
+        await this.acquire(fresh);
       }
       held = fresh;
     }
@@ -255,6 +241,20 @@ export class PageBlob {
       ).catch(() => {});
     }, this.renewEveryMs);
     this.renewal.unref?.();
+  }
+
+  /** One Acquire Lease; another writer's lease, or a change since `ifMatch`, is LOCKED. */
+  private async acquire(id: string, ifMatch?: string): Promise<void> {
+    try {
+      await this.request('acquire lease', (abortSignal) =>
+        this.client.getBlobLeaseClient(id).acquireLease(LEASE_SECONDS, { abortSignal, conditions: ifMatch ? { ifMatch } : undefined }),
+      );
+    } catch (e) {
+      const status = statusOf(e);
+      if (status === 409) throw await this.leasedError();
+      if (status === 412) throw new VhdError(ErrorCodes.LOCKED, `${this.name} was changed by another writer while this upload was planning; run it again`);
+      throw e;
+    }
   }
 
   /** Why another writer's lease stops this one, as precisely as the blob's properties tell. */
@@ -456,7 +456,7 @@ export class PageBlob {
       await this.request(`download ${name}`, (abortSignal) => this.sidecar(name).downloadToFile(file, 0, undefined, { abortSignal }));
       return true;
     } catch (e) {
-      if (e instanceof VhdError && e.actual === 404) return false;
+      if (e instanceof VhdError && statusOf(e) === 404) return false;
       throw e;
     }
   }

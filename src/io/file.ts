@@ -32,6 +32,19 @@ export function useBlockingReads(on = true): void {
   blockingReads = on;
 }
 
+/**
+ * A file's quick identity: size, modification time and inode ("missing" when it is gone). Equal
+ * stamps mean the file was not replaced or written in between.
+ */
+export function fileStamp(file: string): string {
+  try {
+    const st = fs.statSync(file);
+    return `${st.size}:${st.mtimeMs}:${st.ino}`;
+  } catch {
+    return 'missing';
+  }
+}
+
 function ioError(e: unknown, file: string, what: string, offset?: number): VhdError {
   const err = e as NodeJS.ErrnoException;
   const reason = err?.code ? `${err.code}: ${err.message.replace(/^[A-Z]+: /, '')}` : String(e);

@@ -186,7 +186,7 @@ function lockAgeMs(file: string): number {
  */
 export function acquireLock(target: string, what: string): () => void {
   const file = lockPath(target);
-  const me = JSON.stringify({ pid: process.pid, host: os.hostname(), what, since: new Date().toISOString() });
+  const me = holderRecord(what);
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
       createLockFile(file, me);
@@ -205,17 +205,8 @@ export function acquireLock(target: string, what: string): () => void {
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
     }
-    let holder: { pid?: number; host?: string; what?: string; since?: string } = {};
-    try {
-      holder = JSON.parse(fs.readFileSync(file, 'utf8'));
-    } catch {
-      // a lock being written right now, or damaged: treat as held unless it stays unreadable
-    }
-    const sameHost = holder.host === os.hostname();
-    // An empty lock: its creator was killed between creating and writing it (only possible where
-    // hard links are missing, see createLockFile), or it is being written right now: stale after 5 s.
-    const empty = holder.pid === undefined && lockAgeMs(file) > 5000;
-    if (empty || (holder.pid !== undefined && sameHost && !alive(holder.pid))) {
+    const holder = readHolder(file) ?? {};
+    if (lockIsStale(holder, file)) {
       fs.rmSync(file, { force: true }); // the holder was killed: take over
       continue;
     }
@@ -239,12 +230,27 @@ function lockedBy(target: string, holder: Holder, file: string): VhdError {
   );
 }
 
+function holderRecord(what: string): string {
+  return JSON.stringify({ pid: process.pid, host: os.hostname(), what, since: new Date().toISOString() } satisfies Holder);
+}
+
+/** A lock or mark's content; undefined when the file is gone, {} while it is being written or damaged. */
 function readHolder(file: string): Holder | undefined {
   try {
     return JSON.parse(fs.readFileSync(file, 'utf8')) as Holder;
   } catch (e) {
     return (e as NodeJS.ErrnoException).code === 'ENOENT' ? undefined : {};
   }
+}
+
+/**
+ * Whether the exclusive lock's holder is gone: a process of this host that no longer runs, or an
+ * empty lock older than 5 s (its creator was killed between creating and writing it, only possible
+ * where hard links are missing, see createLockFile; younger, it is being written right now).
+ */
+function lockIsStale(holder: Holder, file: string): boolean {
+  if (holder.pid === undefined) return lockAgeMs(file) > 5000;
+  return holder.host === os.hostname() && !alive(holder.pid);
 }
 
 const READ_INFIX = '.vhdkit-read.';
@@ -293,7 +299,7 @@ export function acquireSharedLock(target: string, what: string): () => void {
   const dir = path.dirname(path.resolve(target));
   // A random part in the name: a mark left by a killed process whose pid this one now has never collides.
   const mine = path.join(dir, `${path.basename(target)}${READ_INFIX}${process.pid}.${randomBytes(6).toString('hex')}`);
-  fs.writeFileSync(mine, JSON.stringify({ pid: process.pid, host: os.hostname(), what, since: new Date().toISOString() }), { flag: 'wx', mode: 0o644 });
+  fs.writeFileSync(mine, holderRecord(what), { flag: 'wx', mode: 0o644 });
   ownMarks.add(mine);
   let released = false;
   const release = () => {
@@ -307,9 +313,7 @@ export function acquireSharedLock(target: string, what: string): () => void {
     const file = lockPath(target);
     const holder = readHolder(file);
     if (holder) {
-      const empty = holder.pid === undefined && lockAgeMs(file) > 5000;
-      const gone = empty || (holder.pid !== undefined && holder.host === os.hostname() && !alive(holder.pid));
-      if (!gone) throw lockedBy(target, holder, file);
+      if (!lockIsStale(holder, file)) throw lockedBy(target, holder, file);
       // A merge killed mid-way left its lock: the disk's pending journal (checked when it is
       // opened) is what stops readers then; the lock itself is stale.
       fs.rmSync(file, { force: true });

@@ -34,10 +34,11 @@ import type { VirtualDisk } from '../disk/source.js';
 import { makeFooter } from '../disk/writer.js';
 import { encodeFooter, MAX_VHD_SIZE } from '../format/footer.js';
 import { alignedBuffer, isZero } from '../io/aligned.js';
+import { fileStamp } from '../io/file.js';
 import { getPool } from '../pool/pool.js';
 import type { DiskRef } from '../pool/tasks.js';
 import { type BlobLocation, type ConnectOptions, parseDestination, publicUrl, siblingLocation } from '../azure/destination.js';
-import { type BlobProps, containerClient, MAX_PAGE_WRITE, newCounters, PageBlob } from '../azure/pageblob.js';
+import { type BlobProps, containerClient, MAX_PAGE_WRITE, newCounters, PageBlob, statusOf } from '../azure/pageblob.js';
 import type { RetryOptions } from '../azure/retry.js';
 import { throwIfAborted, type OperationOptions } from './common.js';
 import { azureSize } from './convert.js';
@@ -184,9 +185,11 @@ class UploadJournal {
   leaseId: string;
   /** The id came from a killed run: switch the lease to a fresh one as soon as it is held (two reruns may have read it). */
   orphan: boolean;
+  /** What a previous run left (read once: from here on only this run writes the file). */
+  private readonly found: LocalJournal | undefined;
   constructor(dir: string, destination: string) {
     this.file = path.join(dir, `${createHash('sha256').update(destination).digest('hex').slice(0, 32)}.json`);
-    const j = this.load();
+    const j = (this.found = this.load());
     this.orphan =
       typeof j?.lease === 'string' && /^[0-9a-f-]{36}$/.test(j.lease) && j.host === os.hostname() && typeof j.pid === 'number' && j.pid !== process.pid && !alive(j.pid);
     this.leaseId = this.orphan ? j!.lease! : randomUUID();
@@ -199,8 +202,9 @@ class UploadJournal {
       return undefined;
     }
   }
+  /** The watermark a previous run of this plan saved (0 if none). */
   read(plan: string): number {
-    const j = this.load();
+    const j = this.found;
     return j && j.plan === plan && Number.isSafeInteger(j.done) ? j.done : 0;
   }
   write(destination: string, plan: string, done: number): void {
@@ -328,15 +332,7 @@ export async function upload(file: string, destination: string, options: UploadO
     },
   });
   const chainFiles = disk instanceof VhdImage ? disk.chain.map((d) => d.source.name) : [file];
-  const statOf = (f: string) => {
-    try {
-      const st = fs.statSync(f);
-      return `${st.size}:${st.mtimeMs}:${st.ino}`;
-    } catch {
-      return 'missing';
-    }
-  };
-  const opened = chainFiles.map(statOf);
+  const opened = chainFiles.map(fileStamp);
   const releases: Array<() => void> = [];
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'vhdkit-upload-'));
   try {
@@ -355,7 +351,7 @@ export async function upload(file: string, destination: string, options: UploadO
     // what was read of its structure may be stale.
     for (const [i, f] of chainFiles.entries()) {
       if (hasPendingMerge(f)) throw new VhdError(ErrorCodes.MERGE_PENDING, 'a merge into it began while this upload opened it; complete it (vhdkit merge --resume), then upload', { file: f });
-      if (statOf(f) !== opened[i]) throw new VhdError(ErrorCodes.LOCKED, 'it changed while this upload opened it (a merge?); run the upload again', { file: f });
+      if (fileStamp(f) !== opened[i]) throw new VhdError(ErrorCodes.LOCKED, 'it changed while this upload opened it (a merge?); run the upload again', { file: f });
     }
     return await run();
   } finally {
@@ -549,8 +545,8 @@ export async function upload(file: string, destination: string, options: UploadO
         } catch (e) {
           // There already: made by another writer meanwhile, or by an attempt of ours whose
           // response was lost. Whose it is shows below, under the lease.
-          const status = e instanceof VhdError ? e.actual : undefined;
-          if (status !== 409 && status !== 412) throw e;
+          const status = statusOf(e);
+          if (!(e instanceof VhdError) || (status !== 409 && status !== 412)) throw e;
         }
         if (copy) await blob.waitForCopy();
         await leased();

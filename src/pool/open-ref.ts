@@ -2,7 +2,7 @@
  * Opening a DiskRef, with a small per-thread cache. An entry stays valid while every file of the
  * disk's chain keeps its size, mtime and inode: a parent changed under an unchanged child reopens.
  */
-import fs from 'node:fs';
+import { fileStamp } from '../io/file.js';
 import type { VirtualDisk } from '../disk/source.js';
 import { VhdImage } from '../disk/image.js';
 import { openAny } from '../ops/open.js';
@@ -18,16 +18,7 @@ const cache = new Map<string, Entry>();
 const MAX_OPEN = 16;
 
 function stampOf(files: string[]): string {
-  return files
-    .map((f) => {
-      try {
-        const st = fs.statSync(f);
-        return `${st.size}:${st.mtimeMs}:${st.ino}`;
-      } catch {
-        return 'missing';
-      }
-    })
-    .join('|');
+  return files.map(fileStamp).join('|');
 }
 
 function drop(key: string): void {
