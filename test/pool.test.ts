@@ -25,6 +25,7 @@ import { FileSink } from '../src/io/file.js';
 import { diff } from '../src/ops/diff.js';
 import { hash } from '../src/ops/hash.js';
 import { defaultWorkers, destroyPool, getPool, INLINE_BELOW } from '../src/pool/pool.js';
+import { packTasks, TASK_BYTES } from '../src/pool/schedule.js';
 import { fixturesDir, repoRoot, tmpDir, runProcess, type ProcessRun } from './helpers.js';
 
 vi.setConfig({ testTimeout: 120_000, hookTimeout: 120_000 });
@@ -362,6 +363,50 @@ describe('workers 0 and 2 are equivalent; pool sizes', () => {
     expect(d0.bytesCompared).toBe(112 * BLOCK);
   });
 
+  it('packTasks: small ranges share a task of at most max bytes, in order; long ranges are cut at the task size', () => {
+    const every2 = Array.from({ length: 40 }, (_, i): [number, number] => [i * 2 * BLOCK, i * 2 * BLOCK + BLOCK]);
+    const tasks = packTasks(every2, TASK_BYTES);
+    expect(tasks.map((t) => t.length)).toEqual([16, 16, 8]);
+    expect(tasks.flat()).toEqual(every2);
+    const long = packTasks([[0, BLOCK], [10 * BLOCK, 10 * BLOCK + 40 * MiB], [90 * MiB, 90 * MiB + 512]], TASK_BYTES);
+    expect(long).toEqual([
+      [[0, BLOCK], [10 * BLOCK, 10 * BLOCK + 30 * MiB]],
+      [[10 * BLOCK + 30 * MiB, 10 * BLOCK + 40 * MiB], [90 * MiB, 90 * MiB + 512]],
+    ]);
+    expect(packTasks([], TASK_BYTES)).toEqual([]);
+  });
+
+  it('scattered blocks (every other one, zero chunks inside some): the same digest and manifest bytes at 0 and 2 workers and from the raw form', async () => {
+    // 48 blocks of 2 MiB, every other block of a 192 MiB disk: tasks hold 16 separate ranges each.
+    const vhd = path.join(dir, 'scattered.vhd');
+    const raw = path.join(dir, 'scattered.raw');
+    const virtualSize = 96 * 2 * BLOCK;
+    const sink = await FileSink.open(vhd, 'wx');
+    const w = await DynamicWriter.create(sink, { virtualSize, blockSize: BLOCK, uuid: crypto.randomBytes(16) });
+    const flat = Buffer.alloc(virtualSize);
+    const data = new Uint8Array(BLOCK);
+    for (let blk = 1; blk < 96; blk += 2) {
+      crypto.randomFillSync(data);
+      if (blk % 3 === 0) data.fill(0, 65536 * (blk % 32), 65536 * (blk % 32) + 65536); // one zero chunk
+      await w.writeBlock(blk, data);
+      flat.set(data, blk * BLOCK);
+    }
+    await w.finish();
+    await sink.close();
+    fs.writeFileSync(raw, flat);
+    const out = outDir('scattered');
+    const r0 = await hash(vhd, { workers: 0, manifest: path.join(out, 'm0') });
+    const r2 = await hash(vhd, { workers: 2, manifest: path.join(out, 'm2') });
+    const rr = await hash(raw, { workers: 2, manifest: path.join(out, 'mr') });
+    expect(r2.digest).toBe(r0.digest);
+    expect(rr.digest).toBe(r0.digest);
+    expect(r0.bytesRead).toBe(48 * BLOCK);
+    expect(r0.zeroChunks).toBe(r0.chunks - 48 * 32 + 16);
+    const m0 = fs.readFileSync(path.join(out, 'm0'));
+    expect(fs.readFileSync(path.join(out, 'm2')).equals(m0)).toBe(true);
+    expect(fs.readFileSync(path.join(out, 'mr')).equals(m0)).toBe(true);
+  });
+
   it('getPool({workers: N}) reports N workers (0 = inline), the default is the cores, the same size gives the same pool', () => {
     expect(getPool({ workers: 0 }).workers).toBe(0);
     const p1 = getPool({ workers: 1 });
@@ -404,7 +449,7 @@ describe('workers 0 and 2 are equivalent; pool sizes', () => {
         req(main.replace(/main\\.js$/, 'worker.js'));
         const before = Object.keys(req.cache).filter((k) => k.includes('piscina')).length;
         const w = await import(${JSON.stringify(pathToFileURL(path.join(repoRoot, 'dist/pool/worker.js')).href)});
-        const task = { disk: { file: ${JSON.stringify(A)}, format: 'vhd' }, chunkSize: 65536, start: 0, end: 4 * 1024 * 1024 };
+        const task = { disk: { file: ${JSON.stringify(A)}, format: 'vhd' }, chunkSize: 65536, ranges: [[0, 4 * 1024 * 1024]] };
         const r = await w.hash(task);
         const value = r[Symbol.for('Piscina.valueOf')];
         const buffers = r[Symbol.for('Piscina.transferable')];

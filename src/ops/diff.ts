@@ -21,7 +21,7 @@ import { checkWorkers, poolFor } from '../pool/pool.js';
 import type { DiffTask, DiskRef } from '../pool/tasks.js';
 import { throwIfAborted, type OperationOptions } from './common.js';
 import { newUuid, parentLinkFor } from './create.js';
-import { orderedWindow, TASK_BYTES } from '../pool/schedule.js';
+import { orderedWindow, packTasks, TASK_BYTES } from '../pool/schedule.js';
 import { openAny, sameFile, type OpenDiskOptions } from './open.js';
 
 export interface DiffOptions extends OperationOptions, OpenDiskOptions {
@@ -77,29 +77,6 @@ async function candidates(a: VirtualDisk, b: VirtualDisk): Promise<{ ranges: Ran
     if (viaA) return { ranges: viaA, method: 'bitmap' };
   }
   return { ranges: normalizeRanges([...a.dataRanges(), ...b.dataRanges()]), method: 'compare' };
-}
-
-/** Splits ranges into tasks holding about `max` bytes each (several small ranges per task). */
-function packTasks(ranges: Range[], max: number): Range[][] {
-  const tasks: Range[][] = [];
-  let cur: Range[] = [];
-  let size = 0;
-  for (const [a0, b] of ranges) {
-    let a = a0;
-    while (a < b) {
-      const n = Math.min(b - a, max - size);
-      cur.push([a, a + n]);
-      size += n;
-      a += n;
-      if (size >= max) {
-        tasks.push(cur);
-        cur = [];
-        size = 0;
-      }
-    }
-  }
-  if (cur.length > 0) tasks.push(cur);
-  return tasks;
 }
 
 export async function diff(oldFile: string, newFile: string, options: DiffOptions = {}): Promise<DiffResult> {

@@ -13,7 +13,7 @@ import { isPowerOfTwo } from '../format/header.js';
 import { writeAtomically, type FileSink } from '../io/file.js';
 import { checkWorkers, poolFor } from '../pool/pool.js';
 import { type DiskRef, type HashTask, type HashTaskResult, READ_UNIT } from '../pool/tasks.js';
-import { orderedWindow, splitRanges, TASK_BYTES } from '../pool/schedule.js';
+import { orderedWindow, packTasks, TASK_BYTES } from '../pool/schedule.js';
 import { throwIfAborted, type OperationOptions } from './common.js';
 import { openAny, type OpenDiskOptions, type SourceFormat } from './open.js';
 
@@ -69,7 +69,8 @@ export async function hash(file: string, options: HashOptions = {}): Promise<Has
   const chunks = Math.ceil(virtualSize / chunkSize);
   const total = totalLength(ranges);
   const pool = poolFor(total, { workers: options.workers });
-  const tasks = splitRanges(ranges, TASK_BYTES, chunkSize).map(([start, end]): HashTask => ({ disk: ref, chunkSize, start, end }));
+  // Tasks of TASK_BYTES of data (a multiple of every chunk size), small ranges packed together.
+  const tasks = packTasks(ranges, TASK_BYTES).map((rs): HashTask => ({ disk: ref, chunkSize, ranges: rs }));
 
   const { create64 } = await xxhash();
   const digest = create64(0n);
@@ -87,28 +88,32 @@ export async function hash(file: string, options: HashOptions = {}): Promise<Has
   let bytesRead = 0;
 
   const fold = async (task: HashTask, r: HashTaskResult, sink?: FileSink) => {
-    const first = task.start / chunkSize;
-    const n = r.hashes.length;
-    const records = new Uint8Array(n * 16);
-    const rv = new DataView(records.buffer);
-    let k = 0;
-    for (let i = 0; i < n; i++) {
-      if (r.zero[i]) continue;
-      const index = first + i;
-      zeroFlags[index >>> 3] &= ~(1 << (index & 7));
-      zeroChunks--;
-      rv.setBigUint64(k, BigInt(index), true);
-      rv.setBigUint64(k + 8, r.hashes[i], true);
-      k += 16;
-    }
-    digest.update(records.subarray(0, k));
-    if (sink && k > 0) {
-      // Zero chunks were never hashed: their lanes are 0, as the format wants. The lanes are host
-      // order, and the manifest little endian: every platform Node supports is little endian.
-      await sink.write(new Uint8Array(r.hashes.buffer, r.hashes.byteOffset, n * 8), 64 + first * 8);
+    let i = 0;
+    for (const [start, end] of task.ranges) {
+      const first = start / chunkSize;
+      const n = Math.ceil((end - start) / chunkSize);
+      const records = new Uint8Array(n * 16);
+      const rv = new DataView(records.buffer);
+      let k = 0;
+      for (let c = 0; c < n; c++) {
+        if (r.zero[i + c]) continue;
+        const index = first + c;
+        zeroFlags[index >>> 3] &= ~(1 << (index & 7));
+        zeroChunks--;
+        rv.setBigUint64(k, BigInt(index), true);
+        rv.setBigUint64(k + 8, r.hashes[i + c], true);
+        k += 16;
+      }
+      digest.update(records.subarray(0, k));
+      if (sink && k > 0) {
+        // Zero chunks were never hashed: their lanes are 0, as the format wants. The lanes are host
+        // order, and the manifest little endian: every platform Node supports is little endian.
+        await sink.write(new Uint8Array(r.hashes.buffer, r.hashes.byteOffset + i * 8, n * 8), 64 + first * 8);
+      }
+      i += n;
+      done += end - start;
     }
     bytesRead += r.bytes;
-    done += task.end - task.start;
     options.onProgress?.({ done, total });
   };
 

@@ -17,13 +17,15 @@ export interface DiskRef {
 export interface HashTask {
   disk: DiskRef;
   chunkSize: number;
-  /** Byte range of the virtual disk, chunk aligned at the start; `end` is a chunk boundary or the disk end. */
-  start: number;
-  end: number;
+  /**
+   * Byte ranges of the virtual disk, in order: each starts on a chunk boundary and ends on one or at
+   * the disk's end.
+   */
+  ranges: Array<[number, number]>;
 }
 
 export interface HashTaskResult {
-  /** xxh64 of each chunk in [start, end), in order (bigint lanes). */
+  /** xxh64 of each chunk of the ranges, in order (bigint lanes). */
   hashes: BigUint64Array;
   /** 1 where the chunk is all zeros (its hash is then the zero chunk's, computed once). */
   zero: Uint8Array;
@@ -61,8 +63,8 @@ export interface TaskError {
 export const READ_UNIT = 8 * 1024 * 1024;
 
 /**
- * Hashes the chunks of [task.start, task.end): reads several chunks at a time into `buffer` and
- * calls `hashAt(offset, length)` to hash a chunk where it lies in that buffer.
+ * Hashes the chunks of the task's ranges: reads several chunks at a time into `buffer` and calls
+ * `hashAt(offset, length)` to hash a chunk where it lies in that buffer.
  */
 export async function runHashTask(
   task: HashTask,
@@ -70,22 +72,29 @@ export async function runHashTask(
   buffer: Uint8Array,
   hashAt: (offset: number, length: number) => bigint,
 ): Promise<HashTaskResult> {
-  const { chunkSize, start, end } = task;
-  const chunks = Math.ceil((end - start) / chunkSize);
+  const { chunkSize } = task;
+  let chunks = 0;
+  let bytes = 0;
+  for (const [start, end] of task.ranges) {
+    chunks += Math.ceil((end - start) / chunkSize);
+    bytes += end - start;
+  }
   const hashes = new BigUint64Array(chunks);
   const zero = new Uint8Array(chunks);
   const perRead = Math.max(1, Math.floor(buffer.length / chunkSize));
   let chunk = 0;
-  for (let pos = start; pos < end; pos += perRead * chunkSize) {
-    const len = Math.min(perRead * chunkSize, end - pos);
-    await disk.read(buffer.subarray(0, len), pos);
-    for (let o = 0; o < len; o += chunkSize, chunk++) {
-      const n = Math.min(chunkSize, len - o);
-      if (isZero(buffer.subarray(o, o + n))) zero[chunk] = 1;
-      else hashes[chunk] = hashAt(o, n);
+  for (const [start, end] of task.ranges) {
+    for (let pos = start; pos < end; pos += perRead * chunkSize) {
+      const len = Math.min(perRead * chunkSize, end - pos);
+      await disk.read(buffer.subarray(0, len), pos);
+      for (let o = 0; o < len; o += chunkSize, chunk++) {
+        const n = Math.min(chunkSize, len - o);
+        if (isZero(buffer.subarray(o, o + n))) zero[chunk] = 1;
+        else hashes[chunk] = hashAt(o, n);
+      }
     }
   }
-  return { hashes, zero, bytes: end - start };
+  return { hashes, zero, bytes };
 }
 
 /** Compares two disks over `ranges`, sector by sector; returns the changed sector ranges. */
