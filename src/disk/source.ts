@@ -17,6 +17,7 @@ export interface VirtualDisk {
 /** A raw image: the bytes of the file are the disk. A size that is not a whole sector reads as zero-padded. */
 export class RawDisk implements VirtualDisk {
   readonly virtualSize: number;
+  private ranges?: Range[];
   constructor(readonly source: ByteSource) {
     this.virtualSize = Math.ceil(source.size / 512) * 512;
   }
@@ -28,8 +29,21 @@ export class RawDisk implements VirtualDisk {
     if (inFile > 0) await this.source.read(into.subarray(0, inFile), position);
     if (inFile < into.length) into.fill(0, inFile);
   }
+  /** The whole disk, or, for a sparse file whose holes the source can tell, its data extents to the sector. */
   dataRanges(): Range[] {
-    return this.virtualSize > 0 ? [[0, this.virtualSize]] : [];
+    if (this.ranges) return this.ranges;
+    const extents = this.source.dataExtents?.();
+    if (!extents) return (this.ranges = this.virtualSize > 0 ? [[0, this.virtualSize]] : []);
+    const out: Range[] = [];
+    for (const [a, b] of extents) {
+      const start = Math.floor(a / 512) * 512;
+      const end = Math.min(this.virtualSize, Math.ceil(b / 512) * 512);
+      if (end <= start) continue;
+      const last = out[out.length - 1];
+      if (last && start <= last[1]) last[1] = Math.max(last[1], end);
+      else out.push([start, end]);
+    }
+    return (this.ranges = out);
   }
   close(): Promise<void> {
     return this.source.close();

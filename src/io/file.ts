@@ -4,7 +4,9 @@
  */
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
+import { createRequire } from 'node:module';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { ErrorCodes, VhdError } from '../errors.js';
 import type { ByteSink, ByteSource, SourceResolver } from './types.js';
 
@@ -44,6 +46,42 @@ export function fileStamp(file: string): string {
     return 'missing';
   }
 }
+
+/**
+ * The native helper (src/io/native/extents.c, built into dist/io/extents.node when the machine has
+ * a C compiler): a file's data extents by lseek SEEK_DATA/SEEK_HOLE. null when it is not there.
+ */
+type ExtentsFn = (fd: number, start: number, end: number, max: number) => Float64Array | undefined;
+let nativeExtents: ExtentsFn | null | undefined;
+
+function extentsHelper(): ExtentsFn | null {
+  if (nativeExtents !== undefined) return nativeExtents;
+  try {
+    // From the sources (tests), the build's copy in dist/ is used, as for the pool's worker.
+    const here = import.meta.url;
+    const file = fileURLToPath(here.endsWith('.ts') ? new URL('../../dist/io/extents.node', here) : new URL('./extents.node', here));
+    const fn = (createRequire(here)(file) as { extents?: ExtentsFn }).extents;
+    nativeExtents = typeof fn === 'function' ? fn : null;
+  } catch {
+    nativeExtents = null;
+  }
+  return nativeExtents;
+}
+
+/** True when this build can find the holes of sparse files (the native helper is built and loads). */
+export function canFindHoles(): boolean {
+  return extentsHelper() !== null;
+}
+
+/**
+ * Holes shorter than this between two data extents are read rather than skipped: reading a little
+ * zero-filled memory costs less than cutting the work at every small hole, and it bounds the list
+ * (at most one range per MiB of file).
+ */
+export const HOLE_MIN = 1024 * 1024;
+
+/** Extents asked of the helper per call. */
+const EXTENTS_PER_CALL = 65536;
 
 function ioError(e: unknown, file: string, what: string, offset?: number): VhdError {
   const err = e as NodeJS.ErrnoException;
@@ -110,6 +148,34 @@ export class FileSink implements ByteSink {
     } catch (e) {
       throw ioError(e, this.name, `read of ${into.length} bytes`, position);
     }
+  }
+
+  /**
+   * Where the file's data is: sorted, disjoint [start, end) byte ranges outside which the file
+   * reads as zeros (its holes), holes under HOLE_MIN not counted. undefined when that cannot be
+   * told (no native helper, a file system without SEEK_DATA): every byte may then be data.
+   */
+  dataExtents(): Array<[number, number]> | undefined {
+    const fn = extentsHelper();
+    if (!fn) return undefined;
+    const out: Array<[number, number]> = [];
+    let pos = 0;
+    try {
+      while (pos < this.length) {
+        const r = fn(this.fd, pos, this.length, EXTENTS_PER_CALL);
+        if (r === undefined) return undefined;
+        for (let i = 0; i < r.length; i += 2) {
+          const last = out[out.length - 1];
+          if (last && r[i] - last[1] < HOLE_MIN) last[1] = r[i + 1];
+          else out.push([r[i], r[i + 1]]);
+        }
+        if (r.length < EXTENTS_PER_CALL * 2) break;
+        pos = r[r.length - 1];
+      }
+    } catch (e) {
+      throw ioError(e, this.name, 'lseek(SEEK_DATA)', pos);
+    }
+    return out;
   }
 
   async write(from: Uint8Array, position: number): Promise<void> {

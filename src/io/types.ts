@@ -14,6 +14,11 @@ export interface ByteSource {
   read(into: Uint8Array, position: number): Promise<void>;
   /** Reads up to `into.length` bytes; returns how many were read (less only at the end). */
   readAt(into: Uint8Array, position: number): Promise<number>;
+  /**
+   * Optional: sorted, disjoint [start, end) ranges outside which the source reads as zeros (a sparse
+   * file's data extents); undefined when unknown.
+   */
+  dataExtents?(): Array<[number, number]> | undefined;
   close(): Promise<void>;
 }
 
