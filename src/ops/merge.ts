@@ -106,7 +106,12 @@ const TASKS_PER_WORKER = 4;
 const MAX_COPIES_PER_TASK = 16384;
 /** Tasks given to the main thread at once: the next one queued, so its lanes never wait for a task. */
 const INLINE_WINDOW = 2;
-/** Dirty data started on its way to the disk every this many bytes. */
+/**
+ * Dirty data started on its way to the disk every this many bytes (an fdatasync in the background
+ * while the copy goes on). Measured against no sync until the end (6 interleaved warm runs of the
+ * 256 MiB bench child): engine median 0.21 s with it, 0.30 s without, 0.26 s with
+ * sync_file_range(SYNC_FILE_RANGE_WRITE) instead; from a cold cache no difference beyond noise.
+ */
 const SYNC_EVERY = 32 * MiB;
 /** Without `workers`: a child file smaller than this is merged on the main thread (see "Main thread or pool" above). */
 const POOL_MIN_BYTES = 4096 * MiB;
