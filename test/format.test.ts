@@ -35,6 +35,7 @@ import {
   baseName,
   bitmapByteSize,
   chsForSectors,
+  allocatedIndices,
   countAllocated,
   dateToVhdTimestamp,
   decodeBat,
@@ -1247,6 +1248,22 @@ describe('block allocation table', () => {
         expect(bytes.subarray(entries.length * 4).every((x) => x === 0xff)).toBe(true);
         for (let i = 0; i < entries.length; i++) expect(getU32(bytes, i * 4)).toBe(entries[i]);
         expect(Array.from(decodeBat(bytes, entries.length))).toEqual(entries);
+      }),
+      { numRuns: 200 },
+    );
+  });
+
+  it('property: allocatedIndices and countAllocated = the entries that are not 0xFFFFFFFF (model; entries ≥ 2^31 count)', () => {
+    fc.assert(
+      fc.property(fc.array(fc.oneof(batEntry, fc.constant(0x80000000), fc.constant(0xfffffffe)), { maxLength: 400 }), (entries) => {
+        const bat = decodeBat(encodeBat(Uint32Array.from(entries)), entries.length);
+        const model = entries.flatMap((e, i) => (e === BAT_UNUSED ? [] : [i]));
+        expect(Array.from(allocatedIndices(bat))).toEqual(model);
+        expect(countAllocated(bat)).toBe(model.length);
+        // A view into a larger buffer (as a BAT read with its neighbours) gives the same.
+        const wide = new Uint32Array(entries.length + 2).fill(7);
+        wide.set(bat, 1);
+        expect(Array.from(allocatedIndices(wide.subarray(1, 1 + entries.length)))).toEqual(model);
       }),
       { numRuns: 200 },
     );
