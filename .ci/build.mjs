@@ -49,7 +49,7 @@ const onlyYargs = {
 };
 
 /**
- * yargs' ESM platform shim derives two places from its own file: where to start looking upward for
+ * yargs' ESM platform shim imports node:assert for two internal checks, and derives two places from its own file: where to start looking upward for
  * the package.json whose version `--version` prints (the folder above the `node_modules` holding
  * yargs; the current directory when there is none, as in a bundle), and its `locales` folder. Here
  * the first is the bundle's folder (the nearest package.json above dist/cli/ is vhdkit's own), the
@@ -57,6 +57,12 @@ const onlyYargs = {
  */
 const SHIM = /[\\/]yargs[\\/]lib[\\/]platform-shims[\\/]esm\.mjs$/;
 const SHIM_EDITS = [
+  // node:assert (4 ms to load) only for two internal sanity checks: loaded when one fails.
+  [
+    "import { notStrictEqual, strictEqual } from 'assert'",
+    "const notStrictEqual = (a, b, m) => { if (a === b) require('node:assert').notStrictEqual(a, b, m); };\n" +
+      "const strictEqual = (a, b, m) => { if (a !== b) require('node:assert').strictEqual(a, b, m); };",
+  ],
   [
     "const mainFilename = __dirname.substring(0, __dirname.lastIndexOf('node_modules'));",
     "const mainFilename = fileURLToPath(new URL('.', import.meta.url));",
