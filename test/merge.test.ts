@@ -558,6 +558,38 @@ describe('targets of other shapes', () => {
     expectSameBytes(q, g.model, 'qemu-img reading of the grown parent');
   });
 
+  it('new blocks spread over many BAT sectors (neighbouring sectors too): every entry lands, check --strict and qemu-img agree', async () => {
+    const dir = tmpDir('vhdkit-merge-batsec-');
+    const parent = path.join(dir, 'parent.vhd');
+    const child = path.join(dir, 'child.vhd');
+    const bs = 4 * KiB;
+    const size = 8 * MiB; // 2048 entries: 16 BAT sectors of 128 entries
+    const content = new Uint8Array(size);
+    const parentBlocks = [0, 129, 700, 2046];
+    for (const b of parentBlocks) content.set(randomBytes(bs, 100 + b), b * bs);
+    await writeDynamic(parent, content, bs, parentBlocks);
+    // New blocks: alone in their sector, in neighbouring sectors (127 | 128, 255 | 256 | 384), the
+    // last entry; and one sector into an existing block.
+    const newBlocks = [3, 127, 128, 255, 256, 384, 1000, 1001, 2047];
+    const spb = bs / SECTOR;
+    const own = sectorsFrom([...newBlocks.map((b, i): [number, number, number] => [b * spb + (i % (spb - 1)), 2, 300 + i]), [129 * spb + 3, 1, 999]], size / SECTOR);
+    await writeChild(child, parent, size, bs, own);
+    const model = overlay(content, size, own);
+    const r = await merge(child, { force: true });
+    expect(r.blocksAllocated).toBe(newBlocks.length);
+    expect(r.blocksUpdated).toBe(1);
+    const img = await openDisk(parent, { resolveParents: false });
+    try {
+      for (const b of [...parentBlocks, ...newBlocks]) expect(img.bat![b], `BAT entry ${b}`).not.toBe(0xffffffff);
+      expect(img.allocated.length).toBe(parentBlocks.length + newBlocks.length);
+    } finally {
+      await img.close();
+    }
+    expectSameBytes(await readVirtual(parent), model, 'merged parent');
+    expect(cli(['check', '--strict', 'parent.vhd'], dir).code).toBe(0);
+    if (hasQemu) expectSameBytes(qemuRaw(parent), model, 'qemu-img reading of the merged parent');
+  });
+
   it('refuses a child larger than a fixed target, leaving it untouched', async () => {
     const dir = tmpDir('vhdkit-merge-fixed-grow-');
     const parent = path.join(dir, 'fixed.vhd');

@@ -788,19 +788,45 @@ function* sourcePieces(source: VhdImage, start: number, end: number): Generator<
   }
 }
 
-/** Writes the BAT entries of new blocks, one write per BAT sector touched. */
+/** BAT writes in flight at once while the entries of new blocks are written. */
+const BAT_WRITES_IN_FLIGHT = 16;
+
+/**
+ * Writes the BAT entries of new blocks: each run of neighbouring BAT sectors touched is read, its
+ * entries set, and written back; runs go BAT_WRITES_IN_FLIGHT at a time. (New blocks spread over a
+ * 2000 GiB disk's 4 MiB BAT touch as many sectors as blocks: one at a time, 64 of them took ~20 ms.)
+ * Sector by sector, not from the BAT in memory: the bytes of the table's last sector past its
+ * entries stay as the file has them.
+ */
 async function writeBatEntries(sink: FileSink, tableOffset: number, entries: Map<number, number>): Promise<void> {
-  const bySector = new Map<number, Array<[number, number]>>();
-  for (const [b, s] of entries) {
-    const sec = Math.floor(b / 128);
-    if (!bySector.has(sec)) bySector.set(sec, []);
-    bySector.get(sec)!.push([b, s]);
+  const sectors = [...new Set([...entries.keys()].map((b) => Math.floor(b / 128)))].sort((x, y) => x - y);
+  const runs: Array<[number, number]> = [];
+  for (const sec of sectors) {
+    const last = runs[runs.length - 1];
+    if (last && last[1] === sec) last[1] = sec + 1;
+    else runs.push([sec, sec + 1]);
   }
-  const buf = new Uint8Array(512);
-  const view = new DataView(buf.buffer);
-  for (const [sec, list] of [...bySector].sort((x, y) => x[0] - y[0])) {
-    await sink.read(buf, tableOffset + sec * 512);
-    for (const [b, s] of list) view.setUint32((b % 128) * 4, s);
-    await sink.write(buf, tableOffset + sec * 512);
-  }
+  let next = 0;
+  let failed = false;
+  const lane = async () => {
+    while (next < runs.length && !failed) {
+      const [first, end] = runs[next++];
+      const buf = new Uint8Array((end - first) * 512);
+      const view = new DataView(buf.buffer);
+      try {
+        await sink.read(buf, tableOffset + first * 512);
+        for (let b = first * 128; b < end * 128; b++) {
+          const s = entries.get(b);
+          if (s !== undefined) view.setUint32((b - first * 128) * 4, s);
+        }
+        await sink.write(buf, tableOffset + first * 512);
+      } catch (e) {
+        failed = true;
+        throw e;
+      }
+    }
+  };
+  const settled = await Promise.allSettled(Array.from({ length: Math.min(BAT_WRITES_IN_FLIGHT, runs.length) }, lane));
+  const rejected = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (rejected) throw rejected.reason;
 }
