@@ -2,9 +2,10 @@
 /**
  * Third step of `npm run build`: compiles src/io/native/extents.c (where a sparse raw file's data
  * is, by lseek SEEK_DATA/SEEK_HOLE) into dist/io/extents.node with the system's C compiler ($CC or
- * cc) against the Node-API headers installed with Node. It is an optimisation only: without a
- * compiler or the headers (or on Windows) this prints one line and the build goes on; vhdkit then
- * reads raw files whole, holes included, with the same results.
+ * cc) against the Node-API headers installed with Node (or node-gyp's copy of them). It is an
+ * optimisation only: without a compiler or the headers (or on Windows) this prints one line, writes
+ * the reason to dist/io/extents.skipped and the build goes on; vhdkit then reads raw files whole,
+ * holes included, with the same results.
  */
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -15,8 +16,12 @@ import { fileURLToPath } from 'node:url';
 const root = path.resolve(fileURLToPath(new URL('..', import.meta.url)));
 const source = path.join(root, 'src/io/native/extents.c');
 const out = path.join(root, 'dist/io/extents.node');
+// Why the helper was not built, for the tests and CI to read (removed when it is built).
+const skipped = path.join(root, 'dist/io/extents.skipped');
 const skip = (why) => {
   fs.rmSync(out, { force: true });
+  fs.mkdirSync(path.dirname(skipped), { recursive: true });
+  fs.writeFileSync(skipped, `${why}\n`);
   console.log(`vhdkit build: native extents helper not built (${why}); sparse raw files will be read whole`);
   process.exit(0);
 };
@@ -40,3 +45,4 @@ if (r.error || r.status !== 0) {
   skip(`${cc} ${r.error ? `could not run: ${r.error.message}` : `failed: ${(r.stderr || '').trim().split('\n')[0]}`}`);
 }
 fs.renameSync(aside, out); // whole or not at all, as the bin
+fs.rmSync(skipped, { force: true });

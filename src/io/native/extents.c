@@ -7,14 +7,17 @@
  *   extents(fd, start, end, max) -> Float64Array [s0, e0, s1, e1, ...] | undefined
  *
  * The data ranges of [start, end), in order, at most `max` of them (call again from the last end for
- * more). undefined when the file system cannot tell (EINVAL, ENOTSUP, ESPIPE: lseek without
- * SEEK_DATA): the caller then reads everything. Other errors throw, with the errno name as `code`.
+ * more). undefined when the file system cannot tell (EINVAL, ENOTSUP, EOPNOTSUPP, ENOSYS, ESPIPE:
+ * lseek without SEEK_DATA; EOVERFLOW: an offset this build cannot hold): the caller then reads
+ * everything. Other errors throw, with the errno name as `code`.
  * The descriptor's file offset moves; vhdkit reads and writes at explicit positions only.
  *
  * Built by .ci/native.mjs as dist/io/extents.node (Node-API: one binary for every Node version).
  */
 #define _GNU_SOURCE
+#define _FILE_OFFSET_BITS 64 /* 64-bit off_t on 32-bit hosts too (armv7l) */
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -28,17 +31,23 @@
     }                                                                    \
   } while (0)
 
-/* The errno's symbolic name (EBADF, EIO, ...), as Node names errors. */
-static const char *errno_name(int e) {
-#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 32))
-  const char *name = strerrorname_np(e);
-  if (name) return name;
-#endif
+/* Errors that mean "this file system (or build) cannot say where the holes are". */
+static int cannot_tell(int e) {
+  return e == EINVAL || e == ENOTSUP || e == EOPNOTSUPP || e == ENOSYS || e == ESPIPE || e == EOVERFLOW;
+}
+
+/* The errno's symbolic name, as Node names errors (EBADF, EIO, ...); "ERRNO_<n>" for others. */
+static const char *errno_name(int e, char *scratch, size_t size) {
   switch (e) {
     case EBADF: return "EBADF";
     case EIO: return "EIO";
-    case EOVERFLOW: return "EOVERFLOW";
-    default: return "EIO";
+    case ENXIO: return "ENXIO";
+    case EACCES: return "EACCES";
+    case EPERM: return "EPERM";
+    case ENOMEM: return "ENOMEM";
+    case EINTR: return "EINTR";
+    case EAGAIN: return "EAGAIN";
+    default: snprintf(scratch, size, "ERRNO_%d", e); return scratch;
   }
 }
 
@@ -71,7 +80,7 @@ static napi_value extents(napi_env env, napi_callback_info info) {
     off_t d = lseek(fd, pos, SEEK_DATA);
     if (d < 0) {
       if (errno == ENXIO) break; /* no data at or after pos */
-      if (errno == EINVAL || errno == ENOTSUP || errno == ESPIPE) {
+      if (cannot_tell(errno)) {
         napi_get_undefined(env, &out);
         return out;
       }
@@ -79,7 +88,13 @@ static napi_value extents(napi_env env, napi_callback_info info) {
     }
     if (d >= end) break;
     off_t h = lseek(fd, d, SEEK_HOLE);
-    if (h < 0) goto fail;
+    if (h < 0) {
+      if (cannot_tell(errno)) {
+        napi_get_undefined(env, &out);
+        return out;
+      }
+      goto fail;
+    }
     if (h > end) h = (off_t)end;
     if (h <= d) break; /* cannot happen; never loop forever */
     ranges[n * 2] = (double)d;
@@ -92,8 +107,9 @@ static napi_value extents(napi_env env, napi_callback_info info) {
 
 fail: {
   int e = errno;
+  char scratch[32];
   napi_value code, message, error;
-  CHECK(napi_create_string_utf8(env, errno_name(e), NAPI_AUTO_LENGTH, &code));
+  CHECK(napi_create_string_utf8(env, errno_name(e, scratch, sizeof scratch), NAPI_AUTO_LENGTH, &code));
   CHECK(napi_create_string_utf8(env, strerror(e), NAPI_AUTO_LENGTH, &message));
   CHECK(napi_create_error(env, code, message, &error));
   CHECK(napi_set_named_property(env, error, "code", code));
