@@ -76,21 +76,37 @@ afterAll(async () => {
 
 type Exit = ProcessRun;
 
+/** The `done` of the upload journal in `dir` (0 while there is none, or it is being replaced). */
+function journalDoneIn(dir: string): number {
+  try {
+    const name = fs.readdirSync(dir).find((n) => n.endsWith('.json'));
+    return name ? Number(JSON.parse(fs.readFileSync(path.join(dir, name), 'utf8')).done) || 0 : 0;
+  } catch {
+    return 0;
+  }
+}
+
 /**
  * Runs the CLI; `killAfterMs` SIGKILLs it (or sends `signal`) that long after the spawn,
- * `killAfterJournalMs` that long after a file first appears in `journalDir` (polled every millisecond).
+ * `killAfterJournalMs` that long after a file first appears in `journalDir`, `killAfterWatermarkMs`
+ * that long after the journal first records a watermark above 0 (both polled every millisecond).
  */
-function runCli(args: string[], o: { killAfterMs?: number; killAfterJournalMs?: number; journalDir?: string; slow?: boolean; signal?: NodeJS.Signals } = {}): Promise<Exit> {
+function runCli(
+  args: string[],
+  o: { killAfterMs?: number; killAfterJournalMs?: number; killAfterWatermarkMs?: number; journalDir?: string; slow?: boolean; signal?: NodeJS.Signals } = {},
+): Promise<Exit> {
   const node = o.slow ? ['--import', pathToFileURL(slowNetwork).href] : [];
   const env = o.slow ? { ...process.env, VHDKIT_TEST_PAGE_DELAY_MS: String(PAGE_DELAY_MS) } : process.env;
   const dir = o.journalDir;
+  const journalThere = dir ? () => fs.existsSync(dir) && fs.readdirSync(dir).some((n) => n.endsWith('.json')) : undefined;
+  const watermarkThere = dir ? () => journalDoneIn(dir) > 0 : undefined;
   return runAndInterrupt(process.execPath, [...node, CLI, ...args], {
     cwd: work,
     env,
     signal: o.signal,
     killAfterMs: o.killAfterMs,
-    killAfterConditionMs: o.killAfterJournalMs,
-    condition: dir ? () => fs.existsSync(dir) && fs.readdirSync(dir).some((n) => n.endsWith('.json')) : undefined,
+    killAfterConditionMs: o.killAfterWatermarkMs ?? o.killAfterJournalMs,
+    condition: o.killAfterWatermarkMs !== undefined ? watermarkThere : journalThere,
   });
 }
 
@@ -160,12 +176,11 @@ describe('SIGKILL at random instants, then the same upload again', () => {
   });
 
   it('killed once or twice (or interrupted), the rerun completes it exactly, resuming from the watermark', async () => {
-    type Kill = { afterMs?: number; afterJournalMs?: number; signal?: 'SIGINT' };
+    type Kill = { afterMs?: number; afterJournalMs?: number; afterWatermarkMs?: number; signal?: 'SIGINT' };
     const anywhere = (): Kill => ({ afterMs: 100 + Math.floor(rnd() * Math.max(1400, referenceMs - 100)) });
-    // In the second half of a run, after the journal has recorded a watermark: some rerun always
-    // resumes from one (with kills only "anywhere", all four landed before the first one about one
-    // run in ten).
-    const late = (): Kill => ({ afterMs: Math.floor(referenceMs * (0.7 + 0.1 * rnd())) });
+    // Once the journal has recorded a watermark: some rerun always resumes from one (with kills only
+    // "anywhere", all four landed before the first watermark about one run in ten).
+    const late = (): Kill => ({ afterWatermarkMs: Math.floor(rnd() * 200) });
     const trials: Kill[][] = [
       [anywhere()],
       [anywhere()],
@@ -185,7 +200,7 @@ describe('SIGKILL at random instants, then the same upload again', () => {
       let finishedEarly = false;
       let journalDone = 0;
       for (const k of kills) {
-        const run = await runCli(args, { killAfterMs: k.afterMs, killAfterJournalMs: k.afterJournalMs, journalDir, slow: true, signal: k.signal });
+        const run = await runCli(args, { killAfterMs: k.afterMs, killAfterJournalMs: k.afterJournalMs, killAfterWatermarkMs: k.afterWatermarkMs, journalDir, slow: true, signal: k.signal });
         if (k.signal === 'SIGINT' && run.code === 1) {
           expect(JSON.parse(run.stdout)).toMatchObject({ ok: false, error: { code: 'ABORTED' } });
         } else if (run.signal !== 'SIGKILL') {
@@ -227,7 +242,8 @@ describe('SIGKILL at random instants, then the same upload again', () => {
       expect(fs.existsSync(journalDir) ? fs.readdirSync(journalDir) : [], `${blob}: the journal is removed when complete (kills: ${JSON.stringify(kills)}, result ${final.stdout.slice(0, 400)})`).toEqual([]);
       const g = await generations(C, { connectionString: az.connectionString, prefix: blob });
       expect(g.generations.map((x) => x.state)).toEqual(['complete']);
-      summary.push(`${blob}: ${kills.map((k) => `${k.signal ?? 'SIGKILL'} at ${k.afterMs !== undefined ? `${k.afterMs} ms` : `journal+${k.afterJournalMs} ms`}`).join(', ')} → ${finishedEarly ? 'finished before the kill' : r.alreadyComplete ? 'complete at the kill' : `resumed from ${(r.resumedFrom / MiB).toFixed(1)} MiB (journal ${(journalDone / MiB).toFixed(1)}), sent ${(r.bytesUploaded / MiB).toFixed(1)} MiB`}`);
+      const when = (k: Kill) => (k.afterMs !== undefined ? `${k.afterMs} ms` : k.afterWatermarkMs !== undefined ? `watermark+${k.afterWatermarkMs} ms` : `journal+${k.afterJournalMs} ms`);
+      summary.push(`${blob}: ${kills.map((k) => `${k.signal ?? 'SIGKILL'} at ${when(k)}`).join(', ')} → ${finishedEarly ? 'finished before the kill' : r.alreadyComplete ? 'complete at the kill' : `resumed from ${(r.resumedFrom / MiB).toFixed(1)} MiB (journal ${(journalDone / MiB).toFixed(1)}), sent ${(r.bytesUploaded / MiB).toFixed(1)} MiB`}`);
     }
     console.log(`upload-crash (seed ${seed}):\n  ${summary.join('\n  ')}`);
     expect(resumed, 'at least one rerun resumed from a watermark').toBeGreaterThan(0);
