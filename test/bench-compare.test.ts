@@ -8,10 +8,11 @@ import { describe, expect, it } from 'vitest';
 import { repoRoot, runProcess, tmpDir } from './helpers.js';
 
 // A plain JavaScript module of the bench, without type declarations.
-type Metric = { name: string; value: number; better: 'higher' | 'lower'; target?: string; unit: string };
+type Metric = { name: string; value: number | null; better: 'higher' | 'lower'; target?: string; unit: string; wrong?: boolean };
 type Row = { name: string; before: number | null; after: number | null; change: number | null; verdict: string; target?: string; meets?: boolean };
-const { compare, metricsOf, parseTarget } = (await import('../bench/compare.mjs')) as {
+const { compare, failures, metricsOf, parseTarget } = (await import('../bench/compare.mjs')) as {
   compare(before: Metric[], after: Metric[], o?: { tolerance?: number }): Row[];
+  failures(rows: Row[], o?: { targets?: boolean }): Row[];
   metricsOf(result: unknown): Metric[];
   parseTarget(t: string): { atLeast: boolean; bound: number } | undefined;
 };
@@ -29,16 +30,19 @@ const runResult = (ratios: Record<string, number | null>, rss = 100) => ({
   ),
 });
 
-const mergeResult = (ratio: number, engineRatio: number) => ({
+const mergeResult = (ratio: number | null, engineRatio: number | null, { correct = true, rss = 64, quick = false } = {}) => ({
+  quick,
   rows: [
-    { name: 'merge vs vhd-lib', vhdkit: { seconds: 0.5, peakRssMiB: 64 }, ratio, engineRatio, target: '≥ 2.0x' },
+    { name: 'merge vs vhd-lib', vhdkit: { seconds: 0.5, peakRssMiB: rss, correct }, ratio, engineRatio, target: '≥ 2.0x' },
     { name: 'partial blocks', vhdkit: { seconds: 0.2 }, ratio: null, target: 'correct' },
   ],
 });
 
 const uploadResult = (vsChangedChunks: number, ratioSend: number) => ({
+  size: 1024,
   rows: [
     { row: 'bytes: vhdkit --base (chunks)', bytes: 1, ofFull: 0.15, vsChangedChunks, target: '≤ 1.1x changed chunks' },
+    { row: "bytes: AzCopy's strategy (non-zero 4 MiB chunks)", bytes: 9, ofFull: 1 },
     { row: 'speed: full upload', bytes: 2, ratioSend, ratioSendNoMd5: 1, ratioWhole: 0.8, peakRssMiB: 198 },
   ],
 });
@@ -62,9 +66,29 @@ describe('bench/compare.mjs', () => {
       ['merge vs vhd-lib: peak RSS', 'lower'],
     ]);
     const upload = metricsOf(uploadResult(1.0, 0.9));
+    expect(upload.some((m) => m.name.includes('AzCopy')), "a peer's strategy is not a vhdkit result").toBe(false);
     expect(upload.find((m) => m.name.endsWith('vs changed chunks'))!.better).toBe('lower');
     expect(upload.find((m) => m.name.endsWith('send vs bare uploadPages'))!.better).toBe('higher');
     expect(() => metricsOf({ something: 1 })).toThrow(/not a vhdkit benchmark result/);
+  });
+
+  it('a row whose output was wrong is WRONG; a row the new run lacks is GONE; both fail, as worse rows do', () => {
+    const rows = compare(metricsOf(mergeResult(2.4, 2.0)), metricsOf(mergeResult(null, null, { correct: false })));
+    expect(rows.map((r) => `${r.name} ${r.verdict}`)).toEqual(['merge vs vhd-lib wrong', 'merge vs vhd-lib: engine gone', 'merge vs vhd-lib: peak RSS gone']);
+    expect(failures(rows)).toHaveLength(3);
+    expect(failures(compare(metricsOf(mergeResult(2.4, 2.0)), metricsOf(mergeResult(2.4, 2.0))))).toEqual([]);
+  });
+
+  it('memory that grew by more than the tolerance is worse (the change is after/before − 1); growth from 0 is worse', () => {
+    const rows = compare(metricsOf(mergeResult(2.4, 2.0, { rss: 100 })), metricsOf(mergeResult(2.4, 2.0, { rss: 130 })), { tolerance: 0.25 });
+    const rss = rows.find((r) => r.name.endsWith('peak RSS'))!;
+    expect(rss.verdict).toBe('worse');
+    expect(rss.change).toBeCloseTo(0.3);
+    const zero = compare(
+      [{ name: 'x', value: 0, better: 'lower', unit: 'x' }],
+      [{ name: 'x', value: 0.5, better: 'lower', unit: 'x' }],
+    );
+    expect(zero[0]).toMatchObject({ verdict: 'worse', change: null });
   });
 
   it('a ratio that fell, bytes that grew and memory that grew are worse; within the tolerance they are the same', () => {
@@ -100,7 +124,7 @@ describe('bench/compare.mjs', () => {
     const ok = await cli(a, same);
     expect(ok.code, ok.stderr).toBe(0);
     expect(ok.stdout).toMatch(/merge vs vhd-lib\s+2\.40x → 2\.30x\s+-4%\s+same\s+target ≥ 2\.0x: met/);
-    expect(ok.stdout).toMatch(/0 worse beyond 25%/);
+    expect(ok.stdout).toMatch(/0 worse beyond 25%, 0 wrong, 0 gone/);
 
     const bad = await cli(a, worse);
     expect(bad.code).toBe(1);
@@ -116,10 +140,24 @@ describe('bench/compare.mjs', () => {
     const json = await cli(a, worse, '--json');
     expect(JSON.parse(json.stdout).worse).toBe(1);
 
+    const wrong = write('wrong.json', mergeResult(null, null, { correct: false }));
+    const w = await cli(a, wrong);
+    expect(w.code).toBe(1);
+    expect(w.stdout).toMatch(/merge vs vhd-lib\s+2\.40x → —\s+WRONG/);
+    expect(w.stdout).toMatch(/1 wrong, 2 gone/);
+
+    expect((await cli(a, worse, '--tolerance=0.5')).code).toBe(0);
     const notJson = write('x.json', 'not a result');
     const e1 = await cli(a, notJson);
     expect(e1.code).toBe(2);
     expect(e1.stderr).toMatch(/x\.json: not a vhdkit benchmark result/);
     expect((await cli(a)).code).toBe(2);
+    expect((await cli(a, same, '--tolerance', '25')).stderr).toMatch(/fraction from 0 to 1/);
+    expect((await cli(a, same, '--tolerance')).code).toBe(2);
+    expect((await cli(a, same, '--frobnicate')).stderr).toMatch(/unknown option --frobnicate/);
+    const upload = write('upload.json', uploadResult(1, 1));
+    expect((await cli(a, upload)).stderr).toMatch(/a\.json comes from bench\/merge\.mjs, .*upload\.json from bench\/upload\.mjs/);
+    const quick = write('quick.json', mergeResult(2.4, 2.0, { quick: true }));
+    expect((await cli(a, quick)).stderr).toMatch(/--quick/);
   });
 });
