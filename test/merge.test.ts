@@ -563,14 +563,17 @@ describe('targets of other shapes', () => {
     const parent = path.join(dir, 'parent.vhd');
     const child = path.join(dir, 'child.vhd');
     const bs = 4 * KiB;
-    const size = 8 * MiB; // 2048 entries: 16 BAT sectors of 128 entries
+    const entries = 64 * 128 + 64; // 65 BAT sectors, the last one half entries, half padding
+    const size = entries * bs;
     const content = new Uint8Array(size);
-    const parentBlocks = [0, 129, 700, 2046];
+    const parentBlocks = [0, 129, 700, 2046, entries - 2];
     for (const b of parentBlocks) content.set(randomBytes(bs, 100 + b), b * bs);
     await writeDynamic(parent, content, bs, parentBlocks);
-    // New blocks: alone in their sector, in neighbouring sectors (127 | 128, 255 | 256 | 384), the
-    // last entry; and one sector into an existing block.
-    const newBlocks = [3, 127, 128, 255, 256, 384, 1000, 1001, 2047];
+    // New blocks: alone in their sector, in neighbouring sectors (127 | 128, 255 | 256 | 384), in
+    // every third sector from 10 on (more runs than run in flight at once), the last entry; and one
+    // sector into an existing block.
+    const spread = Array.from({ length: 18 }, (_, k) => (10 + 3 * k) * 128 + 5);
+    const newBlocks = [3, 127, 128, 255, 256, 384, 1000, 1001, ...spread, entries - 1];
     const spb = bs / SECTOR;
     const own = sectorsFrom([...newBlocks.map((b, i): [number, number, number] => [b * spb + (i % (spb - 1)), 2, 300 + i]), [129 * spb + 3, 1, 999]], size / SECTOR);
     await writeChild(child, parent, size, bs, own);
@@ -579,12 +582,17 @@ describe('targets of other shapes', () => {
     expect(r.blocksAllocated).toBe(newBlocks.length);
     expect(r.blocksUpdated).toBe(1);
     const img = await openDisk(parent, { resolveParents: false });
+    let tableOffset = 0;
     try {
       for (const b of [...parentBlocks, ...newBlocks]) expect(img.bat![b], `BAT entry ${b}`).not.toBe(0xffffffff);
       expect(img.allocated.length).toBe(parentBlocks.length + newBlocks.length);
+      tableOffset = Number(img.header!.tableOffset);
     } finally {
       await img.close();
     }
+    // The last BAT sector's padding past the table's entries is as the writer left it (0xFF).
+    const lastSector = fs.readFileSync(parent).subarray(tableOffset + 64 * 512, tableOffset + 65 * 512);
+    expect(lastSector.subarray(64 * 4).every((x) => x === 0xff)).toBe(true);
     expectSameBytes(await readVirtual(parent), model, 'merged parent');
     expect(cli(['check', '--strict', 'parent.vhd'], dir).code).toBe(0);
     if (hasQemu) expectSameBytes(qemuRaw(parent), model, 'qemu-img reading of the merged parent');
