@@ -3,7 +3,7 @@
  * ranges where data may live.
  */
 import type { ByteSource } from '../io/types.js';
-import type { Range } from './ranges.js';
+import { alignRanges, type Range } from './ranges.js';
 
 export interface VirtualDisk {
   readonly name: string;
@@ -34,16 +34,7 @@ export class RawDisk implements VirtualDisk {
     if (this.ranges) return this.ranges;
     const extents = this.source.dataExtents?.();
     if (!extents) return (this.ranges = this.virtualSize > 0 ? [[0, this.virtualSize]] : []);
-    const out: Range[] = [];
-    for (const [a, b] of extents) {
-      const start = Math.floor(a / 512) * 512;
-      const end = Math.min(this.virtualSize, Math.ceil(b / 512) * 512);
-      if (end <= start) continue;
-      const last = out[out.length - 1];
-      if (last && start <= last[1]) last[1] = Math.max(last[1], end);
-      else out.push([start, end]);
-    }
-    return (this.ranges = out);
+    return (this.ranges = alignRanges(extents, 512, this.virtualSize));
   }
   close(): Promise<void> {
     return this.source.close();

@@ -799,34 +799,18 @@ const BAT_WRITES_IN_FLIGHT = 16;
  * entries stay as the file has them.
  */
 async function writeBatEntries(sink: FileSink, tableOffset: number, entries: Map<number, number>): Promise<void> {
-  const sectors = [...new Set([...entries.keys()].map((b) => Math.floor(b / 128)))].sort((x, y) => x - y);
-  const runs: Array<[number, number]> = [];
-  for (const sec of sectors) {
-    const last = runs[runs.length - 1];
-    if (last && last[1] === sec) last[1] = sec + 1;
-    else runs.push([sec, sec + 1]);
-  }
-  let next = 0;
-  let failed = false;
-  const lane = async () => {
-    while (next < runs.length && !failed) {
-      const [first, end] = runs[next++];
-      const buf = new Uint8Array((end - first) * 512);
-      const view = new DataView(buf.buffer);
-      try {
-        await sink.read(buf, tableOffset + first * 512);
-        for (let b = first * 128; b < end * 128; b++) {
-          const s = entries.get(b);
-          if (s !== undefined) view.setUint32((b - first * 128) * 4, s);
-        }
-        await sink.write(buf, tableOffset + first * 512);
-      } catch (e) {
-        failed = true;
-        throw e;
-      }
+  const runs = normalizeRanges([...entries.keys()].map((b): Range => [Math.floor(b / 128), Math.floor(b / 128) + 1]));
+  const patch = async ([first, end]: Range) => {
+    const buf = new Uint8Array((end - first) * 512);
+    const view = new DataView(buf.buffer);
+    await sink.read(buf, tableOffset + first * 512);
+    for (let b = first * 128; b < end * 128; b++) {
+      const s = entries.get(b);
+      if (s !== undefined) view.setUint32((b - first * 128) * 4, s);
     }
+    await sink.write(buf, tableOffset + first * 512);
   };
-  const settled = await Promise.allSettled(Array.from({ length: Math.min(BAT_WRITES_IN_FLIGHT, runs.length) }, lane));
-  const rejected = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-  if (rejected) throw rejected.reason;
+  // orderedWindow: at most BAT_WRITES_IN_FLIGHT at once; on a failure, nothing new starts and it
+  // returns only once the runs in flight have settled.
+  await orderedWindow(runs, BAT_WRITES_IN_FLIGHT, patch, () => {});
 }
