@@ -285,6 +285,13 @@ describe('diff --out: a differencing child of old whose chain is new', () => {
     expect(i.blockSize, 'the child takes the parent\'s block size').toBe(o.blockSize);
     expect(i.parent?.uuid).toBe(o.uuid);
     expect(i.parent?.path).toBe(fs.realpathSync(path.join(dir, 'old.vhd')));
+    // The three locators Hyper-V, Windows and qemu/blktap read: relative and absolute Windows paths, a file URL.
+    expect(i.parent?.name).toBe('old.vhd');
+    expect(i.parent?.locators.map((l) => [l.platformCode, l.path])).toEqual([
+      ['W2ru', '.\\old.vhd'],
+      ['W2ku', fs.realpathSync(path.join(dir, 'old.vhd'))],
+      ['MacX', './old.vhd'],
+    ]);
     expect(i.chain.map((c) => c.uuid)).toEqual([i.uuid, o.uuid]);
     expect(await chainSha256(child)).toBe(sha256(next));
     expect(await ownSectorRanges(child)).toEqual(expected);

@@ -34,7 +34,7 @@ import { uuidToString } from '../src/format/uuid.js';
 import { FileSink } from '../src/io/file.js';
 import { check } from '../src/ops/check.js';
 import { create, newUuid, parentLinkFor } from '../src/ops/create.js';
-import { acquireLock, acquireSharedLock, journalPath, lockPath } from '../src/ops/journal.js';
+import { acquireLock, acquireSharedLock, journalPath, lockPath, readJournal } from '../src/ops/journal.js';
 import { merge } from '../src/ops/merge.js';
 import { openDisk } from '../src/ops/open.js';
 import { corpusDir, corpusPresent, hasQemu, readCorpusFile, repoRoot, tmpDir, readVirtual } from './helpers.js';
@@ -547,6 +547,39 @@ describe('targets of other shapes', () => {
     expectSameBytes(await readVirtual(g.child), g.model, 'child chain after');
   });
 
+  it('a target left unopenable by a killed rerun (cut at its old end, header not yet put back) is still reported as MERGE_PENDING, and completes', async () => {
+    const dir = tmpDir('vhdkit-merge-pending-cut-');
+    // A child larger than its parent: the merge moves the parent's BAT past the old end of its data.
+    const g = await growPair(dir);
+    const [parent, child, model] = [g.parent, g.child, g.model];
+    const ac = new AbortController();
+    await expect(merge(child, { signal: ac.signal, onProgress: () => ac.abort(new Error('test interruption')) })).rejects.toMatchObject({
+      code: ErrorCodes.ABORTED,
+    });
+    // What a rerun's first step does before it rewrites the footer and header: cut the file.
+    const journal = readJournal(parent);
+    expect(journal?.oldEnd).toBeGreaterThan(0);
+    fs.truncateSync(parent, journal!.oldEnd);
+    await expect(openDisk(parent)).rejects.toMatchObject({ code: ErrorCodes.MERGE_PENDING, file: parent });
+
+    const inf = cli(['info', 'small.vhd'], dir);
+    expect(inf.code).toBe(2);
+    expect(inf.stderr).toMatch(/^vhdkit: small\.vhd: .*interrupted.*\[MERGE_PENDING\]\n$/);
+    const chk = JSON.parse(cli(['check', 'small.vhd', '--json'], dir).stdout);
+    expect(chk.ok).toBe(false);
+    expect(chk.errors.map((f: { code: string }) => f.code)).toEqual(['MERGE_PENDING']);
+    expect(chk.errors[0].message).toContain(journalPath('small.vhd'));
+    // The child names the half-merged parent too.
+    expect(cli(['check', 'big.vhd', '--json'], dir).stdout).toContain('MERGE_PENDING');
+
+    const again = cli(['merge', 'big.vhd', '--json'], dir);
+    expect(again.stderr).toBe('');
+    expect(again.code).toBe(0);
+    expect(JSON.parse(again.stdout).resumed).toBe(true);
+    expectSameBytes(await readVirtual(parent), model, 'parent after the completed merge');
+    expect(cli(['check', '--strict', 'small.vhd'], dir).code).toBe(0);
+  });
+
   it.skipIf(!hasQemu)('BAT growth: qemu-img reads the grown parent at its new size (footer geometry follows the size)', async () => {
     const dir = tmpDir('vhdkit-merge-grow-qemu-');
     const g = await growPair(dir);
@@ -633,11 +666,11 @@ describe('targets of other shapes', () => {
 
 describe('other children of the target', () => {
   /** parent + child (to merge) + sibling, the sibling in `siblingDir` (default: the same folder). */
-  async function family(siblingDir?: string) {
+  async function family(siblingDir?: string, siblingName = 'sibling.vhd') {
     const dir = tmpDir('vhdkit-merge-sib-');
     const pair = await simplePair(dir);
     const sdir = siblingDir ?? dir;
-    const sibling = path.join(sdir, 'sibling.vhd');
+    const sibling = path.join(sdir, siblingName);
     const sOwn = sectorsFrom([[7, 3, 99], [4096 * 2 + 1, 1, 98]], pair.content.length / SECTOR);
     await writeChild(sibling, pair.parent, pair.content.length, 2 * MiB, sOwn);
     const siblingContent = await readVirtual(sibling);
@@ -662,6 +695,17 @@ describe('other children of the target', () => {
     // the library says the same
     await expect(merge(f.child)).rejects.toMatchObject({ code: ErrorCodes.SIBLINGS });
     expect(fileSha(f.parent)).toBe(bytes);
+  });
+
+  it("finds a Hyper-V sibling named .avhd (and a file named .avhd must be a VHD, never read as raw)", async () => {
+    const f = await family(undefined, 'Snapshot_1.AVHD');
+    const r = cli(['merge', 'child.vhd'], f.dir);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/^vhdkit: .*Snapshot_1\.AVHD.*\[SIBLINGS\]\n$/);
+    fs.writeFileSync(path.join(f.dir, 'junk.avhd'), Buffer.alloc(4096, 7));
+    const h = cli(['hash', 'junk.avhd'], f.dir);
+    expect(h.code).toBe(2);
+    expect(h.stderr).toMatch(/^vhdkit: .*junk\.avhd.*\[(NOT_VHD|FILE_TOO_SMALL)\]\n$/);
   });
 
   it('--search finds a sibling in another folder', async () => {
@@ -923,6 +967,54 @@ describe('batch merges and the JSON summary', () => {
     expect(out).toMatchObject({ ok: true, merged: 2, failed: 0, sectorsMerged: one.own.size + two.own.size });
     expectSameBytes(await readVirtual(one.parent), one.model, 'p1');
     expectSameBytes(await readVirtual(two.parent), two.model, 'p2');
+  });
+
+  it('--concurrency bounds the merges that run at once (each result says when it ran)', async () => {
+    const dir = tmpDir('vhdkit-merge-lanes-');
+    const names = ['a', 'b', 'c', 'd'];
+    const pairs = [];
+    for (const [i, n] of names.entries()) pairs.push(await simplePair(dir, { names: [`p${n}.vhd`, `${n}.vhd`], childWrites: [[i * 9 + 1, 40, i + 1]] }));
+    /** The most results whose [start, end) contain one instant. */
+    const mostAtOnce = (results: Array<{ start: number; end: number }>) =>
+      Math.max(...results.map((r) => results.filter((o) => o.start <= r.start && r.start < o.end).length));
+    const one = cli(['merge', ...names.map((n) => `${n}.vhd`), '--json', '--concurrency', '1'], dir);
+    expect(one.code).toBe(0);
+    const r1 = JSON.parse(one.stdout).results;
+    expect(r1).toHaveLength(4);
+    for (const r of r1) expect(r.end).toBeGreaterThanOrEqual(r.start);
+    expect(mostAtOnce(r1)).toBe(1);
+    // Again (the children still hold their sectors; merging again writes the same), two at a time.
+    const two = cli(['merge', ...names.map((n) => `${n}.vhd`), '--json', '--concurrency', '2'], dir);
+    expect(two.code).toBe(0);
+    expect(mostAtOnce(JSON.parse(two.stdout).results)).toBe(2);
+    for (const [i, p] of pairs.entries()) expectSameBytes(await readVirtual(p.parent), p.model, `parent ${names[i]}`);
+  });
+
+  it('a bad --concurrency or an unreadable --from-list is a usage error naming it, and nothing is merged', async () => {
+    const dir = tmpDir('vhdkit-merge-badbatch-');
+    const pair = await simplePair(dir, { names: ['p.vhd', 'a.vhd'] });
+    const before = fileSha(pair.parent);
+    for (const bad of ['abc', '0', '1.5']) {
+      const r = cli(['merge', 'a.vhd', 'a.vhd', '--concurrency', bad], dir);
+      expect(r.code).toBe(2);
+      expect(r.stderr).toMatch(/^vhdkit: --concurrency must be a whole number ≥ 1, got .*\[USAGE\]\n$/);
+    }
+    const missing = cli(['merge', '--from-list', 'nope.txt'], dir);
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toBe('vhdkit: nope.txt: cannot read the list of children (ENOENT) [IO]\n');
+    expect(fileSha(pair.parent)).toBe(before);
+  });
+
+  it.skipIf(spawnSync('script', ['--version']).status !== 0)('a batch on a terminal shows one bar (merges done of all) and its ok lines', async () => {
+    const dir = tmpDir('vhdkit-merge-batchtty-');
+    await simplePair(dir, { names: ['p1.vhd', 'a.vhd'] });
+    await simplePair(dir, { names: ['p2.vhd', 'b.vhd'], childWrites: [[4097, 64, 5]] });
+    const r = spawnSync('script', ['-qec', `${JSON.stringify(process.execPath)} ${JSON.stringify(CLI)} merge a.vhd b.vhd`, '/dev/null'], { cwd: dir, encoding: 'utf8' });
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/merge [0-2]\/2 \[[#.]+\]/);
+    expect(r.stdout).toMatch(/ok +a\.vhd -> /);
+    expect(r.stdout).toMatch(/ok +b\.vhd -> /);
+    expect(r.stdout).toContain('2 merged, 0 failed');
   });
 
   it('the JSON summary of one merge counts sectors, blocks and bytes as the model says', async () => {

@@ -51,7 +51,7 @@ import { isZero } from '../src/io/aligned.js';
 import { convert } from '../src/ops/convert.js';
 import { newUuid, parentLinkFor } from '../src/ops/create.js';
 import { generations, type Generation } from '../src/ops/generations.js';
-import { acquireSharedLock } from '../src/ops/journal.js';
+import { acquireLock, acquireSharedLock } from '../src/ops/journal.js';
 import { openDisk } from '../src/ops/open.js';
 import { chainSectorRanges, upload, type UploadOptions, type UploadResult } from '../src/ops/upload.js';
 import { normalizeRanges, totalLength, type Range } from '../src/disk/ranges.js';
@@ -651,6 +651,20 @@ describe('safety', () => {
     for (const run of runs) expect(run.code, run.stderr).toBe(0);
     await expectBlob(C, 'together-a.vhd', diskContent, 20 * MiB);
     await expectBlob(C, 'together-b.vhd', diskContent, 20 * MiB);
+    expect(fs.readdirSync(path.dirname(disk)).filter((n) => n.includes('.vhdkit-'))).toEqual([]);
+  });
+
+  it('a merge into the disk in progress (its exclusive lock held): the upload is LOCKED (CLI exit 1), naming the merge, and creates no blob', async () => {
+    const release = acquireLock(disk, 'merge'); // what vhdkit merge holds while it writes into a target
+    try {
+      const run = await cli(['upload', disk, `${C}/during-merge.vhd`, '--journal-dir', journalDir], { AZURE_STORAGE_CONNECTION_STRING: az.connectionString });
+      expect(run.code).toBe(1);
+      expect(run.stderr).toMatch(/^vhdkit: .*safety\.vhd.*locked by merge.*\[LOCKED\]\n$/);
+      await expect(upload(disk, `${C}/during-merge.vhd`, { connectionString: az.connectionString, journalDir })).rejects.toMatchObject({ code: ErrorCodes.LOCKED });
+    } finally {
+      release();
+    }
+    expect(await svc.getContainerClient(C).getPageBlobClient('during-merge.vhd').exists()).toBe(false);
     expect(fs.readdirSync(path.dirname(disk)).filter((n) => n.includes('.vhdkit-'))).toEqual([]);
   });
 

@@ -65,18 +65,27 @@ export function reportError(e: unknown, args: GlobalArgs): void {
   process.exitCode = code;
 }
 
-/** A progress bar on stderr when it is a terminal and not --quiet; a no-op otherwise. */
-export function progressBar(label: string, args: GlobalArgs): { update: (p: Progress) => void; done: () => void } {
-  if (args.quiet || !process.stderr.isTTY) return { update: () => {}, done: () => {} };
+/**
+ * A progress bar on stderr when it is a terminal and not --quiet; a no-op otherwise. `label` may be
+ * a function, read at every redraw; `clear()` wipes the bar before a line is printed (the next update
+ * draws it again).
+ */
+export function progressBar(
+  label: string | (() => string),
+  args: GlobalArgs,
+): { update: (p: Progress) => void; clear: () => void; done: () => void } {
+  if (args.quiet || !process.stderr.isTTY) return { update: () => {}, clear: () => {}, done: () => {} };
   let last = 0;
+  let shown = false;
   const started = Date.now();
   const draw = (p: Progress) => {
+    shown = true;
     const width = 30;
     const frac = p.total > 0 ? Math.min(1, p.done / p.total) : 1;
     const filled = Math.round(frac * width);
     const secs = (Date.now() - started) / 1000;
     const rate = secs > 0 ? p.done / secs / 2 ** 20 : 0;
-    process.stderr.write(`\r${label} [${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${(frac * 100).toFixed(0).padStart(3)}% ${rate.toFixed(0)} MiB/s `);
+    process.stderr.write(`\r${typeof label === 'function' ? label() : label} [${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${(frac * 100).toFixed(0).padStart(3)}% ${rate.toFixed(0)} MiB/s `);
   };
   return {
     update: (p) => {
@@ -84,6 +93,11 @@ export function progressBar(label: string, args: GlobalArgs): { update: (p: Prog
       if (now - last < 100 && p.done < p.total) return;
       last = now;
       draw(p);
+    },
+    clear: () => {
+      if (shown) process.stderr.write('\r\x1b[K');
+      shown = false;
+      last = 0;
     },
     done: () => process.stderr.write('\r\x1b[K'),
   };

@@ -178,7 +178,7 @@ export function findSiblings(targetUuid: Uint8Array, dirs: string[], exclude: Se
       continue;
     }
     for (const name of names) {
-      if (!/\.vhd$/i.test(name)) continue;
+      if (!/\.a?vhd$/i.test(name)) continue; // Hyper-V names its differencing disks .avhd
       const file = path.join(dir, name);
       const real = resolveReal(file);
       if (exclude.has(real) || seen.has(real)) continue;

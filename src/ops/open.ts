@@ -18,7 +18,22 @@ export interface OpenDiskOptions extends Omit<OpenOptions, 'resolver'> {
  * right again once that merge is run again.
  */
 export async function openDisk(file: string, options: OpenDiskOptions = {}): Promise<VhdImage> {
-  const image = await openDiskOnly(file, options);
+  let image: VhdImage;
+  try {
+    image = await openDiskOnly(file, options);
+  } catch (e) {
+    // A merge killed at the wrong instant can leave its target unopenable until it is run again (the
+    // file cut before its header is put back): say that, not only what is broken.
+    const broken = e instanceof VhdError ? (e.file ?? file) : undefined;
+    if (broken !== undefined && e instanceof VhdError && e.code !== ErrorCodes.MERGE_PENDING && hasPendingMerge(broken)) {
+      throw new VhdError(
+        ErrorCodes.MERGE_PENDING,
+        `a merge into this disk was interrupted and left it unopenable until that merge is completed (${e.detail} [${e.code}]); run the same "vhdkit merge" again to complete it (journal ${journalPath(broken)})`,
+        { file: broken, structure: e.structure, offset: e.offset, cause: e },
+      );
+    }
+    throw e;
+  }
   for (const d of image.chain) {
     if (!hasPendingMerge(d.name)) continue;
     const e = new VhdError(ErrorCodes.MERGE_PENDING, `a merge into this disk was interrupted; run the same "vhdkit merge" again to complete it (journal ${journalPath(d.name)})`, {
@@ -54,7 +69,7 @@ export type SourceFormat = 'auto' | 'vhd' | 'raw';
 
 /**
  * Opens a disk for reading: a VHD (any type, chains resolved) or a raw image. `auto` takes a file
- * with a VHD footer as a VHD and anything else as raw, except a file named *.vhd, which must be a VHD.
+ * with a VHD footer as a VHD and anything else as raw, except a file named *.vhd or *.avhd (Hyper-V), which must be a VHD.
  */
 export async function openAny(
   file: string,
@@ -73,7 +88,7 @@ export async function openAny(
     return { disk, format: 'vhd' };
   } catch (e) {
     const notVhd = e instanceof VhdError && (e.code === ErrorCodes.NOT_VHD || e.code === ErrorCodes.FILE_TOO_SMALL);
-    if (format === 'auto' && notVhd && !/\.vhd$/i.test(file)) {
+    if (format === 'auto' && notVhd && !/\.a?vhd$/i.test(file)) {
       return { disk: new RawDisk(await FileSink.open(file, 'r')), format: 'raw' };
     }
     throw e;

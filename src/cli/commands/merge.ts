@@ -4,6 +4,7 @@ import { ErrorCodes, VhdError } from '../../errors.js';
 import { withGlobal } from '../options.js';
 import { EXIT_PROBLEMS, exitCodeFor, type GlobalArgs, interruptSignal, printFindings, printJson, printLines, progressBar, reportError, safe } from '../output.js';
 import { formatSize } from '../sizes.js';
+import type { Progress } from '../../ops/common.js';
 
 interface Args extends GlobalArgs {
   child?: string[];
@@ -41,8 +42,18 @@ export const mergeCommand: CommandModule<object, Args> = {
   handler: async (args) => {
     try {
       const children = [...(args.child ?? [])];
-      if (args['from-list']) {
-        const text = fs.readFileSync(args['from-list'], 'utf8');
+      const concurrency = args.concurrency ?? 2;
+      if (!Number.isInteger(concurrency) || concurrency < 1) {
+        throw new VhdError(ErrorCodes.USAGE, `--concurrency must be a whole number ≥ 1, got ${args.concurrency}`);
+      }
+      const list = args['from-list'];
+      if (list !== undefined) {
+        let text: string;
+        try {
+          text = fs.readFileSync(list, 'utf8');
+        } catch (e) {
+          throw new VhdError(ErrorCodes.IO, `cannot read the list of children (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`, { file: list, cause: e });
+        }
         children.push(...text.split(/\r?\n/).map((l) => l.trim()).filter((l) => l !== '' && !l.startsWith('#')));
       }
       if (children.length === 0) throw new VhdError(ErrorCodes.USAGE, 'give the child disk to merge (or --from-list FILE)');
@@ -76,24 +87,51 @@ export const mergeCommand: CommandModule<object, Args> = {
         ]);
         return;
       }
-      // A batch: bounded concurrency, go on past failures, one report at the end.
+      // A batch: bounded concurrency, go on past failures, one report at the end. Each result says
+      // when its merge ran (seconds from the batch's start), so a report shows what overlapped.
       const results: Array<Record<string, unknown>> = [];
+      const t0 = performance.now();
+      const clock = () => Math.round(performance.now() - t0) / 1000;
+      // One bar for the batch on a terminal: merges finished, and the bytes of those running.
+      let finished = 0;
+      const running = new Map<number, Progress>();
+      const bar = progressBar(() => `merge ${finished}/${children.length}`, args);
+      const update = () => {
+        let done = 0;
+        let total = 0;
+        for (const p of running.values()) {
+          done += p.done;
+          total += p.total;
+        }
+        bar.update({ done, total });
+      };
+      const say = (line: string) => {
+        bar.clear();
+        if (!args.json) process.stdout.write(`${safe(line)}\n`);
+      };
       let next = 0;
       const lane = async () => {
         while (next < children.length) {
-          const child = children[next++];
+          const index = next++;
+          const child = children[index];
+          const start = clock();
           try {
-            const r = await merge(child, opts());
-            results.push({ ...r, ok: true });
-            if (!args.json) process.stdout.write(`${safe(`ok     ${child} -> ${r.target} (${r.sectorsMerged} sectors, ${r.seconds.toFixed(2)} s)`)}\n`);
+            const r = await merge(child, { ...opts(), onProgress: (p: Progress) => (running.set(index, p), update()) });
+            results.push({ ...r, ok: true, start, end: clock() });
+            say(`ok     ${child} -> ${r.target} (${r.sectorsMerged} sectors, ${r.seconds.toFixed(2)} s)`);
           } catch (e) {
             const error = e instanceof VhdError ? e.toJSON() : { code: 'INTERNAL', message: String((e as Error)?.message ?? e) };
-            results.push({ child, ok: false, error, exitCode: exitCodeFor(e) });
-            if (!args.json) process.stdout.write(`${safe(`FAILED ${child}: ${error.message}`)}\n`);
+            results.push({ child, ok: false, error, exitCode: exitCodeFor(e), start, end: clock() });
+            say(`FAILED ${child}: ${error.message}`);
+          } finally {
+            running.delete(index);
+            finished++;
+            update();
           }
         }
       };
-      await Promise.all(Array.from({ length: Math.max(1, Math.min(args.concurrency ?? 2, children.length)) }, lane));
+      await Promise.all(Array.from({ length: Math.min(concurrency, children.length) }, lane));
+      bar.done();
       const failed = results.filter((r) => !r.ok).length;
       const sum = (k: string) => results.reduce((n, r) => n + (typeof r[k] === 'number' ? (r[k] as number) : 0), 0);
       const summary = {
