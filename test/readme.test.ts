@@ -113,5 +113,11 @@ describe('README', () => {
     expect(Buffer.compare(flat, fs.readFileSync(path.join(work, 'vhdkit-quickstart', 'gen2.raw')))).toBe(0);
     expect(r.stdout).toMatch(/^digest [0-9a-f]{16}$/m);
     expect(r.stdout).toMatch(/^changed sectors 1088$/m);
+    // The merged copy holds the child's chain content; the parent is untouched (it still differs).
+    const q = path.join(work, 'vhdkit-quickstart');
+    expect(r.stdout).toMatch(/^merged [1-9]\d* sectors into .*patch1-merged\.vhd$/m);
+    const digest = (f: string) => JSON.parse(spawnSync(process.execPath, [cli, 'hash', f, '--json'], { cwd: q, encoding: 'utf8' }).stdout).digest;
+    expect(digest('patch1-merged.vhd')).toBe(digest('chain.raw'));
+    expect(digest('base.vhd')).not.toBe(digest('chain.raw'));
   });
 });
