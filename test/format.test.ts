@@ -36,6 +36,7 @@ import {
   bitmapByteSize,
   chsForSectors,
   allocatedIndices,
+  batTable,
   countAllocated,
   dateToVhdTimestamp,
   decodeBat,
@@ -1292,6 +1293,30 @@ describe('block allocation table', () => {
         expect(countAllocated(wide.subarray(3))).toBe(model.length);
       }),
       { numRuns: 300 },
+    );
+  });
+
+  it('property: batTable (the WebAssembly kernel for 65536 entries and more, JavaScript below) = the model, decoded where it was read', () => {
+    const used = fc.array(fc.tuple(fc.nat(), fc.oneof(batEntry, fc.constant(0x80000000), fc.constant(0xfffffffe), fc.constant(0))), { maxLength: 40 });
+    fc.assert(
+      fc.property(fc.constantFrom(65536, 65537, 65543, 70000, 1000, 7), used, fc.boolean(), (entries, placed, dense) => {
+        const model = new Uint32Array(entries).fill(BAT_UNUSED);
+        if (dense) for (let i = 0; i < entries; i += 3) model[i] = i * 7; // many used entries, not only sparse ones
+        for (const [at, e] of placed) model[at % entries] = e;
+        // Used entries at the very start, at the end and across a group edge.
+        model[entries - 1] = 5;
+        model[Math.min(7, entries - 1)] = 0x12345678;
+        const table = batTable(entries);
+        expect(table.bytes.length).toBe(entries * 4);
+        table.bytes.set(encodeBat(model).subarray(0, entries * 4));
+        const { bat, allocated } = table.decode();
+        expect(Array.from(bat)).toEqual(Array.from(model));
+        expect(Array.from(allocated)).toEqual(Array.from(model).flatMap((e, i) => (e === BAT_UNUSED ? [] : [i])));
+        // Large tables are decoded in place, in the kernel's memory (which holds the indices after the table).
+        if (entries >= 65536) expect(bat.buffer).toBe(table.bytes.buffer);
+        if (entries >= 65536) expect(bat.buffer.byteLength).toBeGreaterThanOrEqual(entries * 8);
+      }),
+      { numRuns: 60 },
     );
   });
 

@@ -440,6 +440,74 @@ describe('zero chunks', () => {
 });
 
 // -------------------------------------------------------------------------------------------------
+// A 2000 GiB disk: a 1M-entry BAT, decoded by the WebAssembly kernel
+
+describe('a 2000 GiB sparse dynamic disk', () => {
+  it('opens with exactly its blocks (at the kernel\'s group edges and the last entry) and hashes to the digest of its content, at 0 and 2 workers', async () => {
+    const dir = tmpDir('vhdkit-hash-2000g-');
+    const blockSize = 2 * MiB;
+    const virtualSize = 2000 * 1024 * MiB;
+    const entries = virtualSize / blockSize;
+    const blocks = [0, 7, 8, 31, 32, 65535, 65536, 524287, entries - 1];
+    const vhd = path.join(dir, 'huge.vhd');
+    const sink = await FileSink.open(vhd, 'wx');
+    const w = await DynamicWriter.create(sink, { virtualSize, blockSize, uuid: new Uint8Array(16).fill(9) });
+    const data = new Map<number, Uint8Array>();
+    for (const b of blocks) {
+      const d = new Uint8Array(blockSize);
+      fillRandom(d, b + 1);
+      d.fill(0, 64 * KiB, 192 * KiB); // two zero chunks inside each block
+      data.set(b, d);
+      await w.writeBlock(b, d);
+    }
+    await w.finish();
+    await sink.close();
+
+    const { disk } = await openAny(vhd, 'vhd');
+    try {
+      const img = disk as unknown as { allocated: Uint32Array; bat: Uint32Array };
+      expect(img.bat.length).toBe(entries);
+      expect(Array.from(img.allocated)).toEqual(blocks);
+      const back = new Uint8Array(4096);
+      await disk.read(back, (entries - 1) * blockSize + blockSize - 4096);
+      expect(Buffer.compare(back, data.get(entries - 1)!.subarray(blockSize - 4096))).toBe(0);
+    } finally {
+      await disk.close();
+    }
+
+    // The digest, as the manifest format defines it: the header, then (index, hash) of every non-zero chunk.
+    const chunkSize = 64 * KiB;
+    const { create64, h64Raw } = await xxhash();
+    const digest = create64(0n);
+    const head = new DataView(new ArrayBuffer(12));
+    head.setBigUint64(0, BigInt(virtualSize), true);
+    head.setUint32(8, chunkSize, true);
+    digest.update(new Uint8Array(head.buffer));
+    let nonZero = 0;
+    for (const b of blocks) {
+      const d = data.get(b)!;
+      for (let c = 0; c < blockSize / chunkSize; c++) {
+        const chunk = d.subarray(c * chunkSize, (c + 1) * chunkSize);
+        if (isAllZero(chunk)) continue;
+        const rec = new DataView(new ArrayBuffer(16));
+        rec.setBigUint64(0, BigInt((b * blockSize) / chunkSize + c), true);
+        rec.setBigUint64(8, h64Raw(chunk), true);
+        digest.update(new Uint8Array(rec.buffer));
+        nonZero++;
+      }
+    }
+    const expected = digest.digest().toString(16).padStart(16, '0');
+    for (const workers of [0, 2]) {
+      const r = await hash(vhd, { workers });
+      expect(r.digest, `workers ${workers}`).toBe(expected);
+      expect(r.chunks).toBe(virtualSize / chunkSize);
+      expect(r.zeroChunks).toBe(r.chunks - nonZero);
+      expect(r.bytesRead).toBe(blocks.length * blockSize);
+    }
+  });
+});
+
+// -------------------------------------------------------------------------------------------------
 // The manifest, parsed from its documented layout
 
 describe('the manifest file, parsed independently', () => {

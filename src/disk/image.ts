@@ -4,7 +4,7 @@
  * list allocated extents. No node:* imports: parents are opened through a SourceResolver.
  */
 import { ErrorCodes, findingFrom, type Finding, VhdError } from '../errors.js';
-import { allocatedIndices, batByteSize, BAT_UNUSED, decodeBat } from '../format/bat.js';
+import { allocatedIndices, batByteSize, batTable, BAT_UNUSED } from '../format/bat.js';
 import { bitmapByteSize, forEachBitRun } from '../format/bitmap.js';
 import { decodeFooter, type DiskTypeName, diskTypeName, type Footer, FOOTER_SIZE } from '../format/footer.js';
 import { decodeHeader, decodeParentName, type DynamicHeader, HEADER_SIZE, isUnusedLocator } from '../format/header.js';
@@ -119,6 +119,8 @@ export class VhdImage {
       header?: DynamicHeader;
       headerOffset?: number;
       bat?: Uint32Array;
+      /** The BAT's used entries, when its decoding listed them. */
+      allocated?: Uint32Array;
     },
   ) {
     this.id = source.name;
@@ -128,7 +130,7 @@ export class VhdImage {
     this.header = init.header;
     this.headerOffset = init.headerOffset;
     this.bat = init.bat;
-    this.allocated = init.bat ? allocatedIndices(init.bat) : new Uint32Array(0);
+    this.allocated = init.allocated ?? (init.bat ? allocatedIndices(init.bat) : new Uint32Array(0));
     this.virtualSize = Number(init.footer.currentSize);
     this.blockSize = init.header?.blockSize ?? 0;
     this.bitmapSize = init.header ? bitmapByteSize(init.header.blockSize) : 0;
@@ -394,11 +396,11 @@ export class VhdImage {
         }),
       );
     }
-    const batBytes = new Uint8Array(needed * 4);
-    await source.read(batBytes, tableOffset);
-    const bat = decodeBat(batBytes, needed);
+    const table = batTable(needed);
+    await source.read(table.bytes, tableOffset);
+    const { bat, allocated } = table.decode();
 
-    const image = new VhdImage(source, { type, footer, footerOffset: mainOffset, header, headerOffset, bat });
+    const image = new VhdImage(source, { type, footer, footerOffset: mainOffset, header, headerOffset, bat, allocated });
     image.dataEnd = dataEnd;
     if (type === 'differencing') await image.readLocators(report);
     image.validateBlocks(report, [
