@@ -9,7 +9,7 @@ export { create, parentLinkFor, type CreateOptions, type CreateResult } from './
 export { convert, azureSize, type ConvertOptions, type ConvertResult, type TargetFormat } from './ops/convert.js';
 export { hash, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, type HashOptions, type HashResult } from './ops/hash.js';
 export { diff, type DiffOptions, type DiffResult } from './ops/diff.js';
-export { merge, findSiblings, type MergeOptions, type MergeResult } from './ops/merge.js';
+export { merge, mergeBatch, findSiblings, type MergeOptions, type MergeResult, type MergeBatchOptions, type MergeBatchItem, type MergeBatchResult } from './ops/merge.js';
 export { journalPath, lockPath, acquireLock, acquireSharedLock, hasPendingMerge, type MergeJournal } from './ops/journal.js';
 export { upload, isCompleteUpload, DEFAULT_CONCURRENCY, type UploadOptions, type UploadResult, type UploadMethod } from './ops/upload.js';
 export { generations, type Generation, type GenerationsOptions, type GenerationsResult } from './ops/generations.js';

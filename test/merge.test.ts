@@ -35,7 +35,7 @@ import { FileSink } from '../src/io/file.js';
 import { check } from '../src/ops/check.js';
 import { create, newUuid, parentLinkFor } from '../src/ops/create.js';
 import { acquireLock, acquireSharedLock, journalPath, lockPath, readJournal } from '../src/ops/journal.js';
-import { merge } from '../src/ops/merge.js';
+import { merge, mergeBatch } from '../src/ops/merge.js';
 import { openDisk } from '../src/ops/open.js';
 import { corpusDir, corpusPresent, hasQemu, readCorpusFile, repoRoot, tmpDir, readVirtual } from './helpers.js';
 
@@ -988,6 +988,38 @@ describe('batch merges and the JSON summary', () => {
     expect(two.code).toBe(0);
     expect(mostAtOnce(JSON.parse(two.stdout).results)).toBe(2);
     for (const [i, p] of pairs.entries()) expectSameBytes(await readVirtual(p.parent), p.model, `parent ${names[i]}`);
+  });
+
+  it('library mergeBatch: results as they end, a failure does not stop the rest; after an abort nothing new starts and the rest fail ABORTED', async () => {
+    const dir = tmpDir('vhdkit-merge-batchlib-');
+    const names = ['a', 'b', 'c', 'd', 'e'];
+    const pairs = [];
+    for (const [i, n] of names.entries()) pairs.push(await simplePair(dir, { names: [`p${n}.vhd`, `${n}.vhd`], childWrites: [[i * 5 + 2, 20, i + 1]] }));
+    fs.rmSync(pairs[1].parent); // b's parent is gone
+    const seen: string[] = [];
+    const all = await mergeBatch(
+      names.slice(0, 3).map((n) => path.join(dir, `${n}.vhd`)),
+      { concurrency: 1, onResult: (item) => seen.push(path.basename(item.child)) },
+    );
+    expect(seen).toEqual(['a.vhd', 'b.vhd', 'c.vhd']);
+    expect(all).toMatchObject({ ok: false, merged: 2, failed: 1, sectorsMerged: pairs[0].own.size + pairs[2].own.size });
+    expect(all.results[1].error).toMatchObject({ code: ErrorCodes.PARENT_MISSING });
+    expectSameBytes(await readVirtual(pairs[2].parent), pairs[2].model, 'c merged after b failed');
+
+    const eParent = fileSha(pairs[4].parent);
+    const ac = new AbortController();
+    const stopped = await mergeBatch(
+      ['d', 'e'].map((n) => path.join(dir, `${n}.vhd`)),
+      { concurrency: 1, signal: ac.signal, onResult: () => ac.abort(new Error('test stop')) },
+    );
+    expect(stopped.results.map((r) => [path.basename(r.child), r.ok])).toEqual([
+      ['d.vhd', true],
+      ['e.vhd', false],
+    ]);
+    expect(stopped.results[1].error).toMatchObject({ code: ErrorCodes.ABORTED });
+    expect(fileSha(pairs[4].parent)).toBe(eParent); // e was never started
+    expectSameBytes(await readVirtual(pairs[4].child), pairs[4].model, 'e untouched: its chain reads as before');
+    await expect(mergeBatch([], { concurrency: 0 })).rejects.toMatchObject({ code: ErrorCodes.USAGE });
   });
 
   it('a bad --concurrency or an unreadable --from-list is a usage error naming it, and nothing is merged', async () => {

@@ -53,7 +53,7 @@ import { uuidV4 } from '../format/uuid.js';
 import { FileSink } from '../io/file.js';
 import { BITMAP_FROM_FILE, BITMAP_ONES, BITMAP_ZEROS, type MergeCopyResult, type MergeCopyTask, runMergeCopyInline } from '../pool/merge-task.js';
 import { orderedWindow } from '../pool/schedule.js';
-import { throwIfAborted, type OperationOptions } from './common.js';
+import { throwIfAborted, type OperationOptions, type Progress } from './common.js';
 import { acquireLock, fsyncDir, hasPendingMerge, journalPath, type MergeJournal, readJournal, removeJournal, writeJournal } from './journal.js';
 import { openDisk } from './open.js';
 
@@ -813,4 +813,113 @@ async function writeBatEntries(sink: FileSink, tableOffset: number, entries: Map
   // orderedWindow: at most BAT_WRITES_IN_FLIGHT at once; on a failure, nothing new starts and it
   // returns only once the runs in flight have settled.
   await orderedWindow(runs, BAT_WRITES_IN_FLIGHT, patch, () => {});
+}
+
+// -------------------------------------------------------------------------------------------------
+// Batches
+
+export interface MergeBatchOptions extends Omit<MergeOptions, 'to' | 'intoCopy' | 'onProgress'> {
+  /** Merges that run at once (default 2). They share the process's one pool. */
+  concurrency?: number;
+  /** The bytes of the merges running now: done and in all (a bar for the batch). */
+  onProgress?: (p: Progress) => void;
+  /** Called as each child's merge ends, in the order they end. */
+  onResult?: (item: MergeBatchItem) => void;
+}
+
+export interface MergeBatchItem {
+  child: string;
+  ok: boolean;
+  result?: MergeResult;
+  /** Why it failed (a VhdError with its code, file and offset where it is one). */
+  error?: unknown;
+  /** When its merge began and ended, in seconds from the batch's start. */
+  start: number;
+  end: number;
+}
+
+export interface MergeBatchResult {
+  ok: boolean;
+  merged: number;
+  failed: number;
+  sectorsMerged: number;
+  blocksAllocated: number;
+  bytesWritten: number;
+  seconds: number;
+  /** One per child, in the order they ended; children not started because of an abort fail with ABORTED. */
+  results: MergeBatchItem[];
+}
+
+/** The batch's concurrency (default 2); USAGE unless a whole number ≥ 1. */
+export function checkConcurrency(concurrency: number | undefined): number {
+  const n = concurrency ?? 2;
+  if (!Number.isInteger(n) || n < 1) throw new VhdError(ErrorCodes.USAGE, `--concurrency must be a whole number ≥ 1, got ${concurrency}`);
+  return n;
+}
+
+/**
+ * Merges several children, each into its own parent, at most `concurrency` at a time; a failed one
+ * does not stop the others. After an abort no new merge starts (those running stop as `merge` does)
+ * and the children left are reported as failed with ABORTED. Never throws for one child's failure:
+ * the result says which failed and why.
+ */
+export async function mergeBatch(children: string[], options: MergeBatchOptions = {}): Promise<MergeBatchResult> {
+  const concurrency = checkConcurrency(options.concurrency);
+  const { onResult, onProgress, concurrency: _concurrency, ...mergeOptions } = options;
+  const t0 = performance.now();
+  const clock = () => Math.round(performance.now() - t0) / 1000;
+  const results: MergeBatchItem[] = [];
+  const running = new Map<number, Progress>();
+  const report = () => {
+    if (!onProgress) return;
+    let done = 0;
+    let total = 0;
+    for (const p of running.values()) {
+      done += p.done;
+      total += p.total;
+    }
+    onProgress({ done, total });
+  };
+  const finish = (item: MergeBatchItem) => {
+    results.push(item);
+    onResult?.(item);
+  };
+  let next = 0;
+  const lane = async () => {
+    while (next < children.length && !options.signal?.aborted) {
+      const index = next++;
+      const child = children[index];
+      const start = clock();
+      try {
+        const onChildProgress = (p: Progress) => {
+          running.set(index, p);
+          report();
+        };
+        const result = await merge(child, { ...mergeOptions, onProgress: onChildProgress });
+        finish({ child, ok: true, result, start, end: clock() });
+      } catch (error) {
+        finish({ child, ok: false, error, start, end: clock() });
+      } finally {
+        running.delete(index);
+        report();
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(concurrency, children.length) }, lane));
+  for (; next < children.length; next++) {
+    const error = new VhdError(ErrorCodes.ABORTED, 'not started: the batch was interrupted', { file: children[next], cause: options.signal?.reason });
+    finish({ child: children[next], ok: false, error, start: clock(), end: clock() });
+  }
+  const ok = results.filter((r) => r.ok);
+  const sum = (k: 'sectorsMerged' | 'blocksAllocated' | 'bytesWritten') => ok.reduce((n, r) => n + r.result![k], 0);
+  return {
+    ok: ok.length === results.length,
+    merged: ok.length,
+    failed: results.length - ok.length,
+    sectorsMerged: sum('sectorsMerged'),
+    blocksAllocated: sum('blocksAllocated'),
+    bytesWritten: sum('bytesWritten'),
+    seconds: clock(),
+    results,
+  };
 }

@@ -4,7 +4,6 @@ import { ErrorCodes, VhdError } from '../../errors.js';
 import { withGlobal } from '../options.js';
 import { EXIT_PROBLEMS, exitCodeFor, type GlobalArgs, interruptSignal, printFindings, printJson, printLines, progressBar, reportError, safe } from '../output.js';
 import { formatSize } from '../sizes.js';
-import type { Progress } from '../../ops/common.js';
 
 interface Args extends GlobalArgs {
   child?: string[];
@@ -41,11 +40,9 @@ export const mergeCommand: CommandModule<object, Args> = {
       .example('$0 merge patch1.vhd --into-copy base-merged.vhd', 'leave base.vhd and its other children alone') as never,
   handler: async (args) => {
     try {
+      const { checkConcurrency, merge, mergeBatch } = await import('../../ops/merge.js');
       const children = [...(args.child ?? [])];
-      const concurrency = args.concurrency ?? 2;
-      if (!Number.isInteger(concurrency) || concurrency < 1) {
-        throw new VhdError(ErrorCodes.USAGE, `--concurrency must be a whole number ≥ 1, got ${args.concurrency}`);
-      }
+      const concurrency = checkConcurrency(args.concurrency);
       const list = args['from-list'];
       if (list !== undefined) {
         let text: string;
@@ -60,7 +57,6 @@ export const mergeCommand: CommandModule<object, Args> = {
       if (children.length > 1 && (args.to || args['into-copy'])) {
         throw new VhdError(ErrorCodes.USAGE, '--to and --into-copy name one target: use them with one child');
       }
-      const { merge } = await import('../../ops/merge.js');
       const signal = interruptSignal();
       const opts = (bar?: ReturnType<typeof progressBar>) => ({
         to: args.to,
@@ -87,62 +83,40 @@ export const mergeCommand: CommandModule<object, Args> = {
         ]);
         return;
       }
-      // A batch: bounded concurrency, go on past failures, one report at the end. Each result says
-      // when its merge ran (seconds from the batch's start), so a report shows what overlapped.
-      const results: Array<Record<string, unknown>> = [];
-      const t0 = performance.now();
-      const clock = () => Math.round(performance.now() - t0) / 1000;
-      // One bar for the batch on a terminal: merges finished, and the bytes of those running.
+      // A batch: bounded concurrency, go on past failures, one report at the end (mergeBatch).
       let finished = 0;
-      const running = new Map<number, Progress>();
       const bar = progressBar(() => `merge ${finished}/${children.length}`, args);
-      const update = () => {
-        let done = 0;
-        let total = 0;
-        for (const p of running.values()) {
-          done += p.done;
-          total += p.total;
-        }
-        bar.update({ done, total });
-      };
-      const say = (line: string) => {
-        bar.clear();
-        if (!args.json) process.stdout.write(`${safe(line)}\n`);
-      };
-      let next = 0;
-      const lane = async () => {
-        while (next < children.length) {
-          const index = next++;
-          const child = children[index];
-          const start = clock();
-          try {
-            const r = await merge(child, { ...opts(), onProgress: (p: Progress) => (running.set(index, p), update()) });
-            results.push({ ...r, ok: true, start, end: clock() });
-            say(`ok     ${child} -> ${r.target} (${r.sectorsMerged} sectors, ${r.seconds.toFixed(2)} s)`);
-          } catch (e) {
-            const error = e instanceof VhdError ? e.toJSON() : { code: 'INTERNAL', message: String((e as Error)?.message ?? e) };
-            results.push({ child, ok: false, error, exitCode: exitCodeFor(e), start, end: clock() });
-            say(`FAILED ${child}: ${error.message}`);
-          } finally {
-            running.delete(index);
-            finished++;
-            update();
-          }
-        }
-      };
-      await Promise.all(Array.from({ length: Math.min(concurrency, children.length) }, lane));
+      const batch = await mergeBatch(children, {
+        ...opts(),
+        concurrency,
+        onProgress: bar.update,
+        onResult: (item) => {
+          finished++;
+          bar.clear();
+          if (args.json) return;
+          const r = item.result;
+          const line = r
+            ? `ok     ${item.child} -> ${r.target} (${r.sectorsMerged} sectors, ${r.seconds.toFixed(2)} s)`
+            : `FAILED ${item.child}: ${item.error instanceof Error ? item.error.message : String(item.error)}`;
+          process.stdout.write(`${safe(line)}\n`);
+        },
+      });
       bar.done();
-      const failed = results.filter((r) => !r.ok).length;
-      const sum = (k: string) => results.reduce((n, r) => n + (typeof r[k] === 'number' ? (r[k] as number) : 0), 0);
       const summary = {
-        ok: failed === 0,
-        merged: results.length - failed,
-        failed,
-        sectorsMerged: sum('sectorsMerged'),
-        blocksAllocated: sum('blocksAllocated'),
-        bytesWritten: sum('bytesWritten'),
-        results,
+        ok: batch.ok,
+        merged: batch.merged,
+        failed: batch.failed,
+        sectorsMerged: batch.sectorsMerged,
+        blocksAllocated: batch.blocksAllocated,
+        bytesWritten: batch.bytesWritten,
+        seconds: batch.seconds,
+        results: batch.results.map(({ child, ok, result, error, start, end }) =>
+          ok
+            ? { ...result, ok, start, end }
+            : { child, ok, error: error instanceof VhdError ? error.toJSON() : { code: 'INTERNAL', message: String((error as Error)?.message ?? error) }, exitCode: exitCodeFor(error), start, end },
+        ),
       };
+      const failed = batch.failed;
       if (args.json) printJson(summary);
       else printLines([`${summary.merged} merged, ${failed} failed`]);
       if (failed > 0) process.exitCode = EXIT_PROBLEMS;
