@@ -580,6 +580,50 @@ describe('targets of other shapes', () => {
     expect(cli(['check', '--strict', 'small.vhd'], dir).code).toBe(0);
   });
 
+  it('--into-copy: a copy left unopenable by a killed rerun (cut at its old end) is restored and the merge completes', async () => {
+    const dir = tmpDir('vhdkit-merge-copy-cut-');
+    const g = await growPair(dir);
+    const pristine = fileSha(g.parent);
+    const final = path.join(dir, 'merged.vhd');
+    const work = path.join(dir, '.merged.vhd.vhdkit-copy');
+    const ac = new AbortController();
+    await expect(
+      merge(g.child, { intoCopy: final, signal: ac.signal, onProgress: () => ac.abort(new Error('test interruption')) }),
+    ).rejects.toMatchObject({ code: ErrorCodes.ABORTED });
+    expect(fs.existsSync(work)).toBe(true);
+    const journal = readJournal(work);
+    expect(journal?.oldEnd).toBeGreaterThan(0);
+    fs.truncateSync(work, journal!.oldEnd);
+    const r = cli(['merge', 'big.vhd', '--into-copy', 'merged.vhd', '--json'], dir);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout).resumed).toBe(true);
+    expectSameBytes(await readVirtual(final), g.model, 'the completed copy');
+    expect(fs.existsSync(work)).toBe(false);
+    expect(fileSha(g.parent)).toBe(pristine);
+    expect(cli(['check', '--strict', 'merged.vhd'], dir).code).toBe(0);
+  });
+
+  it('a merge into the target running (lock held, journal written): info and check say LOCKED, not interrupted; hash refuses with exit 1', async () => {
+    const dir = tmpDir('vhdkit-merge-running-');
+    const { parent } = await simplePair(dir);
+    const release = acquireLock(parent, 'merge');
+    fs.writeFileSync(journalPath(parent), '{}');
+    try {
+      const chk = JSON.parse(cli(['check', 'parent.vhd', '--json'], dir).stdout);
+      expect(chk.errors.map((f: { code: string }) => f.code)).toEqual(['LOCKED']);
+      expect(chk.errors[0].message).toMatch(/a merge into this disk is running: merge \(pid \d+/);
+      const inf = JSON.parse(cli(['info', 'parent.vhd', '--json'], dir).stdout);
+      expect(inf.findings.map((f: { code: string }) => f.code)).toEqual(['LOCKED']);
+      const h = cli(['hash', 'child.vhd'], dir);
+      expect(h.code).toBe(1);
+      expect(h.stderr).toMatch(/^vhdkit: .*parent\.vhd: a merge into this disk is running.*\[LOCKED\]\n$/);
+    } finally {
+      release();
+      fs.rmSync(journalPath(parent), { force: true });
+    }
+  });
+
   it.skipIf(!hasQemu)('BAT growth: qemu-img reads the grown parent at its new size (footer geometry follows the size)', async () => {
     const dir = tmpDir('vhdkit-merge-grow-qemu-');
     const g = await growPair(dir);
@@ -1020,6 +1064,18 @@ describe('batch merges and the JSON summary', () => {
     expect(fileSha(pairs[4].parent)).toBe(eParent); // e was never started
     expectSameBytes(await readVirtual(pairs[4].child), pairs[4].model, 'e untouched: its chain reads as before');
     await expect(mergeBatch([], { concurrency: 0 })).rejects.toMatchObject({ code: ErrorCodes.USAGE });
+    // A callback that throws: each child still reported once, the batch ends, then the error.
+    const items: string[] = [];
+    await expect(
+      mergeBatch([path.join(dir, 'a.vhd'), path.join(dir, 'b.vhd')], {
+        concurrency: 2,
+        onResult: (item) => {
+          items.push(path.basename(item.child));
+          throw new Error('callback failed');
+        },
+      }),
+    ).rejects.toThrow('callback failed');
+    expect(items.sort()).toEqual(['a.vhd', 'b.vhd']);
   });
 
   it('a bad --concurrency or an unreadable --from-list is a usage error naming it, and nothing is merged', async () => {

@@ -654,15 +654,29 @@ describe('safety', () => {
     expect(fs.readdirSync(path.dirname(disk)).filter((n) => n.includes('.vhdkit-'))).toEqual([]);
   });
 
-  it('a merge into the disk in progress (its exclusive lock held): the upload is LOCKED (CLI exit 1), naming the merge, and creates no blob', async () => {
-    const release = acquireLock(disk, 'merge'); // what vhdkit merge holds while it writes into a target
+  it('a merge into the disk running (its lock held, before and after its journal exists): LOCKED (CLI exit 1) naming it; interrupted (journal, no live holder): MERGE_PENDING; no blob either way', async () => {
+    const env = { AZURE_STORAGE_CONNECTION_STRING: az.connectionString };
+    const send = () => cli(['upload', disk, `${C}/during-merge.vhd`, '--journal-dir', journalDir], env);
+    const journal = `${disk}.vhdkit-merge.json`;
+    const release = acquireLock(disk, 'merge'); // what vhdkit merge holds while it plans and writes
     try {
-      const run = await cli(['upload', disk, `${C}/during-merge.vhd`, '--journal-dir', journalDir], { AZURE_STORAGE_CONNECTION_STRING: az.connectionString });
-      expect(run.code).toBe(1);
-      expect(run.stderr).toMatch(/^vhdkit: .*safety\.vhd.*locked by merge.*\[LOCKED\]\n$/);
+      const planning = await send();
+      expect(planning.code).toBe(1);
+      expect(planning.stderr).toMatch(/^vhdkit: .*safety\.vhd.*locked by merge.*\[LOCKED\]\n$/);
       await expect(upload(disk, `${C}/during-merge.vhd`, { connectionString: az.connectionString, journalDir })).rejects.toMatchObject({ code: ErrorCodes.LOCKED });
+      fs.writeFileSync(journal, '{}'); // the merge has begun writing
+      const writing = await send();
+      expect(writing.code).toBe(1);
+      expect(writing.stderr).toMatch(/^vhdkit: .*safety\.vhd: a merge into this disk is running: merge \(pid \d+ .*\[LOCKED\]\n$/);
     } finally {
       release();
+    }
+    try {
+      const interrupted = await send();
+      expect(interrupted.code).toBe(2);
+      expect(interrupted.stderr).toMatch(/^vhdkit: .*safety\.vhd: a merge into this disk was interrupted.*\[MERGE_PENDING\]\n$/);
+    } finally {
+      fs.rmSync(journal, { force: true });
     }
     expect(await svc.getContainerClient(C).getPageBlobClient('during-merge.vhd').exists()).toBe(false);
     expect(fs.readdirSync(path.dirname(disk)).filter((n) => n.includes('.vhdkit-'))).toEqual([]);

@@ -73,6 +73,8 @@ export function reportError(e: unknown, args: GlobalArgs): void {
 export function progressBar(
   label: string | (() => string),
   args: GlobalArgs,
+  /** `rate: false` for progress that is not in bytes (no MiB/s shown). */
+  how: { rate?: boolean } = {},
 ): { update: (p: Progress) => void; clear: () => void; done: () => void } {
   if (args.quiet || !process.stderr.isTTY) return { update: () => {}, clear: () => {}, done: () => {} };
   let last = 0;
@@ -85,7 +87,8 @@ export function progressBar(
     const filled = Math.round(frac * width);
     const secs = (Date.now() - started) / 1000;
     const rate = secs > 0 ? p.done / secs / 2 ** 20 : 0;
-    process.stderr.write(`\r${typeof label === 'function' ? label() : label} [${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${(frac * 100).toFixed(0).padStart(3)}% ${rate.toFixed(0)} MiB/s `);
+    const speed = how.rate === false ? '' : `${rate.toFixed(0)} MiB/s `;
+    process.stderr.write(`\r${typeof label === 'function' ? label() : label} [${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${(frac * 100).toFixed(0).padStart(3)}% ${speed}`);
   };
   return {
     update: (p) => {

@@ -215,6 +215,18 @@ export function acquireLock(target: string, what: string): () => void {
   throw new VhdError(ErrorCodes.LOCKED, `could not take the lock ${file}`, { file: target });
 }
 
+/**
+ * Who holds the exclusive lock of `target` while running ("merge (pid 123 on host since …)"), or
+ * undefined when nobody does or its holder is gone: a journal beside `target` is then an
+ * interrupted merge's, not a running one's.
+ */
+export function liveLockHolder(target: string): string | undefined {
+  const file = lockPath(target);
+  const holder = readHolder(file);
+  if (holder === undefined || lockIsStale(holder, file)) return undefined;
+  return `${holder.what ?? 'another vhdkit process'} (pid ${holder.pid ?? '?'} on ${holder.host ?? '?'} since ${holder.since ?? '?'})`;
+}
+
 interface Holder {
   pid?: number;
   host?: string;

@@ -222,20 +222,37 @@ async function restoreLayout(sink: FileSink, journal: MergeJournal): Promise<voi
 
 /** restoreLayout for a disk found unopenable, under the lock (never beside a live merge). */
 async function restoreOriginalLayout(file: string): Promise<boolean> {
-  const journal = readJournal(file);
-  if (!journal?.originalHeader) return false;
+  if (!readJournal(file)?.originalHeader) return false;
   const release = acquireLock(file, 'merge');
   try {
-    const sink = await FileSink.open(file, 'r+');
-    try {
-      await restoreLayout(sink, journal);
-    } finally {
-      await sink.close();
-    }
+    return await restoreLayoutOf(file);
   } finally {
     release();
   }
+}
+
+/** restoreLayout of `file` by its journal, for a caller that holds the lock. */
+async function restoreLayoutOf(file: string): Promise<boolean> {
+  const journal = readJournal(file);
+  if (!journal?.originalHeader) return false;
+  const sink = await FileSink.open(file, 'r+');
+  try {
+    await restoreLayout(sink, journal);
+  } finally {
+    await sink.close();
+  }
   return true;
+}
+
+/** Opens a merge's own target (under its lock) on its own; one left unopenable by a killed run is restored first. */
+async function openTarget(file: string): Promise<VhdImage> {
+  const open = () => openDisk(file, { resolveParents: false });
+  try {
+    return await open();
+  } catch (e) {
+    if (e instanceof VhdError && hasPendingMerge(file) && (await restoreLayoutOf(file))) return open();
+    throw e;
+  }
 }
 
 /** Opens the child's chain; a disk of it left unopenable by an interrupted merge is restored first. */
@@ -369,7 +386,7 @@ async function mergeInto(
     const resumed = journal !== undefined;
     let planned: Segment[] | undefined;
     // The target itself, opened on its own (its footer may be gone mid-merge: the copy at 0 serves).
-    const target = intoCopy ? await openDisk(targetFile, { resolveParents: false }) : targetInChain;
+    const target = intoCopy ? await openTarget(targetFile) : targetInChain;
     try {
       if (journal) {
         const want = sources.map((s) => s.uuid).join(',');
@@ -821,9 +838,9 @@ async function writeBatEntries(sink: FileSink, tableOffset: number, entries: Map
 export interface MergeBatchOptions extends Omit<MergeOptions, 'to' | 'intoCopy' | 'onProgress'> {
   /** Merges that run at once (default 2). They share the process's one pool. */
   concurrency?: number;
-  /** The bytes of the merges running now: done and in all (a bar for the batch). */
+  /** Progress in merges: `done` counts the merges ended and the running ones' share done, `total` the children. */
   onProgress?: (p: Progress) => void;
-  /** Called as each child's merge ends, in the order they end. */
+  /** Called as each child's merge ends, in the order they end (an error it throws is thrown at the end). */
   onResult?: (item: MergeBatchItem) => void;
 }
 
@@ -869,20 +886,29 @@ export async function mergeBatch(children: string[], options: MergeBatchOptions 
   const t0 = performance.now();
   const clock = () => Math.round(performance.now() - t0) / 1000;
   const results: MergeBatchItem[] = [];
+  // Progress in merges: those ended count whole, those running by their share done.
   const running = new Map<number, Progress>();
+  let ended = 0;
   const report = () => {
     if (!onProgress) return;
-    let done = 0;
-    let total = 0;
-    for (const p of running.values()) {
-      done += p.done;
-      total += p.total;
+    let share = 0;
+    for (const p of running.values()) share += p.total > 0 ? Math.min(1, p.done / p.total) : 0;
+    try {
+      onProgress({ done: ended + share, total: children.length });
+    } catch (error) {
+      callbackError ??= { error };
     }
-    onProgress({ done, total });
   };
+  // A callback that throws neither stops the batch nor records a child twice: the first such
+  // error is thrown once every merge has settled.
+  let callbackError: { error: unknown } | undefined;
   const finish = (item: MergeBatchItem) => {
     results.push(item);
-    onResult?.(item);
+    try {
+      onResult?.(item);
+    } catch (error) {
+      callbackError ??= { error };
+    }
   };
   let next = 0;
   const lane = async () => {
@@ -890,19 +916,21 @@ export async function mergeBatch(children: string[], options: MergeBatchOptions 
       const index = next++;
       const child = children[index];
       const start = clock();
+      let item: MergeBatchItem;
       try {
         const onChildProgress = (p: Progress) => {
           running.set(index, p);
           report();
         };
         const result = await merge(child, { ...mergeOptions, onProgress: onChildProgress });
-        finish({ child, ok: true, result, start, end: clock() });
+        item = { child, ok: true, result, start, end: clock() };
       } catch (error) {
-        finish({ child, ok: false, error, start, end: clock() });
-      } finally {
-        running.delete(index);
-        report();
+        item = { child, ok: false, error, start, end: clock() };
       }
+      running.delete(index);
+      ended++;
+      finish(item);
+      report();
     }
   };
   await Promise.all(Array.from({ length: Math.min(concurrency, children.length) }, lane));
@@ -910,6 +938,7 @@ export async function mergeBatch(children: string[], options: MergeBatchOptions 
     const error = new VhdError(ErrorCodes.ABORTED, 'not started: the batch was interrupted', { file: children[next], cause: options.signal?.reason });
     finish({ child: children[next], ok: false, error, start: clock(), end: clock() });
   }
+  if (callbackError) throw callbackError.error;
   const ok = results.filter((r) => r.ok);
   const sum = (k: 'sectorsMerged' | 'blocksAllocated' | 'bytesWritten') => ok.reduce((n, r) => n + r.result![k], 0);
   return {

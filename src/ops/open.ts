@@ -2,7 +2,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { ErrorCodes, findingFrom, VhdError } from '../errors.js';
-import { hasPendingMerge, journalPath } from './journal.js';
+import { hasPendingMerge, journalPath, liveLockHolder } from './journal.js';
 import { VhdImage, type OpenOptions } from '../disk/image.js';
 import { RawDisk, type VirtualDisk } from '../disk/source.js';
 import { FileResolver, FileSink } from '../io/file.js';
@@ -14,8 +14,9 @@ export interface OpenDiskOptions extends Omit<OpenOptions, 'resolver'> {
 
 /**
  * Opens a VHD file and, for a differencing disk, its whole chain. A disk of the chain with a merge
- * pending on it (an interrupted `vhdkit merge`) gets a MERGE_PENDING finding: its content is only
- * right again once that merge is run again.
+ * pending on it gets an error finding: MERGE_PENDING when that merge was interrupted (its content is
+ * only right again once the merge is run again), LOCKED while a merge into it is running (its content
+ * is changing).
  */
 export async function openDisk(file: string, options: OpenDiskOptions = {}): Promise<VhdImage> {
   let image: VhdImage;
@@ -23,22 +24,15 @@ export async function openDisk(file: string, options: OpenDiskOptions = {}): Pro
     image = await openDiskOnly(file, options);
   } catch (e) {
     // A merge killed at the wrong instant can leave its target unopenable until it is run again (the
-    // file cut before its header is put back): say that, not only what is broken.
+    // file cut before its header is put back): say that, not only what is broken. Errors that are not
+    // about the file's own structures (I/O, a parent) stay as they are.
     const broken = e instanceof VhdError ? (e.file ?? file) : undefined;
-    if (broken !== undefined && e instanceof VhdError && e.code !== ErrorCodes.MERGE_PENDING && hasPendingMerge(broken)) {
-      throw new VhdError(
-        ErrorCodes.MERGE_PENDING,
-        `a merge into this disk was interrupted and left it unopenable until that merge is completed (${e.detail} [${e.code}]); run the same "vhdkit merge" again to complete it (journal ${journalPath(broken)})`,
-        { file: broken, structure: e.structure, offset: e.offset, cause: e },
-      );
-    }
+    if (broken !== undefined && e instanceof VhdError && !NOT_STRUCTURE.has(e.code) && hasPendingMerge(broken)) throw mergeState(broken, e);
     throw e;
   }
   for (const d of image.chain) {
     if (!hasPendingMerge(d.name)) continue;
-    const e = new VhdError(ErrorCodes.MERGE_PENDING, `a merge into this disk was interrupted; run the same "vhdkit merge" again to complete it (journal ${journalPath(d.name)})`, {
-      file: d.name,
-    });
+    const e = mergeState(d.name);
     if (options.strict) {
       await image.close();
       throw e;
@@ -48,6 +42,28 @@ export async function openDisk(file: string, options: OpenDiskOptions = {}): Pro
     options.onFinding?.(f);
   }
   return image;
+}
+
+/** Errors that say nothing about the file's own structures: never blamed on a pending merge. */
+const NOT_STRUCTURE: ReadonlySet<string> = new Set([
+  ErrorCodes.IO,
+  ErrorCodes.MERGE_PENDING,
+  ErrorCodes.LOCKED,
+  ErrorCodes.PARENT_MISSING,
+  ErrorCodes.PARENT_UUID_MISMATCH,
+  ErrorCodes.PARENT_NOT_ALLOWED,
+  ErrorCodes.CHAIN_CYCLE,
+  ErrorCodes.CHAIN_TOO_DEEP,
+]);
+
+/** The error for a disk with a merge journal beside it (`broken`: what opening it found, if it failed). */
+function mergeState(file: string, broken?: VhdError): VhdError {
+  const running = liveLockHolder(file);
+  const found = broken ? ` (${broken.detail} [${broken.code}])` : '';
+  const context = { file, structure: broken?.structure, offset: broken?.offset, cause: broken };
+  if (running) return new VhdError(ErrorCodes.LOCKED, `a merge into this disk is running: ${running}; its content changes until it ends${found}`, context);
+  const state = broken ? 'was interrupted and left it unopenable until that merge is completed' : 'was interrupted';
+  return new VhdError(ErrorCodes.MERGE_PENDING, `a merge into this disk ${state}${found}; run the same "vhdkit merge" again to complete it (journal ${journalPath(file)})`, context);
 }
 
 async function openDiskOnly(file: string, options: OpenDiskOptions): Promise<VhdImage> {
@@ -80,10 +96,10 @@ export async function openAny(
   try {
     const disk = await openDisk(file, options);
     // A disk mid-merge reads as neither its old nor its new self: refuse to take content from it.
-    const pending = disk.allFindings.find((f) => f.code === ErrorCodes.MERGE_PENDING);
+    const pending = disk.allFindings.find((f) => f.code === ErrorCodes.MERGE_PENDING || f.code === ErrorCodes.LOCKED);
     if (pending) {
       await disk.close();
-      throw new VhdError(ErrorCodes.MERGE_PENDING, pending.message.replace(/^.*?: /, ''), { file: pending.file });
+      throw new VhdError(pending.code, pending.message.replace(/^.*?: /, ''), { file: pending.file });
     }
     return { disk, format: 'vhd' };
   } catch (e) {

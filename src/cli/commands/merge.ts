@@ -85,7 +85,7 @@ export const mergeCommand: CommandModule<object, Args> = {
       }
       // A batch: bounded concurrency, go on past failures, one report at the end (mergeBatch).
       let finished = 0;
-      const bar = progressBar(() => `merge ${finished}/${children.length}`, args);
+      const bar = progressBar(() => `merge ${finished}/${children.length}`, args, { rate: false });
       const batch = await mergeBatch(children, {
         ...opts(),
         concurrency,
