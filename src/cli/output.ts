@@ -52,13 +52,15 @@ export function exitCodeFor(e: unknown): number {
   return EXIT_USAGE;
 }
 
+/** An error as JSON: a VhdError's code, message, file, structure and offset; anything else INTERNAL. */
+export function errorJson(e: unknown): Record<string, unknown> {
+  return e instanceof VhdError ? e.toJSON() : { code: 'INTERNAL', message: String((e as Error)?.message ?? e) };
+}
+
 /** Prints an error as one line (a stack only with --debug) and sets the exit code. */
 export function reportError(e: unknown, args: GlobalArgs): void {
   const code = exitCodeFor(e);
-  if (args.json) {
-    const error = e instanceof VhdError ? e.toJSON() : { code: 'INTERNAL', message: String((e as Error)?.message ?? e) };
-    process.stdout.write(`${JSON.stringify({ ok: false, error }, null, 2)}\n`);
-  }
+  if (args.json) process.stdout.write(`${JSON.stringify({ ok: false, error: errorJson(e) }, null, 2)}\n`);
   const text = e instanceof VhdError ? `${e.message} [${e.code}]` : `internal error: ${(e as Error)?.message ?? String(e)}`;
   process.stderr.write(`vhdkit: ${safe(text)}\n`);
   if (args.debug && e instanceof Error && e.stack) process.stderr.write(`${redactSecrets(e.stack)}\n`);

@@ -4,7 +4,7 @@
  * list allocated extents. No node:* imports: parents are opened through a SourceResolver.
  */
 import { ErrorCodes, findingFrom, type Finding, VhdError } from '../errors.js';
-import { allocatedIndices, batByteSize, batTable, BAT_UNUSED } from '../format/bat.js';
+import { batByteSize, batTable, BAT_UNUSED } from '../format/bat.js';
 import { bitmapByteSize, forEachBitRun } from '../format/bitmap.js';
 import { decodeFooter, type DiskTypeName, diskTypeName, type Footer, FOOTER_SIZE } from '../format/footer.js';
 import { decodeHeader, decodeParentName, type DynamicHeader, HEADER_SIZE, isUnusedLocator } from '../format/header.js';
@@ -43,7 +43,8 @@ export interface OpenOptions {
   id?: string;
 }
 
-const CHAIN_ERRORS: ReadonlySet<string> = new Set([
+/** Errors about a disk's parents, not about the disk's own structures. */
+export const CHAIN_ERRORS: ReadonlySet<string> = new Set([
   ErrorCodes.PARENT_MISSING,
   ErrorCodes.PARENT_UUID_MISMATCH,
   ErrorCodes.PARENT_NOT_ALLOWED,
@@ -119,7 +120,7 @@ export class VhdImage {
       header?: DynamicHeader;
       headerOffset?: number;
       bat?: Uint32Array;
-      /** The BAT's used entries, when its decoding listed them. */
+      /** The BAT's used entries, ascending (listed by its decoding). */
       allocated?: Uint32Array;
     },
   ) {
@@ -130,7 +131,7 @@ export class VhdImage {
     this.header = init.header;
     this.headerOffset = init.headerOffset;
     this.bat = init.bat;
-    this.allocated = init.allocated ?? (init.bat ? allocatedIndices(init.bat) : new Uint32Array(0));
+    this.allocated = init.allocated ?? new Uint32Array(0);
     this.virtualSize = Number(init.footer.currentSize);
     this.blockSize = init.header?.blockSize ?? 0;
     this.bitmapSize = init.header ? bitmapByteSize(init.header.blockSize) : 0;

@@ -7,24 +7,11 @@ export const BAT_UNUSED = 0xffffffff;
 const HOST_LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 
 /**
- * First index ≥ i where a group of 8 entries holds a used one: whole groups of unused entries (-1,
- * all ones) are skipped with one AND of 8 reads. A 2000 GiB disk's BAT has 1M entries and is
- * mostly unused; the loops below check entries one by one only near used ones (up to SPAN entries
- * after each), so a dense table costs what it did and a sparse one about half (measured in a fresh
- * process, 2 × 1M entries with 50 used: 6–9 ms against 11–18 ms).
- *
- * The loops read the table as signed 32-bit integers (an unused entry is -1): small integers stay
- * unboxed where 0xFFFFFFFF as an unsigned value would not.
+ * The loops below read the table as signed 32-bit integers (an unused entry is -1): small integers
+ * stay unboxed where 0xFFFFFFFF as an unsigned value would not. Large tables read from disk are
+ * decoded by the WebAssembly kernel further down (batTable); these loops serve small tables and
+ * hosts without it.
  */
-function nextUsedGroup(v: Int32Array, i: number): number {
-  const last = v.length - 8;
-  while (i <= last && (v[i] & v[i + 1] & v[i + 2] & v[i + 3] & v[i + 4] & v[i + 5] & v[i + 6] & v[i + 7]) === -1) i += 8;
-  return i;
-}
-
-/** Entries checked one by one after each group that holds a used one. */
-const SPAN = 64;
-
 function int32View(bat: Uint32Array): Int32Array {
   return new Int32Array(bat.buffer, bat.byteOffset, bat.length);
 }
@@ -32,13 +19,8 @@ function int32View(bat: Uint32Array): Int32Array {
 /** Indices of the allocated entries, ascending: everything else about the BAT derives from them. */
 export function allocatedIndices(bat: Uint32Array): Uint32Array {
   const v = int32View(bat);
-  const len = v.length;
   const out = new Uint32Array(countAllocated(bat));
-  let k = 0;
-  for (let i = 0; i < len; ) {
-    i = nextUsedGroup(v, i);
-    for (const end = Math.min(i + SPAN, len); i < end; i++) if (v[i] !== -1) out[k++] = i;
-  }
+  for (let i = 0, k = 0; k < out.length; i++) if (v[i] !== -1) out[k++] = i;
   return out;
 }
 
@@ -49,12 +31,9 @@ export function decodeBat(bytes: Uint8Array, entries: number): Uint32Array {
     // reads the same in either order): twice as fast as per-entry DataView reads.
     new Uint8Array(bat.buffer).set(bytes.subarray(0, entries * 4));
     const v = new Int32Array(bat.buffer);
-    for (let i = 0; i < entries; ) {
-      i = nextUsedGroup(v, i);
-      for (const end = Math.min(i + SPAN, entries); i < end; i++) {
-        const x = v[i];
-        if (x !== -1) v[i] = (x << 24) | ((x & 0xff00) << 8) | ((x >>> 8) & 0xff00) | ((x >>> 24) & 0xff);
-      }
+    for (let i = 0; i < entries; i++) {
+      const x = v[i];
+      if (x !== -1) v[i] = (x << 24) | ((x & 0xff00) << 8) | ((x >>> 8) & 0xff00) | ((x >>> 24) & 0xff);
     }
     return bat;
   }
@@ -95,12 +74,8 @@ export function forEachAllocatedRun(bat: Uint32Array, fn: (first: number, end: n
 
 export function countAllocated(bat: Uint32Array): number {
   const v = int32View(bat);
-  const len = v.length;
   let n = 0;
-  for (let i = 0; i < len; ) {
-    i = nextUsedGroup(v, i);
-    for (const end = Math.min(i + SPAN, len); i < end; i++) if (v[i] !== -1) n++;
-  }
+  for (let i = 0; i < v.length; i++) if (v[i] !== -1) n++;
   return n;
 }
 

@@ -223,8 +223,7 @@ export function acquireLock(target: string, what: string): () => void {
 export function liveLockHolder(target: string): string | undefined {
   const file = lockPath(target);
   const holder = readHolder(file);
-  if (holder === undefined || lockIsStale(holder, file)) return undefined;
-  return `${holder.what ?? 'another vhdkit process'} (pid ${holder.pid ?? '?'} on ${holder.host ?? '?'} since ${holder.since ?? '?'})`;
+  return holder === undefined || lockIsStale(holder, file) ? undefined : describeHolder(holder);
 }
 
 interface Holder {
@@ -234,12 +233,12 @@ interface Holder {
   since?: string;
 }
 
+function describeHolder(holder: Holder): string {
+  return `${holder.what ?? 'another vhdkit process'} (pid ${holder.pid ?? '?'} on ${holder.host ?? '?'} since ${holder.since ?? '?'})`;
+}
+
 function lockedBy(target: string, holder: Holder, file: string): VhdError {
-  return new VhdError(
-    ErrorCodes.LOCKED,
-    `locked by ${holder.what ?? 'another vhdkit process'} (pid ${holder.pid ?? '?'} on ${holder.host ?? '?'} since ${holder.since ?? '?'}); wait for it, or remove ${file} if that process is gone`,
-    { file: target },
-  );
+  return new VhdError(ErrorCodes.LOCKED, `locked by ${describeHolder(holder)}; wait for it, or remove ${file} if that process is gone`, { file: target });
 }
 
 function holderRecord(what: string): string {

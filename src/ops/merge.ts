@@ -44,7 +44,7 @@ import path from 'node:path';
 import { ErrorCodes, type Finding, VhdError } from '../errors.js';
 import type { VhdImage } from '../disk/image.js';
 import { normalizeRanges, totalLength, type Range } from '../disk/ranges.js';
-import { batByteSize, BAT_UNUSED, decodeBat, encodeBat } from '../format/bat.js';
+import { batByteSize, batTable, BAT_UNUSED, encodeBat } from '../format/bat.js';
 import { bitmapByteSize } from '../format/bitmap.js';
 import { decodeFooter, encodeFooter, FOOTER_SIZE } from '../format/footer.js';
 import { decodeHeader, encodeHeader, HEADER_SIZE } from '../format/header.js';
@@ -244,26 +244,27 @@ async function restoreLayoutOf(file: string): Promise<boolean> {
   return true;
 }
 
-/** Opens a merge's own target (under its lock) on its own; one left unopenable by a killed run is restored first. */
-async function openTarget(file: string): Promise<VhdImage> {
-  const open = () => openDisk(file, { resolveParents: false });
+/**
+ * Opens with `open`; a disk of what it opens left unopenable by an interrupted merge (its journal
+ * beside it) is put back by `restore` and opened again.
+ */
+async function openRestoring(open: () => Promise<VhdImage>, restore: (file: string) => Promise<boolean>): Promise<VhdImage> {
   try {
     return await open();
   } catch (e) {
-    if (e instanceof VhdError && hasPendingMerge(file) && (await restoreLayoutOf(file))) return open();
+    if (e instanceof VhdError && e.file !== undefined && hasPendingMerge(e.file) && (await restore(e.file))) return open();
     throw e;
   }
 }
 
-/** Opens the child's chain; a disk of it left unopenable by an interrupted merge is restored first. */
-async function openChain(childPath: string, options: MergeOptions, warnings: Finding[]): Promise<VhdImage> {
-  const open = () => openDisk(childPath, { allowedDirs: options.allowedDirs, onFinding: (f) => warnings.push(f) });
-  try {
-    return await open();
-  } catch (e) {
-    if (e instanceof VhdError && e.file !== undefined && hasPendingMerge(e.file) && (await restoreOriginalLayout(e.file))) return open();
-    throw e;
-  }
+/** A merge's own target, opened on its own under the merge's lock. */
+function openTarget(file: string): Promise<VhdImage> {
+  return openRestoring(() => openDisk(file, { resolveParents: false }), restoreLayoutOf);
+}
+
+/** The child's chain; restoring a disk of it takes that disk's lock (never beside a live merge). */
+function openChain(childPath: string, options: MergeOptions, warnings: Finding[]): Promise<VhdImage> {
+  return openRestoring(() => openDisk(childPath, { allowedDirs: options.allowedDirs, onFinding: (f) => warnings.push(f) }), restoreOriginalLayout);
 }
 
 export async function merge(childPath: string, options: MergeOptions = {}): Promise<MergeResult> {
@@ -602,9 +603,9 @@ async function execute(
       } else {
         await restoreLayout(sink, journal);
         const entries = Math.ceil(Number(decodeFooter(unb64(journal.originalFooterCopy!)).currentSize) / bs);
-        const batBytes = new Uint8Array(entries * 4);
-        await sink.read(batBytes, tableOffset);
-        bat = decodeBat(batBytes, entries);
+        const table = batTable(entries);
+        await sink.read(table.bytes, tableOffset);
+        bat = table.decode().bat;
         for (const b of newAt.keys()) if (b < bat.length) bat[b] = BAT_UNUSED;
       }
       // Step 2: new blocks start as zeros (the old trailing footer is cut away), then every block's

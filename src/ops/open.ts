@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { ErrorCodes, findingFrom, VhdError } from '../errors.js';
 import { hasPendingMerge, journalPath, liveLockHolder } from './journal.js';
-import { VhdImage, type OpenOptions } from '../disk/image.js';
+import { CHAIN_ERRORS, VhdImage, type OpenOptions } from '../disk/image.js';
 import { RawDisk, type VirtualDisk } from '../disk/source.js';
 import { FileResolver, FileSink } from '../io/file.js';
 
@@ -45,16 +45,7 @@ export async function openDisk(file: string, options: OpenDiskOptions = {}): Pro
 }
 
 /** Errors that say nothing about the file's own structures: never blamed on a pending merge. */
-const NOT_STRUCTURE: ReadonlySet<string> = new Set([
-  ErrorCodes.IO,
-  ErrorCodes.MERGE_PENDING,
-  ErrorCodes.LOCKED,
-  ErrorCodes.PARENT_MISSING,
-  ErrorCodes.PARENT_UUID_MISMATCH,
-  ErrorCodes.PARENT_NOT_ALLOWED,
-  ErrorCodes.CHAIN_CYCLE,
-  ErrorCodes.CHAIN_TOO_DEEP,
-]);
+const NOT_STRUCTURE: ReadonlySet<string> = new Set([ErrorCodes.IO, ErrorCodes.MERGE_PENDING, ErrorCodes.LOCKED, ...CHAIN_ERRORS]);
 
 /** The error for a disk with a merge journal beside it (`broken`: what opening it found, if it failed). */
 function mergeState(file: string, broken?: VhdError): VhdError {

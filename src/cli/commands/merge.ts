@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import type { CommandModule } from 'yargs';
 import { ErrorCodes, VhdError } from '../../errors.js';
 import { withGlobal } from '../options.js';
-import { EXIT_PROBLEMS, exitCodeFor, type GlobalArgs, interruptSignal, printFindings, printJson, printLines, progressBar, reportError, safe } from '../output.js';
+import { errorJson, EXIT_PROBLEMS, exitCodeFor, type GlobalArgs, interruptSignal, printFindings, printJson, printLines, progressBar, reportError, safe } from '../output.js';
 import { formatSize } from '../sizes.js';
 
 interface Args extends GlobalArgs {
@@ -102,24 +102,16 @@ export const mergeCommand: CommandModule<object, Args> = {
         },
       });
       bar.done();
+      const { results, ...totals } = batch;
       const summary = {
-        ok: batch.ok,
-        merged: batch.merged,
-        failed: batch.failed,
-        sectorsMerged: batch.sectorsMerged,
-        blocksAllocated: batch.blocksAllocated,
-        bytesWritten: batch.bytesWritten,
-        seconds: batch.seconds,
-        results: batch.results.map(({ child, ok, result, error, start, end }) =>
-          ok
-            ? { ...result, ok, start, end }
-            : { child, ok, error: error instanceof VhdError ? error.toJSON() : { code: 'INTERNAL', message: String((error as Error)?.message ?? error) }, exitCode: exitCodeFor(error), start, end },
+        ...totals,
+        results: results.map(({ child, ok, result, error, start, end }) =>
+          ok ? { ...result, ok, start, end } : { child, ok, error: errorJson(error), exitCode: exitCodeFor(error), start, end },
         ),
       };
-      const failed = batch.failed;
       if (args.json) printJson(summary);
-      else printLines([`${summary.merged} merged, ${failed} failed`]);
-      if (failed > 0) process.exitCode = EXIT_PROBLEMS;
+      else printLines([`${batch.merged} merged, ${batch.failed} failed`]);
+      if (batch.failed > 0) process.exitCode = EXIT_PROBLEMS;
     } catch (e) {
       reportError(e, args);
     }
