@@ -22,6 +22,8 @@ export const ErrorCodes = {
   FOOTER_DISK_TYPE: 'FOOTER_DISK_TYPE',
   FOOTER_DATA_OFFSET: 'FOOTER_DATA_OFFSET',
   FOOTER_SIZE: 'FOOTER_SIZE',
+  FILE_SIZE_MISMATCH: 'FILE_SIZE_MISMATCH',
+  GEOMETRY_SIZE: 'GEOMETRY_SIZE',
   FOOTER_COPY_MISMATCH: 'FOOTER_COPY_MISMATCH',
   FOOTER_511: 'FOOTER_511',
   FOOTER_SAVED_STATE: 'FOOTER_SAVED_STATE',
@@ -179,4 +181,37 @@ export function findingFrom(e: VhdError, severity: 'error' | 'warning'): Finding
   if (e.file !== undefined) f.file = e.file;
   if (e.offset !== undefined) f.offset = e.offset;
   return f;
+}
+
+/** Node's system errors (fs and friends) carry these; nothing else is taken for one. */
+interface SystemError extends Error {
+  code: string;
+  syscall?: string;
+  path?: string;
+  dest?: string;
+}
+
+function isSystemError(e: unknown): e is SystemError {
+  return e instanceof Error && typeof (e as SystemError).code === 'string' && /^E[A-Z0-9]+$/.test((e as SystemError).code) && typeof (e as SystemError).syscall === 'string';
+}
+
+/**
+ * A file-system error (ENOENT, ENOSPC, EROFS, EXDEV, EMFILE…) as an IO error naming the path and
+ * the operation, whatever step raised it; anything else is returned as it is. Every operation's
+ * errors pass through here on their way out, so "internal error" is left for real bugs.
+ */
+export function codedError(e: unknown): unknown {
+  if (!isSystemError(e)) return e;
+  const reason = e.message.replace(/^[A-Z0-9]+: /, '').replace(/,\s*\w+\s*('.*)?$/, '');
+  const what = e.dest !== undefined ? `${e.syscall} to ${e.dest}` : e.syscall;
+  return new VhdError(ErrorCodes.IO, `${what} failed (${e.code}: ${reason})`, { file: e.path, cause: e });
+}
+
+/** Runs `body`, turning the system errors it throws into IO errors (codedError). */
+export async function withCodedErrors<T>(body: () => Promise<T>): Promise<T> {
+  try {
+    return await body();
+  } catch (e) {
+    throw codedError(e);
+  }
 }

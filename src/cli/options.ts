@@ -18,6 +18,15 @@ export function withChain<T>(y: Argv<T>) {
     });
 }
 
+/** For commands that read disks without writing them: which size of a fixed disk wins. */
+export function withSizeFrom<T>(y: Argv<T>) {
+  return y.option('size-from', {
+    choices: ['footer', 'file'] as const,
+    default: 'footer' as const,
+    describe: "a fixed disk's virtual size: its footer's current size, or the bytes its file holds before the footer",
+  });
+}
+
 export function withWorkers<T>(y: Argv<T>) {
   return y.option('workers', { type: 'number', describe: 'worker threads (default: the number of cores; 0 = none)' });
 }

@@ -1,6 +1,6 @@
 /** The only place that prints: JSON documents, human lines, warnings, errors, progress bars. */
 import { redactSecrets } from '../azure/retry.js';
-import { ErrorCodes, type Finding, VhdError } from '../errors.js';
+import { codedError, ErrorCodes, type Finding, VhdError } from '../errors.js';
 import type { Progress } from '../ops/common.js';
 
 export interface GlobalArgs {
@@ -39,7 +39,8 @@ export const EXIT_USAGE = 2;
 
 const INPUT_ERRNO = new Set(['ENOENT', 'EACCES', 'EISDIR', 'ENOTDIR', 'EPERM']);
 
-export function exitCodeFor(e: unknown): number {
+export function exitCodeFor(error: unknown): number {
+  const e = codedError(error);
   if (!(e instanceof VhdError)) return EXIT_PROBLEMS;
   // Stopped, or another process holds the disk: the operation failed; the input is fine.
   if (e.code === ErrorCodes.ABORTED || e.code === ErrorCodes.LOCKED) return EXIT_PROBLEMS;
@@ -53,12 +54,14 @@ export function exitCodeFor(e: unknown): number {
 }
 
 /** An error as JSON: a VhdError's code, message, file, structure and offset; anything else INTERNAL. */
-export function errorJson(e: unknown): Record<string, unknown> {
+export function errorJson(error: unknown): Record<string, unknown> {
+  const e = codedError(error);
   return e instanceof VhdError ? e.toJSON() : { code: 'INTERNAL', message: String((e as Error)?.message ?? e) };
 }
 
 /** Prints an error as one line (a stack only with --debug) and sets the exit code. */
-export function reportError(e: unknown, args: GlobalArgs): void {
+export function reportError(error: unknown, args: GlobalArgs): void {
+  const e = codedError(error);
   const code = exitCodeFor(e);
   if (args.json) process.stdout.write(`${JSON.stringify({ ok: false, error: errorJson(e) }, null, 2)}\n`);
   const text = e instanceof VhdError ? `${e.message} [${e.code}]` : `internal error: ${(e as Error)?.message ?? String(e)}`;
@@ -133,10 +136,10 @@ export function interruptSignal(): AbortSignal {
  * What every long operation gets from the command line: strictness, parent confinement, a progress
  * bar on a terminal and the interrupt signal. Call `done()` when the operation returns.
  */
-export function operationContext(label: string, args: GlobalArgs & { 'parent-dir'?: string[] }) {
+export function operationContext(label: string, args: GlobalArgs & { 'parent-dir'?: string[]; 'size-from'?: 'footer' | 'file' }) {
   const bar = progressBar(label, args);
   return {
-    common: { strict: args.strict, allowedDirs: args['parent-dir'], onProgress: bar.update, signal: interruptSignal() },
+    common: { strict: args.strict, allowedDirs: args['parent-dir'], sizeFrom: args['size-from'], onProgress: bar.update, signal: interruptSignal() },
     done: bar.done,
   };
 }

@@ -22,6 +22,7 @@ import { uuidToString } from '../format/uuid.js';
 import type { ByteSource, SourceResolver } from '../io/types.js';
 import { type Range, normalizeRanges } from './ranges.js';
 import { severityOf } from './policy.js';
+import { checkBatSpan, checkGeometry, fixedVirtualSize, type SizeSource } from './sizes.js';
 
 export interface OpenOptions {
   /** Opens parents of differencing disks. Without one, a differencing disk is opened alone. */
@@ -41,6 +42,8 @@ export interface OpenOptions {
   tolerateBrokenChain?: boolean;
   /** Identity of the source as the resolver would name it (a real path), for cycle detection. */
   id?: string;
+  /** Where a fixed disk's virtual size comes from: its footer (default) or its file's length (disk/sizes). */
+  sizeFrom?: SizeSource;
 }
 
 /** Errors about a disk's parents, not about the disk's own structures. */
@@ -122,6 +125,8 @@ export class VhdImage {
       bat?: Uint32Array;
       /** The BAT's used entries, ascending (listed by its decoding). */
       allocated?: Uint32Array;
+      /** The virtual size when it is not the footer's current size (disk/sizes). */
+      virtualSize?: number;
     },
   ) {
     this.id = source.name;
@@ -132,7 +137,7 @@ export class VhdImage {
     this.headerOffset = init.headerOffset;
     this.bat = init.bat;
     this.allocated = init.allocated ?? new Uint32Array(0);
-    this.virtualSize = Number(init.footer.currentSize);
+    this.virtualSize = init.virtualSize ?? Number(init.footer.currentSize);
     this.blockSize = init.header?.blockSize ?? 0;
     this.bitmapSize = init.header ? bitmapByteSize(init.header.blockSize) : 0;
   }
@@ -211,7 +216,7 @@ export class VhdImage {
       options.onFinding?.(finding);
     };
     try {
-      const image = await VhdImage.decode(source, report);
+      const image = await VhdImage.decode(source, report, options.sizeFrom ?? 'footer');
       image.findings.push(...findings);
       return image;
     } catch (e) {
@@ -220,7 +225,7 @@ export class VhdImage {
     }
   }
 
-  private static async decode(source: ByteSource, report: (e: VhdError) => void): Promise<VhdImage> {
+  private static async decode(source: ByteSource, report: (e: VhdError) => void, sizeFrom: SizeSource): Promise<VhdImage> {
     const size = source.size;
     if (size < 511) {
       throw new VhdError(ErrorCodes.FILE_TOO_SMALL, `${size} bytes is too small to be a VHD (a footer alone is 512 bytes)`, {
@@ -329,21 +334,15 @@ export class VhdImage {
     for (const e of main!.local) report(e);
     const footer = main!.footer;
     const type = diskTypeName(footer.diskType)!;
-    const virtualSize = Number(footer.currentSize);
-
     if (type === 'fixed') {
-      const dataEnd = mainOffset;
-      if (virtualSize > dataEnd) {
-        throw new VhdError(
-          ErrorCodes.FOOTER_SIZE,
-          `current size ${virtualSize} does not fit before the footer: the fixed disk holds ${dataEnd} bytes of data`,
-          { structure: 'footer', offset: mainOffset + 48, field: 'currentSize' },
-        );
-      }
-      const image = new VhdImage(source, { type, footer, footerOffset: mainOffset });
-      image.dataEnd = dataEnd;
+      const virtualSize = fixedVirtualSize(footer, mainOffset, sizeFrom, report);
+      checkGeometry(footer, mainOffset, virtualSize, report);
+      const image = new VhdImage(source, { type, footer, footerOffset: mainOffset, virtualSize });
+      image.dataEnd = mainOffset;
       return image;
     }
+    const virtualSize = Number(footer.currentSize);
+    checkGeometry(footer, mainOffset, virtualSize, report);
 
     // Dynamic and differencing: the dynamic header.
     const headerOffset = toSafeNumber(footer.dataOffset, ErrorCodes.FOOTER_DATA_OFFSET, 'footer', 'data offset', mainOffset + 16);
@@ -372,31 +371,11 @@ export class VhdImage {
         field: 'tableOffset',
       });
     }
-    const needed = Math.ceil(virtualSize / header.blockSize);
     const declared = header.maxTableEntries;
-    if (declared < needed) {
-      throw new VhdError(
-        ErrorCodes.BAT_TOO_SMALL,
-        `BAT has ${declared} entries but a ${virtualSize}-byte disk with ${header.blockSize}-byte blocks needs ${needed}`,
-        { structure: 'dynamic header', offset: headerOffset + 28, field: 'maxTableEntries', expected: needed, actual: declared },
-      );
-    }
-    if (declared * 4 > size - tableOffset || declared > MAX_BAT_ENTRIES) {
-      throw new VhdError(
-        declared > needed ? ErrorCodes.BAT_TOO_LARGE : ErrorCodes.BAT_PAST_EOF,
-        `BAT of ${declared} entries (${declared * 4} bytes at offset ${tableOffset}) does not fit in the file (${size} bytes); the disk needs ${needed}`,
-        { structure: 'dynamic header', offset: headerOffset + 28, field: 'maxTableEntries', expected: needed, actual: declared },
-      );
-    }
-    if (declared > needed) {
-      report(
-        new VhdError(ErrorCodes.BAT_TOO_LARGE, `BAT has ${declared} entries; the virtual size needs only ${needed}`, {
-          structure: 'dynamic header',
-          offset: headerOffset + 28,
-          field: 'maxTableEntries',
-        }),
-      );
-    }
+    const needed = checkBatSpan(
+      { declared, blockSize: header.blockSize, virtualSize, tableOffset, fileSize: size, headerOffset, maxEntries: MAX_BAT_ENTRIES },
+      report,
+    );
     const table = batTable(needed);
     await source.read(table.bytes, tableOffset);
     const { bat, allocated } = table.decode();

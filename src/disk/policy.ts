@@ -17,6 +17,8 @@ const WARNINGS: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   ErrorCodes.LOCATOR_UNKNOWN_PLATFORM,
   ErrorCodes.LOCATOR_NONE,
   ErrorCodes.PARENT_SIZE_MISMATCH,
+  ErrorCodes.FILE_SIZE_MISMATCH,
+  ErrorCodes.GEOMETRY_SIZE,
 ]);
 
 export function severityOf(code: ErrorCode): 'error' | 'warning' {

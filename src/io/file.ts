@@ -8,6 +8,7 @@ import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ErrorCodes, VhdError } from '../errors.js';
+import { checkOutputPath } from './paths.js';
 import type { ByteSink, ByteSource, SourceResolver } from './types.js';
 
 function readInto(fd: number, into: Uint8Array, position: number): Promise<number> {
@@ -331,11 +332,11 @@ export async function writeAtomically<T>(
   body: (sink: FileSink) => Promise<T>,
   options: { overwrite?: boolean } = {},
 ): Promise<T> {
+  checkOutputPath(target);
   if (!options.overwrite && fs.existsSync(target)) {
     throw new VhdError(ErrorCodes.OUTPUT_EXISTS, 'output already exists (use --force to replace it)', { file: target });
   }
   const dir = path.dirname(path.resolve(target));
-  if (!fs.existsSync(dir)) throw new VhdError(ErrorCodes.IO, `cannot write the output: directory ${dir} does not exist`, { file: target });
   const tmp = path.join(dir, `.${path.basename(target)}.${process.pid}.${Date.now().toString(36)}.tmp`);
   const sink = await FileSink.open(tmp, 'wx');
   let ok = false;
@@ -343,7 +344,11 @@ export async function writeAtomically<T>(
     const result = await body(sink);
     await sink.sync();
     await sink.close();
-    await fsp.rename(tmp, target);
+    try {
+      await fsp.rename(tmp, target);
+    } catch (e) {
+      throw ioError(e, target, `rename from ${tmp}`);
+    }
     ok = true;
     try {
       const dfd = fs.openSync(dir, 'r');

@@ -1,5 +1,5 @@
 /** `check`: structural validation of a disk and its chain. */
-import { ErrorCodes, type Finding, VhdError } from '../errors.js';
+import { ErrorCodes, type Finding, VhdError, withCodedErrors } from '../errors.js';
 import { openDisk, type OpenDiskOptions } from './open.js';
 
 export interface CheckResult {
@@ -23,7 +23,11 @@ export function isUnusableInput(e: unknown): boolean {
  * becomes an error of the result. `strict` turns warnings into errors. Throws only for input that is
  * not a disk at all (missing file, not a VHD).
  */
-export async function check(file: string, options: OpenDiskOptions & { strict?: boolean } = {}): Promise<CheckResult> {
+export function check(file: string, options: OpenDiskOptions & { strict?: boolean } = {}): Promise<CheckResult> {
+  return withCodedErrors(() => checkDisk(file, options));
+}
+
+async function checkDisk(file: string, options: OpenDiskOptions & { strict?: boolean }): Promise<CheckResult> {
   const { strict, ...open } = options;
   let findings: Finding[] = [];
   let chain: string[] = [file];

@@ -5,7 +5,7 @@
  * (left sparse in raw and fixed outputs, unallocated in dynamic ones). The output is written to a
  * temporary name and renamed only when complete.
  */
-import { ErrorCodes, type Finding, VhdError } from '../errors.js';
+import { ErrorCodes, type Finding, VhdError, withCodedErrors } from '../errors.js';
 import { alignRanges, totalLength } from '../disk/ranges.js';
 import type { VirtualDisk } from '../disk/source.js';
 import { DynamicWriter, FixedWriter, checkBlockSize } from '../disk/writer.js';
@@ -16,7 +16,8 @@ import { writeAtomically } from '../io/file.js';
 import type { ByteSink } from '../io/types.js';
 import { throwIfAborted, type OperationOptions } from './common.js';
 import { VhdImage } from '../disk/image.js';
-import { openAny, sameFile, type OpenDiskOptions, type SourceFormat } from './open.js';
+import { guardOutputs } from '../io/paths.js';
+import { inputRoles, openAny, type OpenDiskOptions, type SourceFormat } from './open.js';
 import { newUuid } from './create.js';
 
 export type TargetFormat = 'raw' | 'fixed' | 'dynamic';
@@ -63,13 +64,17 @@ export function azureSize(virtualSize: number): number {
   return Math.ceil(virtualSize / MiB) * MiB;
 }
 
-export async function convert(src: string, dst: string, options: ConvertOptions): Promise<ConvertResult> {
+export function convert(src: string, dst: string, options: ConvertOptions): Promise<ConvertResult> {
+  return withCodedErrors(() => convertDisk(src, dst, options));
+}
+
+async function convertDisk(src: string, dst: string, options: ConvertOptions): Promise<ConvertResult> {
   const started = performance.now();
   const to: TargetFormat = options.azure ? 'fixed' : options.to;
   if (options.azure && options.to !== 'fixed' && options.to !== undefined) {
     throw new VhdError(ErrorCodes.USAGE, `--azure makes a fixed VHD; it cannot be combined with --to ${options.to}`);
   }
-  if (sameFile(src, dst)) throw new VhdError(ErrorCodes.USAGE, 'the output must not be the input', { file: dst });
+  guardOutputs([{ path: dst, role: 'output' }], [{ path: src, role: 'input' }]);
   if (options.blockSize !== undefined) checkBlockSize(options.blockSize);
   const warnings: Finding[] = [];
   const { disk, format } = await openAny(src, options.from ?? 'auto', {
@@ -80,6 +85,7 @@ export async function convert(src: string, dst: string, options: ConvertOptions)
     },
   });
   try {
+    guardOutputs([{ path: dst, role: 'output' }], inputRoles(disk, src));
     let virtualSize = disk.virtualSize;
     if (options.azure) {
       virtualSize = azureSize(virtualSize);

@@ -1,12 +1,13 @@
 /** `create`: a new empty fixed or dynamic disk, or a new differencing child of a parent. */
 import crypto from 'node:crypto';
 import path from 'node:path';
-import { ErrorCodes, VhdError } from '../errors.js';
+import { ErrorCodes, VhdError, withCodedErrors } from '../errors.js';
 import { DynamicWriter, FixedWriter, type ParentLink } from '../disk/writer.js';
 import { uuidToString, uuidV4 } from '../format/uuid.js';
 import { DEFAULT_BLOCK_SIZE } from '../format/header.js';
 import { writeAtomically } from '../io/file.js';
-import { openDisk } from './open.js';
+import { guardOutputs } from '../io/paths.js';
+import { inputRoles, openDisk } from './open.js';
 
 export interface CreateOptions {
   /** Virtual size in bytes (not for differencing disks: they take the parent's). */
@@ -55,14 +56,20 @@ export function parentLinkFor(childPath: string, parentPath: string, parentUuid:
   };
 }
 
-export async function create(file: string, options: CreateOptions): Promise<CreateResult> {
+export function create(file: string, options: CreateOptions): Promise<CreateResult> {
+  return withCodedErrors(() => createDisk(file, options));
+}
+
+async function createDisk(file: string, options: CreateOptions): Promise<CreateResult> {
   const uuid = options.uuid ?? newUuid();
   if (options.parent !== undefined) {
     if (options.size !== undefined || options.type !== undefined) {
       throw new VhdError(ErrorCodes.USAGE, 'a differencing disk takes its size and type from the parent: drop --size and --type');
     }
+    guardOutputs([{ path: file, role: 'new disk' }], [{ path: options.parent, role: 'parent' }]);
     const parent = await openDisk(options.parent);
     try {
+      guardOutputs([{ path: file, role: 'new disk' }], inputRoles(parent, options.parent, 'parent'));
       const errors = parent.allFindings.filter((f) => f.severity === 'error');
       if (errors.length > 0) {
         // An interrupted merge explains every other finding on that disk: name it first.

@@ -9,7 +9,7 @@
  * worker pool, so a sector rewritten with the same bytes is not reported.
  */
 import path from 'node:path';
-import { ErrorCodes, type Finding, VhdError } from '../errors.js';
+import { ErrorCodes, type Finding, VhdError, withCodedErrors } from '../errors.js';
 import type { VhdImage } from '../disk/image.js';
 import { normalizeRanges, totalLength, type Range } from '../disk/ranges.js';
 import type { VirtualDisk } from '../disk/source.js';
@@ -22,7 +22,8 @@ import type { DiffTask, DiskRef } from '../pool/tasks.js';
 import { throwIfAborted, type OperationOptions } from './common.js';
 import { newUuid, parentLinkFor } from './create.js';
 import { orderedWindow, packTasks, TASK_BYTES } from '../pool/schedule.js';
-import { openAny, sameFile, type OpenDiskOptions } from './open.js';
+import { guardOutputs } from '../io/paths.js';
+import { inputRoles, openAny, type OpenDiskOptions } from './open.js';
 
 export interface DiffOptions extends OperationOptions, OpenDiskOptions {
   workers?: number;
@@ -79,10 +80,16 @@ async function candidates(a: VirtualDisk, b: VirtualDisk): Promise<{ ranges: Ran
   return { ranges: normalizeRanges([...a.dataRanges(), ...b.dataRanges()]), method: 'compare' };
 }
 
-export async function diff(oldFile: string, newFile: string, options: DiffOptions = {}): Promise<DiffResult> {
+export function diff(oldFile: string, newFile: string, options: DiffOptions = {}): Promise<DiffResult> {
+  return withCodedErrors(() => diffDisks(oldFile, newFile, options));
+}
+
+async function diffDisks(oldFile: string, newFile: string, options: DiffOptions): Promise<DiffResult> {
   const started = performance.now();
   const warnings: Finding[] = [];
   checkWorkers(options.workers);
+  const outRole = [{ path: options.out ?? '', role: 'child (--out)' }];
+  if (options.out !== undefined) guardOutputs(outRole, [{ path: oldFile, role: 'old disk' }, { path: newFile, role: 'new disk' }]);
   const open = { ...options, onFinding: (f: Finding) => warnings.push(f) };
   const a = await openAny(oldFile, 'auto', open);
   let b: Awaited<ReturnType<typeof openAny>>;
@@ -93,14 +100,15 @@ export async function diff(oldFile: string, newFile: string, options: DiffOption
     throw e;
   }
   try {
+    if (options.out !== undefined) guardOutputs(outRole, [...inputRoles(a.disk, oldFile, 'old disk'), ...inputRoles(b.disk, newFile, 'new disk')]);
     const virtualSize = Math.max(a.disk.virtualSize, b.disk.virtualSize);
     const { ranges: cand, method } = await candidates(a.disk, b.disk);
     // Sector alignment: candidates from block ranges are aligned already; clip to the larger disk.
     const candidatesAligned = normalizeRanges(cand.map(([s, e]) => [Math.floor(s / 512) * 512, Math.min(virtualSize, Math.ceil(e / 512) * 512)] as Range));
     const total = totalLength(candidatesAligned);
     const pool = poolFor(2 * total, { workers: options.workers });
-    const refA: DiskRef = { file: oldFile, format: a.format, allowedDirs: options.allowedDirs };
-    const refB: DiskRef = { file: newFile, format: b.format, allowedDirs: options.allowedDirs };
+    const refA: DiskRef = { file: oldFile, format: a.format, allowedDirs: options.allowedDirs, sizeFrom: options.sizeFrom };
+    const refB: DiskRef = { file: newFile, format: b.format, allowedDirs: options.allowedDirs, sizeFrom: options.sizeFrom };
     const changed: Range[] = [];
     let done = 0;
     let compared = 0;
@@ -135,9 +143,6 @@ export async function diff(oldFile: string, newFile: string, options: DiffOption
           `a differencing child has its parent's size: the old disk is ${a.disk.virtualSize} bytes, the new one ${b.disk.virtualSize}`,
           { file: newFile },
         );
-      }
-      if (sameFile(options.out, oldFile) || sameFile(options.out, newFile)) {
-        throw new VhdError(ErrorCodes.USAGE, 'the child must not overwrite either input', { file: options.out });
       }
       out = await writeChild(a.disk as VhdImage, b.disk, oldFile, options.out, changed, b.disk.virtualSize, options);
     }

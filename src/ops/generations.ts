@@ -3,6 +3,7 @@
  * based on, its size, how many bytes differ from its base, when it was completed, and a hint to
  * merge when a child has grown past a share of its base.
  */
+import { withCodedErrors } from '../errors.js';
 import { type ConnectOptions, parseContainer } from '../azure/destination.js';
 import { containerClient, LEASE_SECONDS, newCounters } from '../azure/pageblob.js';
 import { withRetry } from '../azure/retry.js';
@@ -45,7 +46,11 @@ export interface GenerationsResult {
   otherBlobs: number;
 }
 
-export async function generations(container: string, options: GenerationsOptions = {}): Promise<GenerationsResult> {
+export function generations(container: string, options: GenerationsOptions = {}): Promise<GenerationsResult> {
+  return withCodedErrors(() => listGenerations(container, options));
+}
+
+async function listGenerations(container: string, options: GenerationsOptions): Promise<GenerationsResult> {
   const loc = parseContainer(container, options);
   const client = await containerClient(loc, options);
   const counters = newCounters();

@@ -6,7 +6,7 @@
  * at positions as results arrive, renamed into place at the end.
  */
 import xxhash from 'xxhash-wasm';
-import { ErrorCodes, type Finding, VhdError } from '../errors.js';
+import { ErrorCodes, type Finding, VhdError, withCodedErrors } from '../errors.js';
 import { alignRanges, totalLength, type Range } from '../disk/ranges.js';
 import { encodeManifestHeader, manifestSize } from '../format/manifest.js';
 import { isPowerOfTwo } from '../format/header.js';
@@ -15,7 +15,8 @@ import { checkWorkers, poolFor } from '../pool/pool.js';
 import { type DiskRef, type HashTask, type HashTaskResult, READ_UNIT } from '../pool/tasks.js';
 import { orderedWindow, packTasks, TASK_BYTES } from '../pool/schedule.js';
 import { throwIfAborted, type OperationOptions } from './common.js';
-import { openAny, type OpenDiskOptions, type SourceFormat } from './open.js';
+import { guardOutputs } from '../io/paths.js';
+import { inputRoles, openAny, type OpenDiskOptions, type SourceFormat } from './open.js';
 
 export const DEFAULT_CHUNK_SIZE = 64 * 1024;
 /** The largest chunk: 4 MiB, Azure's largest page write (and at most one read buffer). */
@@ -48,7 +49,11 @@ export interface HashResult {
   warnings: Finding[];
 }
 
-export async function hash(file: string, options: HashOptions = {}): Promise<HashResult> {
+export function hash(file: string, options: HashOptions = {}): Promise<HashResult> {
+  return withCodedErrors(() => hashDisk(file, options));
+}
+
+async function hashDisk(file: string, options: HashOptions): Promise<HashResult> {
   const started = performance.now();
   const chunkSize = options.chunkSize ?? DEFAULT_CHUNK_SIZE;
   if (!isPowerOfTwo(chunkSize) || chunkSize < 512 || chunkSize > MAX_CHUNK_SIZE) {
@@ -56,16 +61,19 @@ export async function hash(file: string, options: HashOptions = {}): Promise<Has
   }
   const warnings: Finding[] = [];
   checkWorkers(options.workers);
+  const manifestRole = { path: options.manifest ?? '', role: 'manifest' };
+  if (options.manifest !== undefined) guardOutputs([manifestRole], [{ path: file, role: 'input' }]);
   const { disk, format } = await openAny(file, options.from ?? 'auto', { ...options, onFinding: (f) => warnings.push(f) });
   let virtualSize: number;
   let ranges: Range[];
   try {
+    if (options.manifest !== undefined) guardOutputs([manifestRole], inputRoles(disk, file));
     virtualSize = disk.virtualSize;
     ranges = alignRanges(disk.dataRanges(), chunkSize, virtualSize);
   } finally {
     await disk.close();
   }
-  const ref: DiskRef = { file, format, allowedDirs: options.allowedDirs };
+  const ref: DiskRef = { file, format, allowedDirs: options.allowedDirs, sizeFrom: options.sizeFrom };
   const chunks = Math.ceil(virtualSize / chunkSize);
   const total = totalLength(ranges);
   const pool = poolFor(total, { workers: options.workers });

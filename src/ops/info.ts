@@ -1,4 +1,5 @@
 /** `info`: everything about a disk and its chain, as a plain JSON-ready object. */
+import { withCodedErrors } from '../errors.js';
 import type { Finding } from '../errors.js';
 import type { VhdImage } from '../disk/image.js';
 import { geometrySize } from '../format/geometry.js';
@@ -87,11 +88,13 @@ export function describe(img: VhdImage): DiskInfo {
 }
 
 /** Opens `file` (and its chain, tolerating a broken one) and describes it. */
-export async function info(file: string, options: OpenDiskOptions = {}): Promise<DiskInfo> {
-  const img = await openDisk(file, { ...options, tolerateBrokenChain: true });
-  try {
-    return describe(img);
-  } finally {
-    await img.close();
-  }
+export function info(file: string, options: OpenDiskOptions = {}): Promise<DiskInfo> {
+  return withCodedErrors(async () => {
+    const img = await openDisk(file, { ...options, tolerateBrokenChain: true });
+    try {
+      return describe(img);
+    } finally {
+      await img.close();
+    }
+  });
 }

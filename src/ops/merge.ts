@@ -41,7 +41,7 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { ErrorCodes, type Finding, VhdError } from '../errors.js';
+import { ErrorCodes, type Finding, VhdError, withCodedErrors } from '../errors.js';
 import type { VhdImage } from '../disk/image.js';
 import { normalizeRanges, totalLength, type Range } from '../disk/ranges.js';
 import { batByteSize, batTable, BAT_UNUSED, encodeBat } from '../format/bat.js';
@@ -51,10 +51,11 @@ import { decodeHeader, encodeHeader, HEADER_SIZE } from '../format/header.js';
 import { geometryForWrite } from '../format/geometry.js';
 import { uuidV4 } from '../format/uuid.js';
 import { FileSink } from '../io/file.js';
+import { chainRoles, checkOutputPath, refuseOverlap, type RolePath } from '../io/paths.js';
 import { BITMAP_FROM_FILE, BITMAP_ONES, BITMAP_ZEROS, type MergeCopyResult, type MergeCopyTask, runMergeCopyInline } from '../pool/merge-task.js';
 import { orderedWindow } from '../pool/schedule.js';
 import { throwIfAborted, type OperationOptions, type Progress } from './common.js';
-import { acquireLock, fsyncDir, hasPendingMerge, journalPath, type MergeJournal, readJournal, removeJournal, writeJournal } from './journal.js';
+import { acquireLock, fsyncDir, hasPendingMerge, journalPath, lockPath, type MergeJournal, readJournal, removeJournal, writeJournal } from './journal.js';
 import { openDisk } from './open.js';
 
 export interface MergeOptions extends OperationOptions {
@@ -71,6 +72,8 @@ export interface MergeOptions extends OperationOptions {
   /** Only complete a pending merge; refuse to start a new one. */
   resume?: boolean;
   allowedDirs?: string[];
+  /** Refuse a chain with any finding, warnings included (as --strict does for every command). */
+  strict?: boolean;
   /**
    * Worker threads that copy the data; 0 copies on the main thread. Default: the main thread for a
    * child file under 4 GiB, the pool (one thread per core) from there.
@@ -264,10 +267,31 @@ function openTarget(file: string): Promise<VhdImage> {
 
 /** The child's chain; restoring a disk of it takes that disk's lock (never beside a live merge). */
 function openChain(childPath: string, options: MergeOptions, warnings: Finding[]): Promise<VhdImage> {
-  return openRestoring(() => openDisk(childPath, { allowedDirs: options.allowedDirs, onFinding: (f) => warnings.push(f) }), restoreOriginalLayout);
+  return openRestoring(() => openDisk(childPath, { allowedDirs: options.allowedDirs, strict: options.strict, onFinding: (f) => warnings.push(f) }), restoreOriginalLayout);
 }
 
-export async function merge(childPath: string, options: MergeOptions = {}): Promise<MergeResult> {
+export function merge(childPath: string, options: MergeOptions = {}): Promise<MergeResult> {
+  return withCodedErrors(() => mergeChild(childPath, options));
+}
+
+/** The files a merge writes beside the chain's (journal, lock; with --into-copy the copy and its work file). */
+function mergeOutputs(targetFile: string, intoCopy: string | undefined): RolePath[] {
+  const own = (file: string, what: string): RolePath[] => [
+    { path: journalPath(file), role: `merge journal of ${what}` },
+    { path: lockPath(file), role: `merge lock of ${what}` },
+  ];
+  if (intoCopy === undefined) return own(targetFile, 'the target');
+  const work = copyWorkPath(intoCopy);
+  return [{ path: intoCopy, role: 'copy (--into-copy)' }, { path: work, role: 'work file of the copy' }, ...own(work, 'the copy')];
+}
+
+/** Where --into-copy makes and merges its copy before it takes the final name. */
+function copyWorkPath(intoCopy: string): string {
+  const final = path.resolve(intoCopy);
+  return path.join(path.dirname(final), `.${path.basename(final)}.vhdkit-copy`);
+}
+
+async function mergeChild(childPath: string, options: MergeOptions): Promise<MergeResult> {
   const started = performance.now();
   const warnings: Finding[] = [];
   // The pool's threads (when it is used) start loading now, while the chain is opened and the merge
@@ -292,6 +316,8 @@ export async function merge(childPath: string, options: MergeOptions = {}): Prom
       }
     }
     const target = chain[depth];
+    refuseOverlap(mergeOutputs(target.id, options.intoCopy), chainRoles(chain, 'child'));
+    if (options.intoCopy !== undefined) checkOutputPath(options.intoCopy, 'copy (--into-copy)');
     // Damage anywhere in the chain stops a merge before it writes. A target left by an interrupted
     // merge (pending journal, footer not yet rewritten) is expected: the journal completes it.
     const pending = hasPendingMerge(target.id);
@@ -305,7 +331,7 @@ export async function merge(childPath: string, options: MergeOptions = {}): Prom
     // which it takes only once the merge is complete. The original is never written, so a run
     // interrupted before the merge's journal exists simply starts over; one with a journal resumes.
     const final = path.resolve(options.intoCopy);
-    const work = path.join(path.dirname(final), `.${path.basename(final)}.vhdkit-copy`);
+    const work = copyWorkPath(options.intoCopy);
     // The copy's UUID is derived from the target, the child and the final path: a run killed after
     // the final rename (the copy complete) is recognised by it when run again, and reports success.
     const copyUuid = uuidV4(createHash('sha256').update(`vhdkit merge copy\n${target.uuid}\n${child.uuid}\n${final}`).digest().subarray(0, 16));

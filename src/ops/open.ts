@@ -6,6 +6,7 @@ import { hasPendingMerge, journalPath, liveLockHolder } from './journal.js';
 import { CHAIN_ERRORS, VhdImage, type OpenOptions } from '../disk/image.js';
 import { RawDisk, type VirtualDisk } from '../disk/source.js';
 import { FileResolver, FileSink } from '../io/file.js';
+import { chainRoles, type RolePath } from '../io/paths.js';
 
 export interface OpenDiskOptions extends Omit<OpenOptions, 'resolver'> {
   /** Confine parent resolution to these directories. */
@@ -100,6 +101,11 @@ export async function openAny(
     }
     throw e;
   }
+}
+
+/** The files an opened disk reads, for the output guard: a VHD's whole chain, or the raw file. */
+export function inputRoles(disk: VirtualDisk, file: string, what = 'input'): RolePath[] {
+  return disk instanceof VhdImage ? chainRoles(disk.chain, what) : [{ path: file, role: what }];
 }
 
 /** True when two paths name the same file (following symlinks); false if either is missing. */

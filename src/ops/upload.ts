@@ -27,7 +27,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import xxhash from 'xxhash-wasm';
-import { ErrorCodes, type Finding, VhdError } from '../errors.js';
+import { ErrorCodes, type Finding, VhdError, withCodedErrors } from '../errors.js';
 import { VhdImage } from '../disk/image.js';
 import { normalizeRanges, type Range } from '../disk/ranges.js';
 import type { VirtualDisk } from '../disk/source.js';
@@ -35,6 +35,7 @@ import { makeFooter } from '../disk/writer.js';
 import { encodeFooter, MAX_VHD_SIZE } from '../format/footer.js';
 import { alignedBuffer, isZero } from '../io/aligned.js';
 import { fileStamp } from '../io/file.js';
+import { refuseOverlap } from '../io/paths.js';
 import { getPool } from '../pool/pool.js';
 import type { DiskRef } from '../pool/tasks.js';
 import { type BlobLocation, type ConnectOptions, parseDestination, publicUrl, siblingLocation } from '../azure/destination.js';
@@ -45,7 +46,7 @@ import { azureSize } from './convert.js';
 import { DEFAULT_CHUNK_SIZE, hash } from './hash.js';
 import { acquireSharedLock, alive, hasPendingMerge } from './journal.js';
 import { type ChunkSource, emptyManifest, ManifestFile, manifestDigestHex, WINDOW_CHUNKS } from './manifest-file.js';
-import { openAny, type OpenDiskOptions, type SourceFormat } from './open.js';
+import { inputRoles, openAny, type OpenDiskOptions, type SourceFormat } from './open.js';
 
 const MiB = 1024 * 1024;
 /** Azure's page writes are at most 4 MiB; clears have no such limit, but keep each request modest. */
@@ -188,7 +189,7 @@ class UploadJournal {
   /** What a previous run left (read once: from here on only this run writes the file). */
   private readonly found: LocalJournal | undefined;
   constructor(dir: string, destination: string) {
-    this.file = path.join(dir, `${createHash('sha256').update(destination).digest('hex').slice(0, 32)}.json`);
+    this.file = uploadJournalPath(dir, destination);
     const j = (this.found = this.load());
     this.orphan =
       typeof j?.lease === 'string' && /^[0-9a-f-]{36}$/.test(j.lease) && j.host === os.hostname() && typeof j.pid === 'number' && j.pid !== process.pid && !alive(j.pid);
@@ -307,7 +308,16 @@ async function planTotals(ops: AsyncGenerator<Op>, from: number): Promise<{ writ
   return t;
 }
 
-export async function upload(file: string, destination: string, options: UploadOptions = {}): Promise<UploadResult> {
+/** The local journal of uploads to `destination` (a blob URL without its SAS). */
+function uploadJournalPath(dir: string, destination: string): string {
+  return path.join(dir, `${createHash('sha256').update(destination).digest('hex').slice(0, 32)}.json`);
+}
+
+export function upload(file: string, destination: string, options: UploadOptions = {}): Promise<UploadResult> {
+  return withCodedErrors(() => uploadDisk(file, destination, options));
+}
+
+async function uploadDisk(file: string, destination: string, options: UploadOptions): Promise<UploadResult> {
   const started = performance.now();
   const warnings: Finding[] = [];
   const signal = options.signal;
@@ -331,6 +341,12 @@ export async function upload(file: string, destination: string, options: UploadO
       options.onFinding?.(f);
     },
   });
+  try {
+    refuseOverlap([{ path: uploadJournalPath(options.journalDir ?? defaultJournalDir(), publicUrl(loc)), role: 'upload journal' }], inputRoles(disk, file));
+  } catch (e) {
+    await disk.close();
+    throw e;
+  }
   const chainFiles = disk instanceof VhdImage ? disk.chain.map((d) => d.source.name) : [file];
   const opened = chainFiles.map(fileStamp);
   const releases: Array<() => void> = [];
@@ -369,7 +385,7 @@ export async function upload(file: string, destination: string, options: UploadO
       throw new VhdError(ErrorCodes.AZURE_LIMIT, `virtual size ${virtualSize} exceeds the 2040 GiB a VHD can hold; Azure cannot take this disk as a VHD`, { file });
     }
     const blobSize = virtualSize + 512;
-    const ref: DiskRef = { file, format, allowedDirs: options.allowedDirs };
+    const ref: DiskRef = { file, format, allowedDirs: options.allowedDirs, sizeFrom: options.sizeFrom };
     const sourceStamp = stampOfChain(disk, 0, file);
     const uuid = disk instanceof VhdImage ? disk.footer.uniqueId : createHash('md5').update(`vhdkit raw ${sourceStamp}`).digest().subarray(0, 16);
     // The footer is a function of the source: the same disk always makes the same blob (and MD5).
@@ -453,7 +469,7 @@ export async function upload(file: string, destination: string, options: UploadO
       let same = stampOfChain(disk, ancestorIndex) === base.stamp;
       if (!same) {
         const ancestor = disk.chain[ancestorIndex];
-        const r = await hash(ancestor.source.name, { chunkSize, workers: options.workers, allowedDirs: options.allowedDirs, signal });
+        const r = await hash(ancestor.source.name, { chunkSize, workers: options.workers, allowedDirs: options.allowedDirs, sizeFrom: options.sizeFrom, signal });
         same = r.digest === base.digest;
         if (!same) {
           warnings.push({
@@ -472,7 +488,7 @@ export async function upload(file: string, destination: string, options: UploadO
       }
     }
     if (method !== 'sectors') {
-      await hash(file, { chunkSize, workers: options.workers, from: format, allowedDirs: options.allowedDirs, manifest: newPath, force: true, signal, onProgress: options.onProgress });
+      await hash(file, { chunkSize, workers: options.workers, from: format, allowedDirs: options.allowedDirs, sizeFrom: options.sizeFrom, manifest: newPath, force: true, signal, onProgress: options.onProgress });
     }
     const next = await ManifestFile.open(newPath);
     try {

@@ -29,13 +29,13 @@ function drop(key: string): void {
 }
 
 export async function openRef(ref: DiskRef): Promise<VirtualDisk> {
-  const key = `${ref.format}\0${ref.file}\0${(ref.allowedDirs ?? []).join('\0')}`;
+  const key = `${ref.format}\0${ref.sizeFrom ?? 'footer'}\0${ref.file}\0${(ref.allowedDirs ?? []).join('\0')}`;
   const hit = cache.get(key);
   if (hit && stampOf(hit.files) === hit.stamp) return hit.disk;
   drop(key);
   if (cache.size >= MAX_OPEN) drop(cache.keys().next().value!);
   const stampBefore = stampOf([ref.file]);
-  const entry: Entry = { files: [ref.file], stamp: stampBefore, disk: openAny(ref.file, ref.format, { allowedDirs: ref.allowedDirs }).then((r) => r.disk) };
+  const entry: Entry = { files: [ref.file], stamp: stampBefore, disk: openAny(ref.file, ref.format, { allowedDirs: ref.allowedDirs, sizeFrom: ref.sizeFrom }).then((r) => r.disk) };
   cache.set(key, entry);
   try {
     const disk = await entry.disk;

@@ -12,6 +12,8 @@ export interface DiskRef {
   file: string;
   format: 'vhd' | 'raw';
   allowedDirs?: string[];
+  /** Where a fixed disk's size comes from (disk/sizes): the worker reads the disk as the caller did. */
+  sizeFrom?: 'footer' | 'file';
 }
 
 export interface HashTask {

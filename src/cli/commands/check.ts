@@ -1,20 +1,21 @@
 import type { CommandModule } from 'yargs';
-import { withChain, withGlobal } from '../options.js';
+import { withChain, withGlobal, withSizeFrom } from '../options.js';
 import { EXIT_PROBLEMS, type GlobalArgs, printJson, printLines, reportError } from '../output.js';
 
 interface Args extends GlobalArgs {
   disk: string;
   'parent-dir'?: string[];
+  'size-from'?: 'footer' | 'file';
 }
 
 export const checkCommand: CommandModule<object, Args> = {
   command: 'check <disk>',
   describe: 'validate the structure of a disk and its chain (exit 1 when problems are found)',
-  builder: (y) => withChain(withGlobal(y)).positional('disk', { type: 'string', demandOption: true, describe: 'a VHD file' }) as never,
+  builder: (y) => withSizeFrom(withChain(withGlobal(y))).positional('disk', { type: 'string', demandOption: true, describe: 'a VHD file' }) as never,
   handler: async (args) => {
     try {
       const { check } = await import('../../ops/check.js');
-      const r = await check(args.disk, { strict: args.strict, allowedDirs: args['parent-dir'] });
+      const r = await check(args.disk, { strict: args.strict, allowedDirs: args['parent-dir'], sizeFrom: args['size-from'] });
       if (args.json) printJson({ ok: r.ok, errors: r.errors, warnings: r.warnings, chain: r.chain });
       else {
         const lines = [...r.errors.map((f) => `error: ${f.message} [${f.code}]`), ...r.warnings.map((f) => `warning: ${f.message} [${f.code}]`)];

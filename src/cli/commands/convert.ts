@@ -1,6 +1,6 @@
 import type { CommandModule } from 'yargs';
 import { ErrorCodes, VhdError } from '../../errors.js';
-import { withChain, withGlobal } from '../options.js';
+import { withChain, withGlobal, withSizeFrom } from '../options.js';
 import { type GlobalArgs, operationContext, printFindings, printJson, printLines, reportError } from '../output.js';
 import { formatSize, parseSize } from '../sizes.js';
 
@@ -13,13 +13,14 @@ interface Args extends GlobalArgs {
   'block-size'?: string;
   force?: boolean;
   'parent-dir'?: string[];
+  'size-from'?: 'footer' | 'file';
 }
 
 export const convertCommand: CommandModule<object, Args> = {
   command: 'convert <src> <dst>',
   describe: 'convert any disk or chain, or a raw image, to raw, fixed or dynamic',
   builder: (y) =>
-    withChain(withGlobal(y))
+    withSizeFrom(withChain(withGlobal(y)))
       .positional('src', { type: 'string', demandOption: true, describe: 'a VHD (any type, chains followed) or a raw image' })
       .positional('dst', { type: 'string', demandOption: true, describe: 'the output file (written under a temporary name, then renamed)' })
       .option('to', { choices: ['raw', 'fixed', 'dynamic'] as const, describe: 'output format' })

@@ -1,5 +1,5 @@
 import type { CommandModule } from 'yargs';
-import { withChain, withGlobal, withWorkers } from '../options.js';
+import { withChain, withGlobal, withSizeFrom, withWorkers } from '../options.js';
 import { type GlobalArgs, operationContext, printFindings, printJson, printLines, reportError } from '../output.js';
 import { formatSize, parseSize } from '../sizes.js';
 
@@ -11,6 +11,7 @@ interface Args extends GlobalArgs {
   force?: boolean;
   'block-size'?: string;
   'parent-dir'?: string[];
+  'size-from'?: 'footer' | 'file';
   'max-ranges'?: number;
 }
 
@@ -18,7 +19,7 @@ export const diffCommand: CommandModule<object, Args> = {
   command: 'diff <old> <new>',
   describe: 'changed byte ranges between two disks; with --out, a differencing child of <old> equal to <new>',
   builder: (y) =>
-    withWorkers(withChain(withGlobal(y)))
+    withWorkers(withSizeFrom(withChain(withGlobal(y))))
       .positional('old', { type: 'string', demandOption: true, describe: 'the earlier disk (VHD, chain or raw)' })
       .positional('new', { type: 'string', demandOption: true, describe: 'the later disk (VHD, chain or raw)' })
       .option('out', { type: 'string', describe: 'write a differencing VHD whose parent is <old> and whose content equals <new>' })

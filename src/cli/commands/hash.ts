@@ -1,5 +1,5 @@
 import type { CommandModule } from 'yargs';
-import { withChain, withGlobal, withWorkers } from '../options.js';
+import { withChain, withGlobal, withSizeFrom, withWorkers } from '../options.js';
 import { type GlobalArgs, operationContext, printFindings, printJson, printLines, reportError } from '../output.js';
 import { formatSize, parseSize } from '../sizes.js';
 
@@ -11,13 +11,14 @@ interface Args extends GlobalArgs {
   from?: 'auto' | 'vhd' | 'raw';
   force?: boolean;
   'parent-dir'?: string[];
+  'size-from'?: 'footer' | 'file';
 }
 
 export const hashCommand: CommandModule<object, Args> = {
   command: 'hash <disk>',
   describe: 'per-chunk hashes of the virtual content and one digest, the same for the same content in any form',
   builder: (y) =>
-    withWorkers(withChain(withGlobal(y)))
+    withWorkers(withSizeFrom(withChain(withGlobal(y))))
       .positional('disk', { type: 'string', demandOption: true, describe: 'a VHD (any type, chains followed) or a raw image' })
       .option('manifest', { type: 'string', describe: 'write the binary hash manifest to this file' })
       .option('chunk-size', { type: 'string', describe: 'chunk size, a power of two (default 64K)' })

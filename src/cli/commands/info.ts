@@ -1,21 +1,22 @@
 import type { CommandModule } from 'yargs';
-import { withChain, withGlobal } from '../options.js';
+import { withChain, withGlobal, withSizeFrom } from '../options.js';
 import { type GlobalArgs, printFindings, printJson, printLines, reportError } from '../output.js';
 import { formatSize } from '../sizes.js';
 
 interface Args extends GlobalArgs {
   disk: string;
   'parent-dir'?: string[];
+  'size-from'?: 'footer' | 'file';
 }
 
 export const infoCommand: CommandModule<object, Args> = {
   command: 'info <disk>',
   describe: 'type, sizes, blocks, creator, UUID, geometry, parent and the whole chain',
-  builder: (y) => withChain(withGlobal(y)).positional('disk', { type: 'string', demandOption: true, describe: 'a VHD file' }) as never,
+  builder: (y) => withSizeFrom(withChain(withGlobal(y))).positional('disk', { type: 'string', demandOption: true, describe: 'a VHD file' }) as never,
   handler: async (args) => {
     try {
       const { info } = await import('../../ops/info.js');
-      const d = await info(args.disk, { strict: args.strict, allowedDirs: args['parent-dir'] });
+      const d = await info(args.disk, { strict: args.strict, allowedDirs: args['parent-dir'], sizeFrom: args['size-from'] });
       if (args.json) return printJson(d);
       const lines = [
         `file:            ${d.file}`,

@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import type { CommandModule } from 'yargs';
 import { ErrorCodes, VhdError } from '../../errors.js';
-import { withGlobal } from '../options.js';
+import { withChain, withGlobal } from '../options.js';
 import { errorJson, EXIT_PROBLEMS, exitCodeFor, type GlobalArgs, interruptSignal, printFindings, printJson, printLines, progressBar, reportError, safe } from '../output.js';
 import { formatSize } from '../sizes.js';
 
@@ -23,7 +23,7 @@ export const mergeCommand: CommandModule<object, Args> = {
   command: 'merge [child..]',
   describe: 'coalesce a differencing child into its parent in place: sector-exact, crash-safe, resumable',
   builder: (y) =>
-    withGlobal(y)
+    withChain(withGlobal(y))
       .positional('child', { type: 'string', array: true, describe: 'differencing disk(s) to merge into their parents' })
       .option('to', { type: 'string', describe: 'merge into this ancestor, every disk in between included, in one pass' })
       .option('force', { type: 'boolean', default: false, describe: 'merge even though other children depend on the parent (they will be broken)' })
@@ -33,7 +33,6 @@ export const mergeCommand: CommandModule<object, Args> = {
       .option('resume', { type: 'boolean', default: false, describe: 'only complete an interrupted merge (running the same command again does too)' })
       .option('from-list', { type: 'string', describe: 'read the children to merge from this file, one per line' })
       .option('concurrency', { type: 'number', default: 2, describe: 'merges run at once in a batch' })
-      .option('parent-dir', { type: 'string', array: true, describe: 'only resolve parents inside these directories' })
       .option('workers', { type: 'number', describe: 'worker threads that copy the data (default: none for a child under 4 GiB, else one per core; 0 = none)' })
       .example('$0 merge patch1.vhd', 'merge patch1.vhd into its parent')
       .example('$0 merge gen3.vhd --to base.vhd --delete-child', 'merge a whole chain into the base')
@@ -66,6 +65,7 @@ export const mergeCommand: CommandModule<object, Args> = {
         deleteChild: args['delete-child'],
         resume: args.resume,
         allowedDirs: args['parent-dir'],
+        strict: args.strict,
         workers: args.workers,
         signal,
         onProgress: bar?.update,

@@ -1,5 +1,5 @@
 import type { CommandModule } from 'yargs';
-import { withChain, withGlobal, withWorkers } from '../options.js';
+import { withChain, withGlobal, withSizeFrom, withWorkers } from '../options.js';
 import { type GlobalArgs, operationContext, printFindings, printJson, printLines, reportError } from '../output.js';
 import { formatSize, parseSize } from '../sizes.js';
 
@@ -19,13 +19,14 @@ interface Args extends GlobalArgs {
   from?: 'auto' | 'vhd' | 'raw';
   'journal-dir'?: string;
   'parent-dir'?: string[];
+  'size-from'?: 'footer' | 'file';
 }
 
 export const uploadCommand: CommandModule<object, Args> = {
   command: 'upload <disk> <destination>',
   describe: 'upload a disk to an Azure page blob as a fixed VHD: sparse, deduplicated against a base, resumable',
   builder: (y) =>
-    withWorkers(withChain(withGlobal(y)))
+    withWorkers(withSizeFrom(withChain(withGlobal(y))))
       .positional('disk', { type: 'string', demandOption: true, describe: 'a VHD (any type, chains followed) or a raw image' })
       .positional('destination', {
         type: 'string',
