@@ -41,6 +41,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { resultFile, writeResult } from './out.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const cli = path.join(root, 'dist', 'cli', 'main.js');
@@ -816,7 +817,7 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
     only: arg('--only')?.split(',').map(Number),
     workers: arg('--workers'),
   };
-  const outFile = path.resolve(arg('--out', path.join(root, 'bench', 'results', `merge-${Date.now()}.json`)));
+  const outFile = resultFile(arg('--out'), path.join(root, 'bench', 'results', `merge-${Date.now()}.json`), opts.work);
   const rows = await runMergeBench(opts);
   const { meta } = rows;
   console.log(`\nvhdkit merge benchmark (${quick ? 'quick' : 'full'}; best of ${meta.runs}, cold best of ${meta.coldRuns}; node ${process.version}; ${os.cpus().length} cores; vhdkit --workers ${meta.workers})`);
@@ -831,8 +832,7 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
     for (const b of meta.breakdown) console.log(formatBreakdown(b));
   }
   const results = { date: new Date().toISOString(), node: process.version, cpus: os.cpus().length, quick, seconds: (Date.now() - started) / 1000, ...meta, rows };
-  fs.mkdirSync(path.dirname(outFile), { recursive: true });
-  fs.writeFileSync(outFile, JSON.stringify(results, null, 2));
+  writeResult(outFile, results);
   console.log(`\nresults: ${outFile} (${results.seconds.toFixed(0)} s)`);
   if (rows.some((r) => r.vhdkit?.correct === false) || meta.breakdown.some((b) => !b.correct)) {
     console.error('vhdkit produced a WRONG merge result (see above)');

@@ -21,6 +21,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { runMicro } from './micro.mjs';
+import { resultFile, writeResult } from './out.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const cli = path.join(root, 'dist', 'cli', 'main.js');
@@ -31,7 +32,7 @@ const arg = (name, dflt) => {
   return i >= 0 ? argv[i + 1] : dflt;
 };
 const work = path.resolve(arg('--work', path.join(os.tmpdir(), 'vhdkit-bench')));
-const outFile = path.resolve(arg('--out', path.join(root, 'bench', 'results', `bench-${Date.now()}.json`)));
+const outFile = resultFile(arg('--out'), path.join(root, 'bench', 'results', `bench-${Date.now()}.json`), work);
 const runs = Number(arg('--runs', quick ? 2 : 3));
 const GiB = 2 ** 30;
 const MiB = 2 ** 20;
@@ -313,6 +314,5 @@ for (const r of rows) console.log(line(r));
 console.log('\nratio > 1: vhdkit faster (time ratio; for rows with two throughputs, the throughput ratio).');
 console.log('\nmicro-benchmarks (tinybench):');
 for (const m of results.micro) console.log(`  ${m.name.padEnd(44)} ${m.opsPerSec.toFixed(0).padStart(12)} ops/s  ${m.throughput ?? ''}`);
-fs.mkdirSync(path.dirname(outFile), { recursive: true });
-fs.writeFileSync(outFile, JSON.stringify(results, null, 2));
+writeResult(outFile, results);
 console.log(`\nresults: ${outFile}`);

@@ -25,6 +25,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { resultFile, writeResult } from './out.mjs';
 import { BlobServiceClient } from '@azure/storage-blob';
 import { startAzurite } from '../fixtures/azurite.mjs';
 
@@ -43,7 +44,7 @@ const work = path.resolve(arg('--work', path.join(os.tmpdir(), 'vhdkit-bench-upl
 const runs = Number(arg('--runs', quick ? 2 : 3));
 const concurrency = Number(arg('--concurrency', 8));
 const size = (quick ? 256 : 1024) * MiB;
-const outFile = path.resolve(arg('--out', path.join(root, 'bench', 'results', `upload-${Date.now()}.json`)));
+const outFile = resultFile(arg('--out'), path.join(root, 'bench', 'results', `upload-${Date.now()}.json`), work);
 
 function sh(cmd, args, opts = {}) {
   const r = spawnSync(cmd, args, { encoding: 'utf8', maxBuffer: 1 << 28, ...opts });
@@ -236,9 +237,8 @@ async function main() {
     await destroyPool();
     await az.stop();
   }
-  fs.mkdirSync(path.dirname(outFile), { recursive: true });
   const results = { date: new Date().toISOString(), node: process.version, cpus: os.cpus().length, quick, size, concurrency, seconds: (Date.now() - started) / 1000, rows };
-  fs.writeFileSync(outFile, JSON.stringify(results, null, 2));
+  writeResult(outFile, results);
   console.log(`\nresults: ${outFile} (${results.seconds.toFixed(0)} s)`);
 }
 

@@ -242,11 +242,11 @@ export interface ProcessRun {
 export function runProcess(
   cmd: string,
   args: string[],
-  options: { cwd: string; timeoutMs?: number; env?: NodeJS.ProcessEnv },
+  options: { cwd: string; timeoutMs?: number; env?: NodeJS.ProcessEnv; uid?: number; gid?: number },
 ): Promise<ProcessRun> {
   return new Promise((resolve, reject) => {
     const started = performance.now();
-    const child = spawn(cmd, args, { cwd: options.cwd, stdio: ['ignore', 'pipe', 'pipe'], env: options.env ?? process.env });
+    const child = spawn(cmd, args, { cwd: options.cwd, stdio: ['ignore', 'pipe', 'pipe'], env: options.env ?? process.env, uid: options.uid, gid: options.gid });
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     child.stdout.on('data', (b: Buffer) => out.push(b));

@@ -245,6 +245,7 @@ function mountTmpfs(where: string, options: string): boolean {
 describe('IO: a read-only mount and a full file system (tmpfs, where root)', () => {
   let ro = '';
   let full = '';
+  let tight = '';
   let mounted = false;
   beforeAll(() => {
     if (process.getuid?.() !== 0) {
@@ -253,14 +254,51 @@ describe('IO: a read-only mount and a full file system (tmpfs, where root)', () 
     }
     ro = path.join(dir, 'ro');
     full = path.join(dir, 'full');
-    mounted = mountTmpfs(ro, 'size=4m') && mountTmpfs(full, 'size=1m');
+    tight = path.join(dir, 'tight');
+    mounted = mountTmpfs(ro, 'size=16m') && mountTmpfs(full, 'size=1m') && mountTmpfs(tight, 'size=16m');
     if (mounted) {
-      fs.writeFileSync(path.join(ro, 'existing.vhd'), 'x');
+      // A chain on the read-only mount, for an in-place merge there.
+      for (const f of ['base.vhd', 'child.vhd']) fs.copyFileSync(path.join(dir, f), path.join(ro, f));
       spawnSync('mount', ['-o', 'remount,ro', ro]);
     }
   });
   afterAll(() => {
-    for (const m of [ro, full]) if (m) spawnSync('umount', [m]);
+    for (const m of [ro, full, tight]) if (m) spawnSync('umount', [m]);
+  });
+
+  it('merge in place on a read-only mount: IO (EROFS) naming the lock it could not take; the chain unchanged', async (ctx) => {
+    if (!mounted) return ctx.skip();
+    const before = snapshot(ro);
+    const r = await vhdkit(['merge', path.join(ro, 'child.vhd')]);
+    expect(r.code, describeRun(r)).toBe(1);
+    const line = expectOneCodedLine(r, 'IO');
+    expect(line).toContain('EROFS');
+    expect(line).toContain(path.join(ro, 'base.vhd'));
+    expect(snapshot(ro)).toEqual(before);
+  });
+
+  it('merge in place running out of space mid-merge: IO (ENOSPC), MERGE_PENDING, and the same command completes it once there is room', async (ctx) => {
+    if (!mounted) return ctx.skip();
+    for (const f of ['base.vhd', 'child.vhd']) fs.copyFileSync(path.join(dir, f), path.join(tight, f));
+    const want = JSON.parse((await vhdkit(['hash', path.join(tight, 'child.vhd'), '--json'])).stdout).digest;
+    // Leave 256 KiB: the lock and the journal fit, the child's new 2 MiB block (1 MiB of data) does not.
+    const st = fs.statfsSync(tight);
+    const filler = path.join(tight, 'filler');
+    fs.writeFileSync(filler, Buffer.alloc(st.bavail * st.bsize - 256 * 1024));
+    const r = await vhdkit(['merge', path.join(tight, 'child.vhd')]);
+    expect(r.code, describeRun(r)).toBe(1);
+    const line = expectOneCodedLine(r, 'IO');
+    expect(line).toContain('ENOSPC');
+    expect(line).toContain(path.join(tight, 'base.vhd'));
+    const check = await vhdkit(['check', path.join(tight, 'base.vhd'), '--json']);
+    expect(check.stdout).toContain('MERGE_PENDING');
+    fs.rmSync(filler);
+    const again = await vhdkit(['merge', path.join(tight, 'child.vhd'), '--json']);
+    expect(again.code, describeRun(again)).toBe(0);
+    expect(JSON.parse(again.stdout).resumed).toBe(true);
+    const strict = await vhdkit(['check', path.join(tight, 'base.vhd'), '--strict']);
+    expect(strict.code, describeRun(strict)).toBe(0);
+    expect(JSON.parse((await vhdkit(['hash', path.join(tight, 'base.vhd'), '--json'])).stdout).digest).toBe(want);
   });
 
   for (const w of IO_WRITERS) {
@@ -290,6 +328,25 @@ describe('IO: a read-only mount and a full file system (tmpfs, where root)', () 
   }
 });
 
+describe('IO: EACCES (a folder the user may not write, as an unprivileged user)', () => {
+  it('every writing command: exit 2, one [IO] line naming the output and EACCES; nothing written', async (ctx) => {
+    if (process.getuid?.() !== 0) return ctx.skip(); // needs root to run the CLI as nobody (root ignores permissions)
+    const locked = path.join(dir, 'locked');
+    fs.mkdirSync(locked, { recursive: true });
+    fs.chmodSync(dir, 0o755);
+    fs.chmodSync(locked, 0o555);
+    const before = snapshot(dir);
+    for (const w of IO_WRITERS) {
+      const r = await runProcess(process.execPath, [CLI, ...w.args(path.join(locked, 'out.vhd'))], { cwd: dir, timeoutMs: 60_000, uid: 65534, gid: 65534 });
+      expect(r.code, `${w.what}\n${describeRun(r)}`).toBe(2);
+      const line = expectOneCodedLine(r, 'IO');
+      expect(line).toContain(path.join(locked, 'out.vhd'));
+      expect(line).toContain('EACCES');
+    }
+    expect(snapshot(dir)).toEqual(before);
+  });
+});
+
 describe('IO errors in the library', () => {
   it('codedError: a system error becomes IO naming the path and the operation; other errors pass unchanged', () => {
     let sys: unknown;
@@ -303,6 +360,13 @@ describe('IO errors in the library', () => {
     expect(coded.code).toBe(ErrorCodes.IO);
     expect(coded.message).toContain(path.join(dir, 'nope', 'a'));
     expect(coded.message).toMatch(/rename to .*b failed \(ENOENT: no such file or directory\)/);
+    // Errors the matrix cannot provoke on one file system: a rename across devices, too many open files.
+    for (const [code, syscall] of [['EXDEV', 'rename'], ['EMFILE', 'open']] as const) {
+      const e = Object.assign(new Error(`${code}: some reason, ${syscall} '/a/b'`), { code, syscall, path: '/a/b', dest: syscall === 'rename' ? '/c/d' : undefined });
+      const c = codedError(e) as VhdError;
+      expect(c.code).toBe(ErrorCodes.IO);
+      expect(c.message).toBe(syscall === 'rename' ? `/a/b: rename to /c/d failed (${code}: some reason)` : `/a/b: open failed (${code}: some reason)`);
+    }
     const bug = new TypeError('x is undefined');
     expect(codedError(bug)).toBe(bug);
   });
@@ -321,4 +385,26 @@ describe('IO errors in the library', () => {
     expect(codeOf(path.join(dir, 'gen1.raw', 'x'))).toBe('IO ENOTDIR');
     expect(codeOf(path.join(dir, 'fresh.vhd'))).toBe('ok');
   });
+});
+
+describe('benchmark results (--out) are checked before a benchmark runs', () => {
+  for (const script of ['run.mjs', 'merge.mjs', 'upload.mjs']) {
+    it(`bench/${script}: inside --work, ending in /, a folder, through a file: exit 2 at once, one line naming it`, async () => {
+      const work = path.join(dir, `bench-work-${script}`);
+      for (const [out, why] of [
+        [path.join(work, 'r.json'), 'inside the scratch folder'],
+        [`${path.join(dir, 'sub')}/`, 'ends in a separator'],
+        [path.join(dir, 'sub'), 'is a folder'],
+        [path.join(dir, 'gen1.raw', 'r.json'), 'ENOTDIR'],
+      ]) {
+        const r = await runProcess(process.execPath, [path.join(repoRoot, 'bench', script), '--quick', '--work', work, '--out', out], { cwd: dir, timeoutMs: 30_000 });
+        expect(r.code, describeRun(r)).toBe(2);
+        expect(r.stderr.trim().split('\n'), describeRun(r)).toHaveLength(1);
+        expect(r.stderr).toContain(`--out ${out}`);
+        expect(r.stderr).toContain(why);
+        expect(r.ms, 'refused before measuring').toBeLessThan(10_000);
+      }
+      expect(fs.existsSync(work)).toBe(false);
+    });
+  }
 });

@@ -89,7 +89,7 @@ const EXTENTS_PER_CALL = 65536;
 
 function ioError(e: unknown, file: string, what: string, offset?: number): VhdError {
   const err = e as NodeJS.ErrnoException;
-  const reason = err?.code ? `${err.code}: ${err.message.replace(/^[A-Z]+: /, '')}` : String(e);
+  const reason = err?.code ? `${err.code}: ${err.message.replace(/^[A-Z0-9]+: /, '').replace(/,\s*\w+\s*('.*)?$/, '')}` : String(e);
   return new VhdError(ErrorCodes.IO, `${what} failed (${reason})`, { file, offset, cause: e });
 }
 
@@ -338,7 +338,17 @@ export async function writeAtomically<T>(
   }
   const dir = path.dirname(path.resolve(target));
   const tmp = path.join(dir, `.${path.basename(target)}.${process.pid}.${Date.now().toString(36)}.tmp`);
-  const sink = await FileSink.open(tmp, 'wx');
+  // Errors name the output the user gave; the temporary file is a detail of how it is written.
+  const named = (e: unknown) =>
+    e instanceof VhdError && e.file === tmp
+      ? new VhdError(e.code, `${e.detail} (its temporary file ${path.basename(tmp)})`, { file: target, structure: e.structure, offset: e.offset, cause: e.cause ?? e })
+      : e;
+  let sink: FileSink;
+  try {
+    sink = await FileSink.open(tmp, 'wx');
+  } catch (e) {
+    throw named(e);
+  }
   let ok = false;
   try {
     const result = await body(sink);
@@ -358,6 +368,8 @@ export async function writeAtomically<T>(
       // directories cannot be fsynced on every platform; the rename itself is done
     }
     return result;
+  } catch (e) {
+    throw named(e);
   } finally {
     if (!ok) {
       await sink.close();

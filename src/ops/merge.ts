@@ -41,7 +41,7 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { ErrorCodes, type Finding, VhdError, withCodedErrors } from '../errors.js';
+import { codedError, ErrorCodes, type Finding, VhdError, withCodedErrors } from '../errors.js';
 import type { VhdImage } from '../disk/image.js';
 import { normalizeRanges, totalLength, type Range } from '../disk/ranges.js';
 import { batByteSize, batTable, BAT_UNUSED, encodeBat } from '../format/bat.js';
@@ -343,7 +343,7 @@ async function mergeChild(childPath: string, options: MergeOptions): Promise<Mer
     }
     if (!fs.existsSync(journalPath(work))) {
       fs.rmSync(work, { force: true });
-      await copyTarget(target, work, copyUuid);
+      await copyTarget(target, work, copyUuid, options.intoCopy);
     }
     const result = await mergeInto(child, childPath, work, depth, options, await copier, warnings, started, true);
     fs.renameSync(work, final);
@@ -370,8 +370,13 @@ async function isFinishedCopy(file: string, uuid: Uint8Array): Promise<boolean> 
 }
 
 /** Makes the copy for --into-copy at `dest`: reflink or copy_file_range when possible, a new UUID. */
-async function copyTarget(target: VhdImage, dest: string, uuid: Uint8Array): Promise<void> {
-  fs.copyFileSync(target.id, dest, fs.constants.COPYFILE_FICLONE);
+async function copyTarget(target: VhdImage, dest: string, uuid: Uint8Array, final: string): Promise<void> {
+  try {
+    fs.copyFileSync(target.id, dest, fs.constants.COPYFILE_FICLONE);
+  } catch (e) {
+    const reason = (codedError(e) as VhdError).detail?.replace(/^.*? failed /, '') ?? String(e);
+    throw new VhdError(ErrorCodes.IO, `copying ${target.name} to the work file ${path.basename(dest)} failed ${reason}`, { file: final, cause: e });
+  }
   try {
     // A new identity: the copy is a different disk once merged (the original's children keep theirs).
     const sink = await FileSink.open(dest, 'r+');

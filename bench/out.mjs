@@ -1,0 +1,37 @@
+/**
+ * Where a benchmark writes its JSON result (--out): checked before the run starts, so that a bad path
+ * fails in a second, not after minutes of measuring; written under a temporary name and renamed.
+ * A result inside the benchmark's scratch folder (--work), where its inputs are made and removed, or
+ * a path ending in / or naming a folder, is refused (exit 2, one line).
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+
+export function resultFile(given, fallback, work) {
+  const file = path.resolve(given ?? fallback);
+  const refuse = (why) => {
+    console.error(`bench: --out ${given ?? file}: ${why}`);
+    process.exit(2);
+  };
+  if (given !== undefined && /[\\/]$/.test(given)) refuse('ends in a separator (a folder); give a file name');
+  const inside = (dir) => file === dir || file.startsWith(dir + path.sep);
+  if (work !== undefined && inside(path.resolve(work))) refuse(`is inside the scratch folder --work ${work}, whose files the benchmark makes and removes`);
+  try {
+    if (fs.statSync(file).isDirectory()) refuse('is a folder; give a file name');
+  } catch (e) {
+    if (e.code !== 'ENOENT') refuse(e.message);
+  }
+  try {
+    fs.mkdirSync(path.dirname(file), { recursive: true });
+    fs.accessSync(path.dirname(file), fs.constants.W_OK);
+  } catch (e) {
+    refuse(`cannot write in ${path.dirname(file)} (${e.code})`);
+  }
+  return file;
+}
+
+export function writeResult(file, results) {
+  const tmp = `${file}.${process.pid}.tmp`;
+  fs.writeFileSync(tmp, JSON.stringify(results, null, 2));
+  fs.renameSync(tmp, file);
+}
