@@ -78,6 +78,33 @@ export const ErrorCodes = {
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
 
+/**
+ * The exit code of each error, as the command line contract has it: 1 when the operation ran and
+ * failed (stopped, another process holds the disk, the service refused, what landed differs, the
+ * disk or file system failed), 2 for usage errors, unreadable or unusable input and refusals that
+ * protect data (SIBLINGS, MERGE_PENDING, TARGET_DAMAGED, BLOB_EXISTS: nothing was done, say
+ * something else). IO depends on the system error: a path that names nothing usable (ENOENT,
+ * EACCES, EISDIR, ENOTDIR, EPERM) is 2, anything else (ENOSPC, EROFS, EIO…) 1.
+ */
+const EXIT_1: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  'ABORTED',
+  'LOCKED',
+  'AZURE',
+  'AZURE_AUTH',
+  'VERIFY_MISMATCH',
+]);
+const IO_INPUT_ERRNO: ReadonlySet<string> = new Set(['ENOENT', 'EACCES', 'EISDIR', 'ENOTDIR', 'EPERM']);
+
+/** The exit code for an error (1 or 2; anything that is not a VhdError is a bug: 1). */
+export function exitCodeOf(e: unknown): 1 | 2 {
+  if (!(e instanceof VhdError)) return 1;
+  if (e.code === ErrorCodes.IO) {
+    const errno = (e.cause as { code?: unknown } | undefined)?.code;
+    return typeof errno === 'string' && IO_INPUT_ERRNO.has(errno) ? 2 : 1;
+  }
+  return EXIT_1.has(e.code) ? 1 : 2;
+}
+
 export interface VhdErrorContext {
   /** The file (or blob, or "memory") the error is about. Attached by the layer that knows it. */
   file?: string;
@@ -181,6 +208,15 @@ export function findingFrom(e: VhdError, severity: 'error' | 'warning'): Finding
   if (e.file !== undefined) f.file = e.file;
   if (e.offset !== undefined) f.offset = e.offset;
   return f;
+}
+
+/** The one ABORTED error: the operation stopped because `signal` was aborted. */
+export function abortError(signal?: AbortSignal, detail = 'operation aborted', context: VhdErrorContext = {}): VhdError {
+  return new VhdError(ErrorCodes.ABORTED, detail, { ...context, cause: context.cause ?? signal?.reason });
+}
+
+export function throwIfAborted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw abortError(signal);
 }
 
 /** Node's system errors (fs and friends) carry these; nothing else is taken for one. */

@@ -13,7 +13,7 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { codedError, ErrorCodes, VhdError } from '../src/errors.js';
+import { codedError, ErrorCodes, exitCodeOf, VhdError } from '../src/errors.js';
 import { checkOutputPath, guardOutputs } from '../src/io/paths.js';
 import { convert } from '../src/ops/convert.js';
 import { hash } from '../src/ops/hash.js';
@@ -369,6 +369,15 @@ describe('IO errors in the library', () => {
     }
     const bug = new TypeError('x is undefined');
     expect(codedError(bug)).toBe(bug);
+  });
+
+  it('exit codes come from one table beside the codes: IO by its errno, refusals 2, failures 1, bugs 1', () => {
+    const io = (code: string) => new VhdError(ErrorCodes.IO, 'x', { cause: Object.assign(new Error(code), { code }) });
+    expect(['ENOENT', 'EACCES', 'EISDIR', 'ENOTDIR', 'EPERM'].map((c) => exitCodeOf(io(c)))).toEqual([2, 2, 2, 2, 2]);
+    expect(['ENOSPC', 'EROFS', 'EXDEV', 'EMFILE', 'EIO'].map((c) => exitCodeOf(io(c)))).toEqual([1, 1, 1, 1, 1]);
+    for (const c of ['USAGE', 'SIBLINGS', 'BLOB_EXISTS', 'MERGE_PENDING', 'TARGET_DAMAGED', 'FOOTER_SIZE', 'PARENT_SIZE_MISMATCH'] as const) expect(exitCodeOf(new VhdError(c, 'x')), c).toBe(2);
+    for (const c of ['ABORTED', 'LOCKED', 'AZURE', 'AZURE_AUTH', 'VERIFY_MISMATCH'] as const) expect(exitCodeOf(new VhdError(c, 'x')), c).toBe(1);
+    expect(exitCodeOf(new TypeError('a bug'))).toBe(1);
   });
 
   it('checkOutputPath: a trailing / is a folder, refused when missing and when present', () => {

@@ -16,7 +16,7 @@ import {
   type PageBlobClient,
   StorageSharedKeyCredential,
 } from '@azure/storage-blob';
-import { ErrorCodes, VhdError } from '../errors.js';
+import { abortError, ErrorCodes, VhdError } from '../errors.js';
 import { type BlobLocation, type ConnectOptions, connectionStringParts } from './destination.js';
 import { backoffDelay, isTransient, type RetryOptions, RetryCounter, sleep, withRetry } from './retry.js';
 
@@ -361,7 +361,7 @@ export class PageBlob {
         const made = await this.findSnapshot(token);
         if (made) return made;
         await sleep(backoffDelay(attempt, this.retry), this.retry.signal).catch(() => {
-          throw new VhdError(ErrorCodes.ABORTED, 'operation aborted', { cause: this.retry.signal?.reason });
+          throw abortError(this.retry.signal);
         });
       }
     }
@@ -403,7 +403,7 @@ export class PageBlob {
       const progress = /^(\d+)\/(\d+)$/.exec((await this.client.getProperties()).copyProgress ?? '');
       if (progress && onProgress) onProgress(Number(progress[1]), Number(progress[2]));
       await new Promise((r) => setTimeout(r, delay));
-      if (this.retry.signal?.aborted) throw new VhdError(ErrorCodes.ABORTED, 'operation aborted');
+      if (this.retry.signal?.aborted) throw abortError(this.retry.signal);
     }
   }
 

@@ -6,7 +6,7 @@
  * retries anything else (403 authentication, 404, 409 conflicts, 412 lease/condition failures,
  * 400 bad requests): those are errors in what was asked, not in the weather.
  */
-import { ErrorCodes, VhdError } from '../errors.js';
+import { abortError, ErrorCodes, VhdError } from '../errors.js';
 
 export interface RetryOptions {
   /** Attempts per request, the first included (default 8). */
@@ -93,18 +93,18 @@ export async function withRetry<T>(
   const maxTries = options.maxTries ?? 8;
   const tryTimeout = options.tryTimeoutMs ?? 120_000;
   for (let n = 1; ; n++) {
-    if (options.signal?.aborted) throw new VhdError(ErrorCodes.ABORTED, 'operation aborted', { cause: options.signal.reason });
+    if (options.signal?.aborted) throw abortError(options.signal);
     const timeout = AbortSignal.timeout(tryTimeout);
     const signal = options.signal ? AbortSignal.any([options.signal, timeout]) : timeout;
     try {
       return await attempt(signal);
     } catch (e) {
-      if (options.signal?.aborted) throw new VhdError(ErrorCodes.ABORTED, 'operation aborted', { cause: options.signal.reason });
+      if (options.signal?.aborted) throw abortError(options.signal);
       const timedOut = timeout.aborted;
       if ((!timedOut && !isTransient(e)) || n >= maxTries) throw azureError(e, what, n);
       if (options.counter) options.counter.retries++;
       await sleep(backoffDelay(n, options), options.signal).catch(() => {
-        throw new VhdError(ErrorCodes.ABORTED, 'operation aborted', { cause: options.signal?.reason });
+        throw abortError(options.signal);
       });
     }
   }

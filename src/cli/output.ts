@@ -1,6 +1,6 @@
 /** The only place that prints: JSON documents, human lines, warnings, errors, progress bars. */
 import { redactSecrets } from '../azure/retry.js';
-import { codedError, ErrorCodes, type Finding, VhdError } from '../errors.js';
+import { codedError, exitCodeOf, type Finding, VhdError } from '../errors.js';
 import type { Progress } from '../ops/common.js';
 
 export interface GlobalArgs {
@@ -37,20 +37,9 @@ export const EXIT_OK = 0;
 export const EXIT_PROBLEMS = 1;
 export const EXIT_USAGE = 2;
 
-const INPUT_ERRNO = new Set(['ENOENT', 'EACCES', 'EISDIR', 'ENOTDIR', 'EPERM']);
-
+/** The exit code of an error: the table beside the codes (errors.ts exitCodeOf). */
 export function exitCodeFor(error: unknown): number {
-  const e = codedError(error);
-  if (!(e instanceof VhdError)) return EXIT_PROBLEMS;
-  // Stopped, or another process holds the disk: the operation failed; the input is fine.
-  if (e.code === ErrorCodes.ABORTED || e.code === ErrorCodes.LOCKED) return EXIT_PROBLEMS;
-  // The service refused or failed, or what landed differs: the operation failed.
-  if (e.code === ErrorCodes.AZURE || e.code === ErrorCodes.AZURE_AUTH || e.code === ErrorCodes.VERIFY_MISMATCH) return EXIT_PROBLEMS;
-  if (e.code === ErrorCodes.IO) {
-    const cause = (e as Error & { cause?: NodeJS.ErrnoException }).cause;
-    return cause?.code && INPUT_ERRNO.has(cause.code) ? EXIT_USAGE : EXIT_PROBLEMS;
-  }
-  return EXIT_USAGE;
+  return exitCodeOf(codedError(error));
 }
 
 /** An error as JSON: a VhdError's code, message, file, structure and offset; anything else INTERNAL. */

@@ -3,6 +3,8 @@
  * In memory it is a Uint32Array in host order, converted once.
  */
 export const BAT_UNUSED = 0xffffffff;
+/** BAT entries per 512-byte sector (4 bytes each). */
+export const BAT_ENTRIES_PER_SECTOR = 128;
 
 const HOST_LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 

@@ -280,6 +280,15 @@ function blockDeviceSize(fd: number): number {
   return lo * 512;
 }
 
+/** A file's real path (symlinks followed), or the path resolved when it cannot be had. */
+export function realPathOf(file: string): string {
+  try {
+    return fs.realpathSync(file);
+  } catch {
+    return path.resolve(file);
+  }
+}
+
 export function openFile(file: string): Promise<FileSink> {
   return FileSink.open(file, 'r');
 }

@@ -1,4 +1,3 @@
-import { ErrorCodes, VhdError } from '../errors.js';
 
 export interface Progress {
   /** Bytes of work done and in all (for convert: bytes of data ranges read). */
@@ -11,6 +10,4 @@ export interface OperationOptions {
   signal?: AbortSignal;
 }
 
-export function throwIfAborted(signal: AbortSignal | undefined): void {
-  if (signal?.aborted) throw new VhdError(ErrorCodes.ABORTED, 'operation aborted', { cause: signal.reason });
-}
+export { throwIfAborted } from '../errors.js';

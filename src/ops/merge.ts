@@ -41,14 +41,10 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { codedError, ErrorCodes, type Finding, VhdError, withCodedErrors } from '../errors.js';
+import { abortError, codedError, ErrorCodes, type Finding, VhdError, withCodedErrors } from '../errors.js';
 import type { VhdImage } from '../disk/image.js';
 import { normalizeRanges, totalLength, type Range } from '../disk/ranges.js';
-import { batByteSize, batTable, BAT_UNUSED, encodeBat } from '../format/bat.js';
-import { bitmapByteSize } from '../format/bitmap.js';
-import { decodeFooter, encodeFooter, FOOTER_SIZE } from '../format/footer.js';
-import { decodeHeader, encodeHeader, HEADER_SIZE } from '../format/header.js';
-import { geometryForWrite } from '../format/geometry.js';
+import { type EditPlan, footerVirtualSize, giveIdentity, HEAD_BYTES, parentOfHead, planEdit, VhdEditor } from '../disk/editor.js';
 import { uuidV4 } from '../format/uuid.js';
 import { FileSink } from '../io/file.js';
 import { chainRoles, checkOutputPath, refuseOverlap, type RolePath } from '../io/paths.js';
@@ -172,7 +168,7 @@ function resolveReal(p: string): string {
 export function findSiblings(targetUuid: Uint8Array, dirs: string[], exclude: Set<string>): string[] {
   const found: string[] = [];
   const seen = new Set<string>();
-  const head = new Uint8Array(FOOTER_SIZE + HEADER_SIZE);
+  const head = new Uint8Array(HEAD_BYTES);
   for (const dir of dirs) {
     let names: string[];
     try {
@@ -194,11 +190,8 @@ export function findSiblings(targetUuid: Uint8Array, dirs: string[], exclude: Se
         } finally {
           fs.closeSync(fd);
         }
-        if (n < head.length) continue;
-        const footer = decodeFooter(head.subarray(0, FOOTER_SIZE));
-        if (footer.diskType !== 4 || footer.dataOffset !== 512n) continue;
-        const parentUuid = head.subarray(512 + 40, 512 + 56);
-        if (parentUuid.every((v, i) => v === targetUuid[i])) found.push(file);
+        const parentUuid = n < head.length ? undefined : parentOfHead(head);
+        if (parentUuid?.every((v, i) => v === targetUuid[i])) found.push(file);
       } catch {
         // not a VHD, or unreadable: not a child of the target
       }
@@ -213,14 +206,8 @@ export function findSiblings(targetUuid: Uint8Array, dirs: string[], exclude: Se
  * merged into existing blocks stays (it is merged again anyway); new blocks and a moved BAT go.
  * Every merge run does this first; a disk left unopenable by an interrupted run opens again after it.
  */
-async function restoreLayout(sink: FileSink, journal: MergeJournal): Promise<void> {
-  if (!journal.originalHeader || !journal.originalFooterCopy || journal.headerOffset === undefined) return;
-  const footer = unb64(journal.originalFooterCopy);
-  await sink.truncate(journal.oldEnd);
-  await sink.write(footer, journal.oldEnd);
-  await sink.write(unb64(journal.originalHeader), journal.headerOffset);
-  await sink.write(footer, 0);
-  await sink.sync();
+function restoreLayout(sink: FileSink, journal: MergeJournal): Promise<void> {
+  return new VhdEditor(sink, planOf(journal)).restore();
 }
 
 /** restoreLayout for a disk found unopenable, under the lock (never beside a live merge). */
@@ -381,10 +368,7 @@ async function copyTarget(target: VhdImage, dest: string, uuid: Uint8Array, fina
     // A new identity: the copy is a different disk once merged (the original's children keep theirs).
     const sink = await FileSink.open(dest, 'r+');
     try {
-      const footer = encodeFooter({ ...target.footer, uniqueId: uuid });
-      if (target.type !== 'fixed') await sink.write(footer, 0);
-      await sink.write(footer, target.footerOffset);
-      await sink.sync();
+      await giveIdentity(sink, target, uuid);
     } finally {
       await sink.close();
     }
@@ -518,6 +502,36 @@ function unb64(text: string): Uint8Array {
 }
 
 /** Computes the journal: where new blocks go, the final footer, a moved BAT if it must grow. */
+/** The plan of an edit as the journal saves it (base64 for bytes; the fields of journal version 1). */
+function journalFields(p: EditPlan): Pick<MergeJournal, 'oldEnd' | 'newEnd' | 'newBlocks' | 'footer' | 'footerCopy' | 'originalHeader' | 'originalFooterCopy' | 'headerOffset' | 'header' | 'batOffset' | 'batEntries'> {
+  return {
+    oldEnd: p.oldEnd,
+    newEnd: p.newEnd,
+    newBlocks: p.newBlocks.length > 0 ? b64(new Uint8Array(Uint32Array.from(p.newBlocks).buffer)) : '',
+    footer: b64(p.footer),
+    footerCopy: p.footerCopy,
+    ...(p.original ? { originalHeader: b64(p.original.header), originalFooterCopy: b64(p.original.footerCopy), headerOffset: p.original.headerOffset } : {}),
+    ...(p.grownBat ? { header: b64(p.grownBat.header), batOffset: p.grownBat.offset, batEntries: p.grownBat.entries } : {}),
+  };
+}
+
+/** The edit plan a journal holds. */
+function planOf(j: MergeJournal): EditPlan {
+  return {
+    oldEnd: j.oldEnd,
+    newEnd: j.newEnd,
+    newBlocks: j.newBlocks ? [...new Uint32Array(unb64(j.newBlocks).slice().buffer)] : [],
+    footer: unb64(j.footer),
+    footerCopy: j.footerCopy,
+    original: j.originalHeader && j.originalFooterCopy && j.headerOffset !== undefined ? { header: unb64(j.originalHeader), headerOffset: j.headerOffset, footerCopy: unb64(j.originalFooterCopy) } : undefined,
+    grownBat: j.header !== undefined ? { header: unb64(j.header), offset: j.batOffset!, entries: j.batEntries! } : undefined,
+  };
+}
+
+/**
+ * The journal of a fresh merge: which sectors come from which source (the overlay), and the editor's
+ * plan for the target (new blocks appended, the BAT grown when the child is larger).
+ */
 async function plan(
   target: VhdImage,
   sources: VhdImage[],
@@ -525,69 +539,22 @@ async function plan(
   deleteChild: boolean,
 ): Promise<{ journal: MergeJournal; segments?: Segment[] }> {
   const newSize = Math.max(target.virtualSize, sources[0].virtualSize);
-  const footerCopy = newSize !== target.virtualSize;
-  // A grown disk gets the geometry of its new size (readers keyed on CHS, like qemu, see it).
-  const footer = footerCopy ? { ...target.footer, currentSize: BigInt(newSize), geometry: geometryForWrite(newSize) } : target.footer;
-  const base: Omit<MergeJournal, 'newBlocks' | 'newEnd' | 'footer'> = {
-    version: 1,
-    kind: 'vhdkit-merge',
+  const base = {
+    version: 1 as const,
+    kind: 'vhdkit-merge' as const,
     target: targetFile,
     targetUuid: target.uuid,
     sources: sources.map((s) => ({ path: s.id, uuid: s.uuid, size: s.source.size })),
-    oldEnd: target.dataEnd,
-    footerCopy,
     deleteChild,
     started: new Date().toISOString(),
   };
-  if (target.type === 'fixed') {
-    if (newSize > target.virtualSize) {
-      throw new VhdError(ErrorCodes.USAGE, `the child (${newSize} bytes) is larger than the fixed target (${target.virtualSize} bytes); convert the target to dynamic first`, {
-        file: targetFile,
-      });
-    }
-    return { journal: { ...base, newBlocks: '', newEnd: target.dataEnd + FOOTER_SIZE, footer: b64(encodeFooter(footer)) } };
-  }
+  if (target.type === 'fixed') return { journal: { ...base, ...journalFields(await planEdit(target, [], newSize)) } };
   const bs = target.blockSize;
   const segments = await overlay(sources, newSize);
   const touched = new Set<number>();
   for (const seg of segments) for (let b = Math.floor(seg.start / bs); b * bs < seg.end; b++) touched.add(b);
-  const bat = target.bat!;
-  const needed = Math.ceil(newSize / bs);
-  const span = bitmapByteSize(bs) + bs;
-  let end = target.dataEnd;
-  const pairs: number[] = [];
-  for (const b of [...touched].sort((x, y) => x - y)) {
-    if (b < bat.length && bat[b] !== BAT_UNUSED) continue;
-    // Data areas 4 KiB aligned for blocks of 64 KiB or more, as the writer lays them out.
-    let start = Math.ceil(end / 512) * 512;
-    if (bs >= 65536) start = Math.ceil((start + bitmapByteSize(bs)) / 4096) * 4096 - bitmapByteSize(bs);
-    pairs.push(b, start / 512);
-    end = start + span;
-  }
-  const headerBytes = new Uint8Array(HEADER_SIZE);
-  await target.source.read(headerBytes, target.headerOffset!);
-  const copyBytes = new Uint8Array(FOOTER_SIZE);
-  await target.source.read(copyBytes, 0);
-  const journal: MergeJournal = {
-    ...base,
-    newBlocks: b64(new Uint8Array(Uint32Array.from(pairs).buffer)),
-    newEnd: 0,
-    footer: '',
-    originalHeader: b64(headerBytes),
-    originalFooterCopy: b64(copyBytes),
-    headerOffset: target.headerOffset!,
-  };
-  if (needed > target.header!.maxTableEntries) {
-    // The BAT must grow: it moves to the end of the data, the header points at it.
-    const batOffset = Math.ceil(end / 512) * 512;
-    journal.batOffset = batOffset;
-    journal.batEntries = needed;
-    journal.header = b64(encodeHeader({ ...target.header!, tableOffset: BigInt(batOffset), maxTableEntries: needed }));
-    end = batOffset + batByteSize(needed);
-  }
-  journal.newEnd = end + FOOTER_SIZE;
-  journal.footer = b64(encodeFooter(footer));
-  return { journal, segments };
+  const edit = await planEdit(target, [...touched].sort((x, y) => x - y), newSize);
+  return { journal: { ...base, ...journalFields(edit) }, segments };
 }
 
 interface Stats {
@@ -606,8 +573,10 @@ async function execute(
   planned?: Segment[],
 ): Promise<Stats> {
   const stats: Stats = { sectorsMerged: 0, blocksAllocated: 0, blocksUpdated: 0, bytesWritten: 0 };
-  const newSize = Number(decodeFooter(unb64(journal.footer)).currentSize);
+  const edit = planOf(journal);
+  const newSize = footerVirtualSize(edit.footer);
   const sink = await FileSink.open(journal.target, 'r+');
+  const editor = new VhdEditor(sink, edit);
   try {
     const segments = planned ?? (await overlay(sources, newSize));
     const total = totalLength(segments.map((s) => [s.start, s.end] as Range));
@@ -618,31 +587,21 @@ async function execute(
       await copyAll(sink, copier, plan.fixed(segments), total, stats, options);
     } else {
       const bs = target.blockSize;
-      const pairs = new Uint32Array(unb64(journal.newBlocks).slice().buffer);
-      const newAt = new Map<number, number>();
-      for (let i = 0; i < pairs.length; i += 2) newAt.set(pairs[i], pairs[i + 1]);
+      const newAt = editor.newBlocks();
       // Start from the layout before the merge, whatever an interrupted run left: the original
       // header and footer copy back in place (durably, before the cut below removes a moved BAT),
-      // the original BAT read from its original place (only entries of new blocks may have been
-      // written there; they were unused before and are again).
+      // the original BAT read from its original place.
       // (A fresh merge, planned just now on an untouched target, skips this: nothing to undo.)
-      const originalHeader = decodeHeader(unb64(journal.originalHeader!), journal.headerOffset!);
-      const tableOffset = Number(originalHeader.tableOffset);
       let bat: Uint32Array;
       if (planned) {
         bat = target.bat!;
       } else {
-        await restoreLayout(sink, journal);
-        const entries = Math.ceil(Number(decodeFooter(unb64(journal.originalFooterCopy!)).currentSize) / bs);
-        const table = batTable(entries);
-        await sink.read(table.bytes, tableOffset);
-        bat = table.decode().bat;
-        for (const b of newAt.keys()) if (b < bat.length) bat[b] = BAT_UNUSED;
+        await editor.restore();
+        bat = await editor.originalBat();
       }
       // Step 2: new blocks start as zeros (the old trailing footer is cut away), then every block's
       // sectors and bitmap, by the tasks (their writes land only in data areas and bitmaps).
-      await sink.truncate(journal.oldEnd);
-      await sink.truncate(journal.newEnd);
+      await editor.cut();
       const byBlock = new Map<number, Segment[]>();
       for (const seg of segments) {
         for (let b = Math.floor(seg.start / bs); b * bs < seg.end; b++) {
@@ -656,27 +615,15 @@ async function execute(
         if (newAt.has(b)) stats.blocksAllocated++;
         else stats.blocksUpdated++;
       }
-      const layout: TargetLayout = { blockSize: bs, bitmapSize: bitmapByteSize(bs), dynamic: target.type === 'dynamic', newAt, bat };
+      const layout: TargetLayout = { blockSize: bs, bitmapSize: target.bitmapSize, dynamic: target.type === 'dynamic', newAt, bat };
       await copyAll(sink, copier, plan.blocks(blocks, byBlock, layout), total, stats, options);
       // Every task has settled (copyAll returns or throws only then): one fsync of the target covers
       // the writes of every thread, and it comes before any metadata that points at them.
-      await sink.sync();
+      await editor.syncData();
       // Step 3: metadata.
-      if (journal.header !== undefined) {
-        const grown = new Uint32Array(journal.batEntries!).fill(BAT_UNUSED);
-        grown.set(bat.subarray(0, Math.min(bat.length, grown.length)));
-        for (const [b, s] of newAt) grown[b] = s;
-        await sink.write(encodeBat(grown), journal.batOffset!);
-        await sink.write(unb64(journal.header), journal.headerOffset!);
-      } else {
-        await writeBatEntries(sink, tableOffset, newAt);
-      }
+      await editor.writeMetadata(bat, false);
     }
-    const footer = unb64(journal.footer);
-    await sink.write(footer, journal.newEnd - FOOTER_SIZE);
-    if (journal.footerCopy && target.type !== 'fixed') await sink.write(footer, 0);
-    await sink.truncate(journal.newEnd);
-    await sink.sync();
+    if (target.type === 'fixed') await editor.writeMetadata(undefined, true);
     throwIfAborted(options.signal);
     return stats;
   } finally {
@@ -837,33 +784,6 @@ function* sourcePieces(source: VhdImage, start: number, end: number): Generator<
   }
 }
 
-/** BAT writes in flight at once while the entries of new blocks are written. */
-const BAT_WRITES_IN_FLIGHT = 16;
-
-/**
- * Writes the BAT entries of new blocks: each run of neighbouring BAT sectors touched is read, its
- * entries set, and written back; runs go BAT_WRITES_IN_FLIGHT at a time. (New blocks spread over a
- * 2000 GiB disk's 4 MiB BAT touch as many sectors as blocks: one at a time, 64 of them took ~20 ms.)
- * Sector by sector, not from the BAT in memory: the bytes of the table's last sector past its
- * entries stay as the file has them.
- */
-async function writeBatEntries(sink: FileSink, tableOffset: number, entries: Map<number, number>): Promise<void> {
-  const runs = normalizeRanges([...entries.keys()].map((b): Range => [Math.floor(b / 128), Math.floor(b / 128) + 1]));
-  const patch = async ([first, end]: Range) => {
-    const buf = new Uint8Array((end - first) * 512);
-    const view = new DataView(buf.buffer);
-    await sink.read(buf, tableOffset + first * 512);
-    for (let b = first * 128; b < end * 128; b++) {
-      const s = entries.get(b);
-      if (s !== undefined) view.setUint32((b - first * 128) * 4, s);
-    }
-    await sink.write(buf, tableOffset + first * 512);
-  };
-  // orderedWindow: at most BAT_WRITES_IN_FLIGHT at once; on a failure, nothing new starts and it
-  // returns only once the runs in flight have settled.
-  await orderedWindow(runs, BAT_WRITES_IN_FLIGHT, patch, () => {});
-}
-
 // -------------------------------------------------------------------------------------------------
 // Batches
 
@@ -967,7 +887,7 @@ export async function mergeBatch(children: string[], options: MergeBatchOptions 
   };
   await Promise.all(Array.from({ length: Math.min(concurrency, children.length) }, lane));
   for (; next < children.length; next++) {
-    const error = new VhdError(ErrorCodes.ABORTED, 'not started: the batch was interrupted', { file: children[next], cause: options.signal?.reason });
+    const error = abortError(options.signal, 'not started: the batch was interrupted', { file: children[next] });
     finish({ child: children[next], ok: false, error, start: clock(), end: clock() });
   }
   if (callbackError) throw callbackError.error;

@@ -3,15 +3,13 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { ErrorCodes, findingFrom, VhdError } from '../errors.js';
 import { hasPendingMerge, journalPath, liveLockHolder } from './journal.js';
-import { CHAIN_ERRORS, VhdImage, type OpenOptions } from '../disk/image.js';
-import { RawDisk, type VirtualDisk } from '../disk/source.js';
-import { FileResolver, FileSink } from '../io/file.js';
+import { CHAIN_ERRORS, VhdImage } from '../disk/image.js';
+import { type FileOpenOptions, openFileAs, openVhdFile, type SourceFormat } from '../disk/files.js';
+import type { VirtualDisk } from '../disk/source.js';
 import { chainRoles, type RolePath } from '../io/paths.js';
 
-export interface OpenDiskOptions extends Omit<OpenOptions, 'resolver'> {
-  /** Confine parent resolution to these directories. */
-  allowedDirs?: string[];
-}
+export type OpenDiskOptions = FileOpenOptions;
+export type { SourceFormat };
 
 /**
  * Opens a VHD file and, for a differencing disk, its whole chain. A disk of the chain with a merge
@@ -22,7 +20,7 @@ export interface OpenDiskOptions extends Omit<OpenOptions, 'resolver'> {
 export async function openDisk(file: string, options: OpenDiskOptions = {}): Promise<VhdImage> {
   let image: VhdImage;
   try {
-    image = await openDiskOnly(file, options);
+    image = await openVhdFile(file, options);
   } catch (e) {
     // A merge killed at the wrong instant can leave its target unopenable until it is run again (the
     // file cut before its header is put back): say that, not only what is broken. Errors that are not
@@ -58,49 +56,20 @@ function mergeState(file: string, broken?: VhdError): VhdError {
   return new VhdError(ErrorCodes.MERGE_PENDING, `a merge into this disk ${state}${found}; run the same "vhdkit merge" again to complete it (journal ${journalPath(file)})`, context);
 }
 
-async function openDiskOnly(file: string, options: OpenDiskOptions): Promise<VhdImage> {
-  const source = await FileSink.open(file, 'r');
-  try {
-    return await VhdImage.open(source, {
-      ...options,
-      resolver: new FileResolver({ allowedDirs: options.allowedDirs }),
-      id: realPath(file),
-      resolveParents: options.resolveParents ?? true,
-    });
-  } catch (e) {
-    await source.close();
-    throw e;
-  }
-}
-
-export type SourceFormat = 'auto' | 'vhd' | 'raw';
-
 /**
- * Opens a disk for reading: a VHD (any type, chains resolved) or a raw image. `auto` takes a file
- * with a VHD footer as a VHD and anything else as raw, except a file named *.vhd or *.avhd (Hyper-V), which must be a VHD.
+ * Opens a disk for reading: a VHD (any type, chains resolved) or a raw image (disk/files openFileAs).
+ * A disk mid-merge reads as neither its old nor its new self: refused (MERGE_PENDING or LOCKED).
  */
-export async function openAny(
-  file: string,
-  format: SourceFormat = 'auto',
-  options: OpenDiskOptions = {},
-): Promise<{ disk: VirtualDisk; format: 'vhd' | 'raw' }> {
-  if (format === 'raw') return { disk: new RawDisk(await FileSink.open(file, 'r')), format: 'raw' };
-  try {
-    const disk = await openDisk(file, options);
-    // A disk mid-merge reads as neither its old nor its new self: refuse to take content from it.
-    const pending = disk.allFindings.find((f) => f.code === ErrorCodes.MERGE_PENDING || f.code === ErrorCodes.LOCKED);
+export function openAny(file: string, format: SourceFormat = 'auto', options: OpenDiskOptions = {}): Promise<{ disk: VirtualDisk; format: 'vhd' | 'raw' }> {
+  return openFileAs(file, format, options, async (f, o) => {
+    const disk = await openDisk(f, o);
+    const pending = disk.allFindings.find((x) => x.code === ErrorCodes.MERGE_PENDING || x.code === ErrorCodes.LOCKED);
     if (pending) {
       await disk.close();
       throw new VhdError(pending.code, pending.message.replace(/^.*?: /, ''), { file: pending.file });
     }
-    return { disk, format: 'vhd' };
-  } catch (e) {
-    const notVhd = e instanceof VhdError && (e.code === ErrorCodes.NOT_VHD || e.code === ErrorCodes.FILE_TOO_SMALL);
-    if (format === 'auto' && notVhd && !/\.a?vhd$/i.test(file)) {
-      return { disk: new RawDisk(await FileSink.open(file, 'r')), format: 'raw' };
-    }
-    throw e;
-  }
+    return disk;
+  });
 }
 
 /** The files an opened disk reads, for the output guard: a VHD's whole chain, or the raw file. */
@@ -119,10 +88,3 @@ export function sameFile(a: string, b: string): boolean {
   }
 }
 
-function realPath(file: string): string {
-  try {
-    return fs.realpathSync(file);
-  } catch {
-    return path.resolve(file);
-  }
-}

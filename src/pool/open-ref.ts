@@ -5,7 +5,7 @@
 import { fileStamp } from '../io/file.js';
 import type { VirtualDisk } from '../disk/source.js';
 import { VhdImage } from '../disk/image.js';
-import { openAny } from '../ops/open.js';
+import { openFileAs } from '../disk/files.js';
 import type { DiskRef } from './tasks.js';
 
 interface Entry {
@@ -35,7 +35,7 @@ export async function openRef(ref: DiskRef): Promise<VirtualDisk> {
   drop(key);
   if (cache.size >= MAX_OPEN) drop(cache.keys().next().value!);
   const stampBefore = stampOf([ref.file]);
-  const entry: Entry = { files: [ref.file], stamp: stampBefore, disk: openAny(ref.file, ref.format, { allowedDirs: ref.allowedDirs, sizeFrom: ref.sizeFrom }).then((r) => r.disk) };
+  const entry: Entry = { files: [ref.file], stamp: stampBefore, disk: openFileAs(ref.file, ref.format, { allowedDirs: ref.allowedDirs, sizeFrom: ref.sizeFrom }).then((r) => r.disk) };
   cache.set(key, entry);
   try {
     const disk = await entry.disk;

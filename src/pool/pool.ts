@@ -5,7 +5,7 @@
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import type { Piscina } from 'piscina';
-import { ErrorCodes, type ErrorCode, VhdError } from '../errors.js';
+import { abortError, ErrorCodes, type ErrorCode, VhdError } from '../errors.js';
 import { alignedBuffer } from '../io/aligned.js';
 import { type MergeCopyResult, type MergeCopyTask, runMergeCopyInline } from './merge-task.js';
 import { type Md5Result, type Md5Task, runMd5Task } from './md5-task.js';
@@ -52,9 +52,7 @@ export function defaultWorkers(): number {
   return Math.max(1, Math.min(MAX_DEFAULT_WORKERS, cores));
 }
 
-function aborted(signal?: AbortSignal): VhdError {
-  return new VhdError(ErrorCodes.ABORTED, 'operation aborted', { cause: signal?.reason });
-}
+const aborted = (signal?: AbortSignal): VhdError => abortError(signal);
 
 /** Turns a worker's `{ error }` result back into the VhdError it was. */
 function unwrap<R>(r: R | { error: TaskError }): R {
