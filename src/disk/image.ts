@@ -3,6 +3,7 @@
  * differencing disks, validate their structures, resolve parents, read any virtual range and
  * list allocated extents. No node:* imports: parents are opened through a SourceResolver.
  */
+import { geometrySize } from '../format/geometry.js';
 import { ErrorCodes, findingFrom, type Finding, VhdError } from '../errors.js';
 import { batByteSize, batTable, BAT_UNUSED } from '../format/bat.js';
 import { bitmapByteSize, forEachBitRun } from '../format/bitmap.js';
@@ -156,6 +157,11 @@ export class VhdImage {
 
   get parentName(): string | undefined {
     return this.header && this.type === 'differencing' ? decodeParentName(this.header.parentUnicodeName) : undefined;
+  }
+
+  /** The size the CHS geometry describes (cylinders × heads × sectors per track × 512). */
+  get geometrySize(): number {
+    return geometrySize(this.footer.geometry);
   }
 
   get allocatedBlocks(): number {

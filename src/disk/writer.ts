@@ -3,9 +3,10 @@
  * and written once at the end (`finish`), footer last; callers write to a temporary file and
  * rename it, so an interrupted write never leaves a file that looks complete.
  */
+import { placeBlock } from './editor.js';
 import { ErrorCodes, VhdError } from '../errors.js';
 import { batByteSize, BAT_UNUSED, encodeBat } from '../format/bat.js';
-import { bitmapByteSize } from '../format/bitmap.js';
+import { bitmapByteSize, setBits } from '../format/bitmap.js';
 import { DiskType, encodeFooter, FILE_FORMAT_VERSION, type Footer, FOOTER_COOKIE, MAX_VHD_SIZE } from '../format/footer.js';
 import { geometryForWrite } from '../format/geometry.js';
 import {
@@ -36,6 +37,21 @@ export interface FooterOptions {
   uuid: Uint8Array;
   timestamp?: Date;
   dataOffset?: bigint;
+}
+
+/** The largest virtual size a VHD holds (2040 GiB). */
+export const MAX_VIRTUAL_SIZE = MAX_VHD_SIZE;
+/** The block size of a new dynamic disk unless told otherwise. */
+export const DEFAULT_DYNAMIC_BLOCK_SIZE = DEFAULT_BLOCK_SIZE;
+
+/** The block size a disk made from `disk` (a child, a conversion) gets by default: its own, or 2 MiB. */
+export function blockSizeLike(disk: { type?: string; blockSize?: number }): number {
+  return disk.type === 'dynamic' || disk.type === 'differencing' ? disk.blockSize! : DEFAULT_BLOCK_SIZE;
+}
+
+/** A footer as bytes (makeFooter, encoded). */
+export function footerBytes(o: FooterOptions): Uint8Array {
+  return encodeFooter(makeFooter(o));
 }
 
 export function makeFooter(o: FooterOptions): Footer {
@@ -196,8 +212,7 @@ export class DynamicWriter {
 
   /** Where the next block goes: its data area 4 KiB aligned for blocks of 64 KiB and more. */
   private allocate(): number {
-    let start = this.end;
-    if (this.blockSize >= 65536) start = Math.ceil((start + this.bitmapSize) / 4096) * 4096 - this.bitmapSize;
+    const start = placeBlock(this.end, this.blockSize, this.bitmapSize);
     this.end = start + this.bitmapSize + this.blockSize;
     return start;
   }
@@ -246,6 +261,16 @@ export class DynamicWriter {
       if (offset < 0 || offset + bytes.length > this.blockSize) throw new VhdError(ErrorCodes.RANGE, `piece at ${offset} (${bytes.length} bytes) is outside the block`);
       await this.sink.write(bytes, start + this.bitmapSize + offset);
     }
+  }
+
+  /**
+   * writeBlockPieces with the bitmap made from the pieces: each piece ([offsetInBlock, bytes], whole
+   * sectors) sets its sectors' bits, so a differencing child holds exactly them.
+   */
+  async writeSectors(block: number, pieces: Array<[number, Uint8Array]>): Promise<void> {
+    const bitmap = new Uint8Array(this.bitmapSize);
+    for (const [offset, bytes] of pieces) setBits(bitmap, offset / 512, (offset + bytes.length) / 512);
+    await this.writeBlockPieces(block, bitmap, pieces);
   }
 
   /** Writes the metadata: footer copy, header, locators, BAT, then the footer at the end. */

@@ -8,9 +8,7 @@
 import { ErrorCodes, type Finding, VhdError, withCodedErrors } from '../errors.js';
 import { alignRanges, totalLength } from '../disk/ranges.js';
 import type { VirtualDisk } from '../disk/source.js';
-import { DynamicWriter, FixedWriter, checkBlockSize } from '../disk/writer.js';
-import { DEFAULT_BLOCK_SIZE } from '../format/header.js';
-import { MAX_VHD_SIZE } from '../format/footer.js';
+import { blockSizeLike, DynamicWriter, FixedWriter, checkBlockSize, MAX_VIRTUAL_SIZE } from '../disk/writer.js';
 import { alignedBuffer, isZero } from '../io/aligned.js';
 import { writeAtomically } from '../io/file.js';
 import type { ByteSink } from '../io/types.js';
@@ -89,7 +87,7 @@ async function convertDisk(src: string, dst: string, options: ConvertOptions): P
     let virtualSize = disk.virtualSize;
     if (options.azure) {
       virtualSize = azureSize(virtualSize);
-      if (virtualSize > MAX_VHD_SIZE) {
+      if (virtualSize > MAX_VIRTUAL_SIZE) {
         throw new VhdError(
           ErrorCodes.AZURE_LIMIT,
           `virtual size ${virtualSize} (rounded up to a whole MiB) exceeds the 2040 GiB a VHD can hold; Azure cannot take this disk as a VHD`,
@@ -104,8 +102,7 @@ async function convertDisk(src: string, dst: string, options: ConvertOptions): P
         });
       }
     }
-    const blockSize =
-      options.blockSize ?? (disk instanceof VhdImage && disk.type !== 'fixed' ? disk.blockSize : DEFAULT_BLOCK_SIZE);
+    const blockSize = options.blockSize ?? blockSizeLike(disk as VhdImage);
     const counters = { read: 0, written: 0, blocks: 0 };
     await writeAtomically(
       dst,

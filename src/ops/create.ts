@@ -2,9 +2,8 @@
 import crypto from 'node:crypto';
 import path from 'node:path';
 import { ErrorCodes, VhdError, withCodedErrors } from '../errors.js';
-import { DynamicWriter, FixedWriter, type ParentLink } from '../disk/writer.js';
+import { blockSizeLike, DEFAULT_DYNAMIC_BLOCK_SIZE, DynamicWriter, FixedWriter, type ParentLink } from '../disk/writer.js';
 import { uuidToString, uuidV4 } from '../format/uuid.js';
-import { DEFAULT_BLOCK_SIZE } from '../format/header.js';
 import { writeAtomically } from '../io/file.js';
 import { guardOutputs } from '../io/paths.js';
 import { inputRoles, openDisk } from './open.js';
@@ -76,7 +75,7 @@ async function createDisk(file: string, options: CreateOptions): Promise<CreateR
         const first = errors.find((f) => f.code === ErrorCodes.MERGE_PENDING) ?? errors[0];
         throw new VhdError(first.code, `the parent is damaged: ${first.message}`, { file: options.parent });
       }
-      const blockSize = options.blockSize ?? (parent.type === 'fixed' ? DEFAULT_BLOCK_SIZE : parent.blockSize);
+      const blockSize = options.blockSize ?? blockSizeLike(parent);
       const link = parentLinkFor(file, options.parent, parent.footer.uniqueId, parent.footer.timestamp);
       await writeAtomically(
         file,
@@ -112,7 +111,7 @@ async function createDisk(file: string, options: CreateOptions): Promise<CreateR
     );
     return { file, type, virtualSize: size, blockSize: null, uuid: uuidToString(uuid), parent: null };
   }
-  const blockSize = options.blockSize ?? DEFAULT_BLOCK_SIZE;
+  const blockSize = options.blockSize ?? DEFAULT_DYNAMIC_BLOCK_SIZE;
   await writeAtomically(
     file,
     async (sink) => {

@@ -13,9 +13,7 @@ import { ErrorCodes, type Finding, VhdError, withCodedErrors } from '../errors.j
 import type { VhdImage } from '../disk/image.js';
 import { normalizeRanges, totalLength, type Range } from '../disk/ranges.js';
 import type { VirtualDisk } from '../disk/source.js';
-import { DynamicWriter } from '../disk/writer.js';
-import { setBits } from '../format/bitmap.js';
-import { DEFAULT_BLOCK_SIZE } from '../format/header.js';
+import { blockSizeLike, DynamicWriter } from '../disk/writer.js';
 import { writeAtomically } from '../io/file.js';
 import { checkWorkers, poolFor } from '../pool/pool.js';
 import type { DiffTask, DiskRef } from '../pool/tasks.js';
@@ -176,7 +174,7 @@ async function writeChild(
   virtualSize: number,
   options: DiffOptions,
 ): Promise<{ file: string; blocks: number; fileSize: number }> {
-  const blockSize = options.blockSize ?? (parent.type === 'fixed' ? DEFAULT_BLOCK_SIZE : parent.blockSize);
+  const blockSize = options.blockSize ?? blockSizeLike(parent);
   const link = parentLinkFor(outFile, parentFile, parent.footer.uniqueId, parent.footer.timestamp);
   let blocks = 0;
   let fileSize = 0;
@@ -184,7 +182,6 @@ async function writeChild(
     outFile,
     async (sink) => {
       const w = await DynamicWriter.create(sink, { virtualSize, blockSize, uuid: newUuid(), parent: link });
-      const bitmap = new Uint8Array(w.bitmapSize);
       let i = 0;
       let pos = 0; // everything before pos is written
       while (i < changed.length) {
@@ -192,21 +189,19 @@ async function writeChild(
         const block = Math.floor(Math.max(changed[i][0], pos) / blockSize);
         const base = block * blockSize;
         const end = Math.min(base + blockSize, virtualSize);
-        bitmap.fill(0);
         // Every changed range touching this block: its sectors set, its bytes read from `new`;
         // the rest of the block stays a hole in the file.
         const pieces: Array<[number, Uint8Array]> = [];
         while (i < changed.length && changed[i][0] < end) {
           const s = Math.max(changed[i][0], base);
           const e = Math.min(changed[i][1], end);
-          setBits(bitmap, (s - base) / 512, (e - base) / 512);
           const bytes = new Uint8Array(e - s);
           await source.read(bytes, s);
           pieces.push([s - base, bytes]);
           if (changed[i][1] > end) break; // the range continues in the next block
           i++;
         }
-        await w.writeBlockPieces(block, bitmap, pieces);
+        await w.writeSectors(block, pieces);
         blocks++;
         pos = end;
       }

@@ -9,7 +9,6 @@ import xxhash from 'xxhash-wasm';
 import { ErrorCodes, type Finding, VhdError, withCodedErrors } from '../errors.js';
 import { alignRanges, totalLength, type Range } from '../disk/ranges.js';
 import { encodeManifestHeader, manifestSize } from '../format/manifest.js';
-import { isPowerOfTwo } from '../format/header.js';
 import { writeAtomically, type FileSink } from '../io/file.js';
 import { checkWorkers, poolFor } from '../pool/pool.js';
 import { type DiskRef, type HashTask, type HashTaskResult, READ_UNIT } from '../pool/tasks.js';
@@ -56,7 +55,7 @@ export function hash(file: string, options: HashOptions = {}): Promise<HashResul
 async function hashDisk(file: string, options: HashOptions): Promise<HashResult> {
   const started = performance.now();
   const chunkSize = options.chunkSize ?? DEFAULT_CHUNK_SIZE;
-  if (!isPowerOfTwo(chunkSize) || chunkSize < 512 || chunkSize > MAX_CHUNK_SIZE) {
+  if (!Number.isInteger(Math.log2(chunkSize)) || chunkSize < 512 || chunkSize > MAX_CHUNK_SIZE) {
     throw new VhdError(ErrorCodes.USAGE, `chunk size ${chunkSize} must be a power of two from 512 bytes to 4 MiB`);
   }
   const warnings: Finding[] = [];

@@ -2,7 +2,6 @@
 import { withCodedErrors } from '../errors.js';
 import type { Finding } from '../errors.js';
 import type { VhdImage } from '../disk/image.js';
-import { geometrySize } from '../format/geometry.js';
 import { vhdTimestampToDate } from '../format/timestamp.js';
 import { openDisk, type OpenDiskOptions } from './open.js';
 
@@ -79,7 +78,7 @@ export function describe(img: VhdImage): DiskInfo {
     uuid: img.uuid,
     timestamp: vhdTimestampToDate(f.timestamp).toISOString(),
     originalSize: Number(f.originalSize),
-    geometry: { ...f.geometry, size: geometrySize(f.geometry) },
+    geometry: { ...f.geometry, size: img.geometrySize },
     savedState: f.savedState !== 0,
     parent,
     chain: img.chain.map((d) => ({ file: d.name, type: d.type, uuid: d.uuid, virtualSize: d.virtualSize })),

@@ -31,8 +31,7 @@ import { ErrorCodes, type Finding, VhdError, withCodedErrors } from '../errors.j
 import { VhdImage } from '../disk/image.js';
 import { normalizeRanges, type Range } from '../disk/ranges.js';
 import type { VirtualDisk } from '../disk/source.js';
-import { makeFooter } from '../disk/writer.js';
-import { encodeFooter, MAX_VHD_SIZE } from '../format/footer.js';
+import { footerBytes, MAX_VIRTUAL_SIZE } from '../disk/writer.js';
 import { alignedBuffer, isZero } from '../io/aligned.js';
 import { fileStamp } from '../io/file.js';
 import { refuseOverlap } from '../io/paths.js';
@@ -381,7 +380,7 @@ async function uploadDisk(file: string, destination: string, options: UploadOpti
     const sourceSize = disk.virtualSize;
     const virtualSize = options.resize === false ? sourceSize : azureSize(sourceSize);
     if (virtualSize % 512 !== 0) throw new VhdError(ErrorCodes.AZURE_LIMIT, `virtual size ${virtualSize} is not a multiple of 512 bytes`, { file });
-    if (virtualSize > MAX_VHD_SIZE) {
+    if (virtualSize > MAX_VIRTUAL_SIZE) {
       throw new VhdError(ErrorCodes.AZURE_LIMIT, `virtual size ${virtualSize} exceeds the 2040 GiB a VHD can hold; Azure cannot take this disk as a VHD`, { file });
     }
     const blobSize = virtualSize + 512;
@@ -389,12 +388,12 @@ async function uploadDisk(file: string, destination: string, options: UploadOpti
     const sourceStamp = stampOfChain(disk, 0, file);
     const uuid = disk instanceof VhdImage ? disk.footer.uniqueId : createHash('md5').update(`vhdkit raw ${sourceStamp}`).digest().subarray(0, 16);
     // The footer is a function of the source: the same disk always makes the same blob (and MD5).
-    const footer = encodeFooter(makeFooter({
+    const footer = footerBytes({
       type: 'fixed',
       virtualSize,
       uuid,
       timestamp: disk instanceof VhdImage ? new Date(946684800000 + disk.footer.timestamp * 1000) : new Date(946684800000),
-    }));
+    });
 
     // ---- what the blob holds now, and what it will be based on --------------------------------
     let current = await blob.props();
