@@ -14,8 +14,23 @@ export function resultFile(given, fallback, work) {
     process.exit(2);
   };
   if (given !== undefined && /[\\/]$/.test(given)) refuse('ends in a separator (a folder); give a file name');
-  const inside = (dir) => file === dir || file.startsWith(dir + path.sep);
-  if (work !== undefined && inside(path.resolve(work))) refuse(`is inside the scratch folder --work ${work}, whose files the benchmark makes and removes`);
+  // Compared by real paths: a symlinked folder into --work is inside it too.
+  const real = (p) => {
+    let head = path.resolve(p);
+    const rest = [];
+    for (;;) {
+      try {
+        return path.join(fs.realpathSync(head), ...rest.reverse());
+      } catch {
+        const up = path.dirname(head);
+        if (up === head) return path.resolve(p);
+        rest.push(path.basename(head));
+        head = up;
+      }
+    }
+  };
+  const inside = (dir) => real(file) === real(dir) || real(file).startsWith(real(dir) + path.sep);
+  if (work !== undefined && inside(work)) refuse(`is inside the scratch folder --work ${work}, whose files the benchmark makes and removes`);
   try {
     if (fs.statSync(file).isDirectory()) refuse('is a folder; give a file name');
   } catch (e) {

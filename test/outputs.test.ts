@@ -277,6 +277,27 @@ describe('IO: a read-only mount and a full file system (tmpfs, where root)', () 
     expect(snapshot(ro)).toEqual(before);
   });
 
+  it('merge in place on a file system with no space at all: IO naming the lock file it could not write, nothing left', async (ctx) => {
+    if (!mounted) return ctx.skip();
+    const at = path.join(tight, 'nospace');
+    fs.mkdirSync(at);
+    for (const f of ['base.vhd', 'child.vhd']) fs.copyFileSync(path.join(dir, f), path.join(at, f));
+    const before = snapshot(at);
+    spawnSync('dd', ['if=/dev/zero', `of=${path.join(tight, 'filler0')}`, 'bs=64k'], { encoding: 'utf8' }); // to the last byte
+    try {
+      const r = await vhdkit(['merge', path.join(at, 'child.vhd')]);
+      expect(r.code, describeRun(r)).toBe(1);
+      const line = expectOneCodedLine(r, 'IO');
+      expect(line).toContain('ENOSPC');
+      // The first file it writes: the shared lock on the child it reads (then the parent's lock).
+      expect(line).toMatch(new RegExp(`${at.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}/(child|base)\\.vhd\\.vhdkit-(read|lock)`));
+      expect(snapshot(at)).toEqual(before);
+    } finally {
+      fs.rmSync(path.join(tight, 'filler0'), { force: true });
+      fs.rmSync(at, { recursive: true, force: true });
+    }
+  });
+
   it('merge in place running out of space mid-merge: IO (ENOSPC), MERGE_PENDING, and the same command completes it once there is room', async (ctx) => {
     if (!mounted) return ctx.skip();
     for (const f of ['base.vhd', 'child.vhd']) fs.copyFileSync(path.join(dir, f), path.join(tight, f));
@@ -397,6 +418,17 @@ describe('IO errors in the library', () => {
 });
 
 describe('benchmark results (--out) are checked before a benchmark runs', () => {
+  it('a path into --work through a symlinked folder is inside it too', async () => {
+    const work = path.join(dir, 'bench-real-work');
+    fs.mkdirSync(work, { recursive: true });
+    fs.symlinkSync(work, path.join(dir, 'bench-link'));
+    const out = path.join(dir, 'bench-link', 'r.json');
+    const r = await runProcess(process.execPath, [path.join(repoRoot, 'bench', 'run.mjs'), '--quick', '--work', work, '--out', out], { cwd: dir, timeoutMs: 30_000 });
+    expect(r.code, describeRun(r)).toBe(2);
+    expect(r.stderr).toContain('inside the scratch folder');
+    expect(fs.readdirSync(work)).toEqual([]);
+  });
+
   for (const script of ['run.mjs', 'merge.mjs', 'upload.mjs']) {
     it(`bench/${script}: inside --work, ending in /, a folder, through a file: exit 2 at once, one line naming it`, async () => {
       const work = path.join(dir, `bench-work-${script}`);

@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { ErrorCodes, VhdError } from '../src/errors.js';
-import { checkBatSpan, checkGeometry, fixedVirtualSize } from '../src/disk/sizes.js';
+import { checkBatSpan, checkExtraEntries, checkGeometry, fixedVirtualSize } from '../src/disk/sizes.js';
 import { decodeFooter } from '../src/format/footer.js';
 import { create } from '../src/ops/create.js';
 import { openDisk } from '../src/ops/open.js';
@@ -245,12 +245,18 @@ describe('disk/sizes (pure)', () => {
     expect(a.found.map((e) => e.code)).toEqual([ErrorCodes.GEOMETRY_SIZE]);
   });
 
-  it('checkBatSpan: too few entries throws, too many warns, a table past the file throws', () => {
+  it('checkBatSpan: too few entries throws, a table past the file throws; checkExtraEntries: unused ones warn, allocated ones are BLOCK_PAST_SIZE', () => {
     const t = { blockSize: 2 * MiB, virtualSize: 8 * MiB, tableOffset: 1536, fileSize: 1 * MiB, headerOffset: 512, maxEntries: 1 << 20 };
     expect(() => checkBatSpan({ ...t, declared: 3 }, () => {})).toThrow(expect.objectContaining({ code: ErrorCodes.BAT_TOO_SMALL }));
     const a = collect();
     expect(checkBatSpan({ ...t, declared: 8 }, a.report)).toBe(4);
-    expect(a.found.map((e) => e.code)).toEqual([ErrorCodes.BAT_TOO_LARGE]);
+    expect(a.found).toEqual([]);
+    const extra = { declared: 8, needed: 4, virtualSize: 8 * MiB, tableOffset: 1536, headerOffset: 512 };
+    checkExtraEntries({ ...extra, used: 0, first: -1 }, a.report);
+    checkExtraEntries({ ...extra, used: 2, first: 5 }, a.report);
+    checkExtraEntries({ ...extra, declared: 4, used: 0, first: -1 }, a.report);
+    expect(a.found.map((e) => e.code)).toEqual([ErrorCodes.BAT_TOO_LARGE, ErrorCodes.BLOCK_PAST_SIZE]);
+    expect(a.found[1].offset).toBe(1536 + 20);
     expect(() => checkBatSpan({ ...t, declared: 4, fileSize: 1540 }, () => {})).toThrow(expect.objectContaining({ code: ErrorCodes.BAT_PAST_EOF }));
   });
 

@@ -23,7 +23,7 @@ import { uuidToString } from '../format/uuid.js';
 import type { ByteSource, SourceResolver } from '../io/types.js';
 import { type Range, normalizeRanges } from './ranges.js';
 import { severityOf } from './policy.js';
-import { checkBatSpan, checkGeometry, fixedVirtualSize, type SizeSource } from './sizes.js';
+import { checkBatSpan, checkExtraEntries, checkGeometry, fixedVirtualSize, type SizeSource } from './sizes.js';
 
 export interface OpenOptions {
   /** Opens parents of differencing disks. Without one, a differencing disk is opened alone. */
@@ -385,6 +385,10 @@ export class VhdImage {
     const table = batTable(needed);
     await source.read(table.bytes, tableOffset);
     const { bat, allocated } = table.decode();
+    if (declared > needed) {
+      const past = await VhdImage.entriesPastSize(source, tableOffset, needed, declared);
+      checkExtraEntries({ declared, needed, ...past, virtualSize, tableOffset, headerOffset }, report);
+    }
 
     const image = new VhdImage(source, { type, footer, footerOffset: mainOffset, header, headerOffset, bat, allocated });
     image.dataEnd = dataEnd;
@@ -396,6 +400,25 @@ export class VhdImage {
       ...image.locators.map((l) => [l.dataOffset, l.dataOffset + Math.max(l.dataLength, 1), `parent locator ${l.index}`] as [number, number, string]),
     ]);
     return image;
+  }
+
+  /** Allocated BAT entries past the ones the virtual size needs: how many, and the first (-1 when none). */
+  private static async entriesPastSize(source: ByteSource, tableOffset: number, needed: number, declared: number): Promise<{ used: number; first: number }> {
+    const chunk = new Uint8Array(1024 * 1024);
+    let used = 0;
+    let first = -1;
+    for (let i = needed; i < declared; i += chunk.length / 4) {
+      const n = Math.min(chunk.length / 4, declared - i);
+      const view = chunk.subarray(0, n * 4);
+      await source.read(view, tableOffset + i * 4);
+      const dv = new DataView(view.buffer, 0, n * 4);
+      for (let k = 0; k < n; k++) {
+        if (dv.getUint32(k * 4) === BAT_UNUSED) continue;
+        if (first < 0) first = i + k;
+        used++;
+      }
+    }
+    return { used, first };
   }
 
   /** Checks every allocated block lies inside the file and overlaps neither another block nor metadata. */

@@ -19,6 +19,8 @@ const WARNINGS: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   ErrorCodes.PARENT_SIZE_MISMATCH,
   ErrorCodes.FILE_SIZE_MISMATCH,
   ErrorCodes.GEOMETRY_SIZE,
+  ErrorCodes.BLOCK_PAST_SIZE,
+  ErrorCodes.RAW_WITH_FOOTER,
 ]);
 
 export function severityOf(code: ErrorCode): 'error' | 'warning' {

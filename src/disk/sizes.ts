@@ -35,7 +35,7 @@ export function fixedVirtualSize(footer: Footer, footerOffset: number, sizeFrom:
   if (current > footerOffset) {
     throw new VhdError(
       ErrorCodes.FOOTER_SIZE,
-      `current size ${current} does not fit before the footer: the fixed disk holds ${footerOffset} bytes of data (--size-from file reads those ${whole})`,
+      `current size ${current} does not fit before the footer: the fixed disk holds ${footerOffset} bytes of data (the reading commands' --size-from file reads those ${whole})`,
       where,
     );
   }
@@ -92,8 +92,27 @@ export function checkBatSpan(
       where,
     );
   }
-  if (t.declared > needed) {
-    report(new VhdError(ErrorCodes.BAT_TOO_LARGE, `BAT has ${t.declared} entries; the virtual size needs only ${needed}`, { structure: 'dynamic header', offset: t.headerOffset + 28, field: 'maxTableEntries' }));
-  }
   return needed;
+}
+
+/**
+ * More BAT entries than the size needs: BAT_TOO_LARGE when they are unused; BLOCK_PAST_SIZE when
+ * `used` of them (the first at entry `first`) are allocated, data the current size leaves out.
+ */
+export function checkExtraEntries(
+  t: { declared: number; needed: number; used: number; first: number; virtualSize: number; tableOffset: number; headerOffset: number },
+  report: (e: VhdError) => void,
+): void {
+  if (t.declared <= t.needed) return;
+  if (t.used === 0) {
+    report(new VhdError(ErrorCodes.BAT_TOO_LARGE, `BAT has ${t.declared} entries; the virtual size needs only ${t.needed}`, { structure: 'dynamic header', offset: t.headerOffset + 28, field: 'maxTableEntries' }));
+    return;
+  }
+  report(
+    new VhdError(
+      ErrorCodes.BLOCK_PAST_SIZE,
+      `${t.used} allocated block${t.used === 1 ? '' : 's'} past the virtual size (${t.virtualSize} bytes), from BAT entry ${t.first} (the BAT has ${t.declared} entries, the size needs ${t.needed}): their data is not part of the disk as its footer describes it`,
+      { structure: `BAT entry ${t.first}`, offset: t.tableOffset + t.first * 4 },
+    ),
+  );
 }

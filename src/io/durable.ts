@@ -20,16 +20,51 @@ export function fsyncDir(dir: string): void {
   }
 }
 
+/** The temporary name writeJsonDurably uses for `file` (outputs are guarded against it too). */
+export function durableTemp(file: string): string {
+  return `${file}.tmp`;
+}
+
+/**
+ * Runs `body`, naming `file` in the system errors it throws that name no path (write and fsync
+ * errors carry none), so that every IO error says where.
+ */
+export function atPath<T>(file: string, body: () => T): T {
+  try {
+    return body();
+  } catch (e) {
+    if (e instanceof Error && typeof (e as NodeJS.ErrnoException).code === 'string' && (e as NodeJS.ErrnoException).path === undefined) {
+      Object.assign(e, { path: file });
+    }
+    throw e;
+  }
+}
+
+/**
+ * Writes a file whole under a name that must not exist: created exclusively (never through a
+ * symlink or over another file), removed again if the write fails; fsynced when `durable`.
+ */
+export function writeNewFile(file: string, content: string, durable = false): void {
+  atPath(file, () => {
+    const fd = fs.openSync(file, 'wx', 0o644);
+    try {
+      fs.writeSync(fd, content);
+      if (durable) fs.fsyncSync(fd);
+    } catch (e) {
+      fs.closeSync(fd);
+      fs.rmSync(file, { force: true });
+      throw e;
+    }
+    fs.closeSync(fd);
+  });
+}
+
 /** Writes `value` as JSON to `file` durably (see above). One writer per file at a time (the caller's lock). */
 export function writeJsonDurably(file: string, value: unknown): void {
-  const tmp = `${file}.tmp`;
-  const fd = fs.openSync(tmp, 'w', 0o644);
-  try {
-    fs.writeSync(fd, JSON.stringify(value));
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-  fs.renameSync(tmp, file);
+  const tmp = durableTemp(file);
+  // A leftover of a killed run is replaced; a symlink there is removed, never followed.
+  fs.rmSync(tmp, { force: true });
+  writeNewFile(tmp, JSON.stringify(value), true);
+  atPath(file, () => fs.renameSync(tmp, file));
   fsyncDir(path.dirname(path.resolve(file)));
 }

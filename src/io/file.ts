@@ -110,7 +110,7 @@ export class FileSink implements ByteSink {
       const code = (e as NodeJS.ErrnoException).code;
       if (code === 'ENOENT') throw new VhdError(ErrorCodes.IO, 'no such file', { file, cause: e });
       if (code === 'EEXIST') throw new VhdError(ErrorCodes.OUTPUT_EXISTS, 'file already exists', { file, cause: e });
-      if (code === 'EISDIR') throw new VhdError(ErrorCodes.IO, 'is a directory, not a disk image', { file, cause: e });
+      if (code === 'EISDIR') throw new VhdError(ErrorCodes.IO, 'is a directory, not a disk image (EISDIR)', { file, cause: e });
       throw ioError(e, file, 'open');
     }
     let size: number;
@@ -120,7 +120,7 @@ export class FileSink implements ByteSink {
       size = st.isBlockDevice() ? blockDeviceSize(fd) : st.size;
     } catch (e) {
       fs.closeSync(fd);
-      if ((e as NodeJS.ErrnoException).code === 'EISDIR') throw new VhdError(ErrorCodes.IO, 'is a directory, not a disk image', { file });
+      if ((e as NodeJS.ErrnoException).code === 'EISDIR') throw new VhdError(ErrorCodes.IO, 'is a directory, not a disk image (EISDIR)', { file, cause: e });
       throw ioError(e, file, 'stat');
     }
     return new FileSink(file, fd, size, mode !== 'r');
@@ -280,6 +280,16 @@ function blockDeviceSize(fd: number): number {
   return lo * 512;
 }
 
+/** True when `file` names anything, a dangling symlink included. */
+function lexists(file: string): boolean {
+  try {
+    fs.lstatSync(file);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** A file's real path (symlinks followed), or the path resolved when it cannot be had. */
 export function realPathOf(file: string): string {
   try {
@@ -342,7 +352,7 @@ export async function writeAtomically<T>(
   options: { overwrite?: boolean } = {},
 ): Promise<T> {
   checkOutputPath(target);
-  if (!options.overwrite && fs.existsSync(target)) {
+  if (!options.overwrite && lexists(target)) {
     throw new VhdError(ErrorCodes.OUTPUT_EXISTS, 'output already exists (use --force to replace it)', { file: target });
   }
   const dir = path.dirname(path.resolve(target));

@@ -60,6 +60,10 @@ export function checkOutputPath(p: string, role = 'output'): void {
   }
   if (endsInSeparator) fail(st ? 'EISDIR' : 'ENOENT', st ? 'the path ends in a separator and names a folder; give a file name' : 'the path ends in a separator (a folder) and that folder does not exist; give a file name');
   if (st?.isDirectory()) fail('EISDIR', 'the path is a folder; give a file name');
+  if (st && !st.isFile()) {
+    const kind = st.isBlockDevice() ? 'a block device' : st.isCharacterDevice() ? 'a character device' : st.isFIFO() ? 'a FIFO' : st.isSocket() ? 'a socket' : 'not a regular file';
+    throw new VhdError(ErrorCodes.USAGE, `the ${role} is ${kind}: vhdkit writes an output as a new file (a temporary name, then a rename) and never replaces one that is not a regular file; give a file name`, { file: p });
+  }
   const dir = path.dirname(path.resolve(p));
   let dst: fs.Stats;
   try {
@@ -69,6 +73,28 @@ export function checkOutputPath(p: string, role = 'output'): void {
     return fail(code, code === 'ENOTDIR' ? `a part of ${dir} is a file, not a folder` : `folder ${dir} does not exist`);
   }
   if (!dst.isDirectory()) fail('ENOTDIR', `${dir} is a file, not a folder`);
+}
+
+/**
+ * A folder outputs go into, made when missing (with its parents): IO naming it when it is a file,
+ * lies under a file, or cannot be made or written (read-only, no permission).
+ */
+export function checkOutputFolder(dir: string, role: string): void {
+  const fail = (code: string, why: string, cause?: unknown) => {
+    throw new VhdError(ErrorCodes.IO, `cannot use the ${role}: ${why} (${code})`, { file: dir, cause: cause ?? errno(code) });
+  };
+  try {
+    fs.mkdirSync(dir, { recursive: true });
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code ?? 'EIO';
+    if (code === 'EEXIST' || code === 'ENOTDIR') fail('ENOTDIR', 'it, or a folder above it, is a file', errno('ENOTDIR'));
+    fail(code, `it cannot be made (${(e as Error).message.replace(/^[A-Z0-9]+: /, '')})`, e);
+  }
+  try {
+    fs.accessSync(dir, fs.constants.W_OK);
+  } catch (e) {
+    fail((e as NodeJS.ErrnoException).code ?? 'EACCES', 'it cannot be written', e);
+  }
 }
 
 /**
@@ -102,5 +128,5 @@ export function refuseOverlap(outputs: RolePath[], inputs: RolePath[]): void {
 
 /** The inputs of a guard for an opened disk: the file and every disk of its chain below it. */
 export function chainRoles(chain: ReadonlyArray<{ name: string; id?: string }>, what: string): RolePath[] {
-  return chain.map((d, i) => ({ path: d.id ?? d.name, role: i === 0 ? what : `${what}'s ${i === 1 ? 'parent' : `ancestor ${d.name}`}` }));
+  return chain.map((d, i) => ({ path: d.id ?? d.name, role: i === 0 ? what : `${what}'s ${i === 1 ? 'parent' : 'ancestor'}` }));
 }

@@ -14,6 +14,7 @@
  * A reader creates its mark, then looks for the exclusive lock; a merge creates the lock, then looks
  * for marks. Whichever comes second sees the first and backs off (both may, never neither).
  */
+import { fsyncDir, writeJsonDurably, writeNewFile } from '../io/durable.js';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -70,31 +71,10 @@ export interface MergeJournal {
   started: string;
 }
 
-export function fsyncDir(dir: string): void {
-  try {
-    const fd = fs.openSync(dir, 'r');
-    fs.fsyncSync(fd);
-    fs.closeSync(fd);
-  } catch {
-    // not every platform can fsync a directory
-  }
-}
+export { fsyncDir };
 
-/** Writes the journal atomically and durably: temporary file, fsync, rename, fsync of the directory. */
 export function writeJournal(target: string, journal: MergeJournal): void {
-  const file = journalPath(target);
-  // One fixed temporary name (the lock makes this process the only writer): a run killed before the
-  // rename leaves it, and the next run overwrites it.
-  const tmp = `${file}.tmp`;
-  const fd = fs.openSync(tmp, 'w', 0o644);
-  try {
-    fs.writeSync(fd, JSON.stringify(journal));
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-  fs.renameSync(tmp, file);
-  fsyncDir(path.dirname(path.resolve(file)));
+  writeJsonDurably(journalPath(target), journal);
 }
 
 export function readJournal(target: string): MergeJournal | undefined {
@@ -144,15 +124,14 @@ export function alive(pid: number): boolean {
  */
 function createLockFile(file: string, content: string): void {
   const tmp = `${file}.${process.pid}.tmp`;
-  fs.writeFileSync(tmp, content, { mode: 0o644 });
+  fs.rmSync(tmp, { force: true });
+  writeNewFile(tmp, content);
   try {
     fs.linkSync(tmp, file);
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EOPNOTSUPP' && code !== 'ENOSYS') throw e;
-    const fd = fs.openSync(file, 'wx', 0o644);
-    fs.writeSync(fd, content);
-    fs.closeSync(fd);
+    writeNewFile(file, content);
   } finally {
     fs.rmSync(tmp, { force: true });
   }
@@ -310,7 +289,7 @@ export function acquireSharedLock(target: string, what: string): () => void {
   const dir = path.dirname(path.resolve(target));
   // A random part in the name: a mark left by a killed process whose pid this one now has never collides.
   const mine = path.join(dir, `${path.basename(target)}${READ_INFIX}${process.pid}.${randomBytes(6).toString('hex')}`);
-  fs.writeFileSync(mine, holderRecord(what), { flag: 'wx', mode: 0o644 });
+  writeNewFile(mine, holderRecord(what));
   ownMarks.add(mine);
   let released = false;
   const release = () => {

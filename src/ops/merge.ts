@@ -46,12 +46,13 @@ import type { VhdImage } from '../disk/image.js';
 import { normalizeRanges, totalLength, type Range } from '../disk/ranges.js';
 import { type EditPlan, footerVirtualSize, giveIdentity, HEAD_BYTES, parentOfHead, planEdit, VhdEditor } from '../disk/editor.js';
 import { uuidV4 } from '../format/uuid.js';
+import { durableTemp } from '../io/durable.js';
 import { FileSink } from '../io/file.js';
 import { chainRoles, checkOutputPath, refuseOverlap, type RolePath } from '../io/paths.js';
 import { BITMAP_FROM_FILE, BITMAP_ONES, BITMAP_ZEROS, type MergeCopyResult, type MergeCopyTask, runMergeCopyInline } from '../pool/merge-task.js';
 import { orderedWindow } from '../pool/schedule.js';
 import { throwIfAborted, type OperationOptions, type Progress } from './common.js';
-import { acquireLock, fsyncDir, hasPendingMerge, journalPath, lockPath, type MergeJournal, readJournal, removeJournal, writeJournal } from './journal.js';
+import { acquireLock, acquireSharedLock, fsyncDir, hasPendingMerge, journalPath, lockPath, type MergeJournal, readJournal, removeJournal, writeJournal } from './journal.js';
 import { openDisk } from './open.js';
 
 export interface MergeOptions extends OperationOptions {
@@ -265,7 +266,9 @@ export function merge(childPath: string, options: MergeOptions = {}): Promise<Me
 function mergeOutputs(targetFile: string, intoCopy: string | undefined): RolePath[] {
   const own = (file: string, what: string): RolePath[] => [
     { path: journalPath(file), role: `merge journal of ${what}` },
+    { path: durableTemp(journalPath(file)), role: `merge journal's temporary file of ${what}` },
     { path: lockPath(file), role: `merge lock of ${what}` },
+    { path: `${lockPath(file)}.${process.pid}.tmp`, role: `merge lock's temporary file of ${what}` },
   ];
   if (intoCopy === undefined) return own(targetFile, 'the target');
   const work = copyWorkPath(intoCopy);
@@ -278,6 +281,42 @@ function copyWorkPath(intoCopy: string): string {
   return path.join(path.dirname(final), `.${path.basename(final)}.vhdkit-copy`);
 }
 
+/** A --search folder must be one: a typo would silently skip the sibling check. */
+function checkSearchFolder(dir: string): void {
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(dir);
+  } catch (e) {
+    throw new VhdError(ErrorCodes.IO, `cannot search this folder for other children (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`, { file: dir, cause: e });
+  }
+  if (!st.isDirectory()) {
+    throw new VhdError(ErrorCodes.IO, 'cannot search it for other children: it is a file, not a folder (ENOTDIR)', { file: dir, cause: Object.assign(new Error('ENOTDIR'), { code: 'ENOTDIR' }) });
+  }
+}
+
+/**
+ * Shared locks on the disks a merge reads. A folder where no lock can be made (read-only media) is
+ * a warning: a merge into those disks meanwhile would not be stopped.
+ */
+function readLocks(disks: VhdImage[], warnings: Finding[]): Array<() => void> {
+  const releases: Array<() => void> = [];
+  try {
+    for (const d of disks) {
+      try {
+        releases.push(acquireSharedLock(d.id, 'merge (reading)'));
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code !== 'EACCES' && code !== 'EROFS' && code !== 'EPERM') throw e;
+        warnings.push({ code: ErrorCodes.LOCKED, severity: 'warning', message: `${d.id}: cannot create a lock file beside it (${code}); a merge into it during this merge would not be stopped` });
+      }
+    }
+  } catch (e) {
+    for (const r of releases) r();
+    throw e;
+  }
+  return releases;
+}
+
 async function mergeChild(childPath: string, options: MergeOptions): Promise<MergeResult> {
   const started = performance.now();
   const warnings: Finding[] = [];
@@ -287,6 +326,7 @@ async function mergeChild(childPath: string, options: MergeOptions): Promise<Mer
   copier.catch(() => {});
   const child = await openChain(childPath, options, warnings);
   let depth = 1;
+  const releases: Array<() => void> = [];
   try {
     if (child.type !== 'differencing' || !child.parent) {
       throw new VhdError(ErrorCodes.USAGE, `only a differencing disk can be merged into its parent; this one is ${child.type}`, { file: childPath });
@@ -304,6 +344,7 @@ async function mergeChild(childPath: string, options: MergeOptions): Promise<Mer
     }
     const target = chain[depth];
     refuseOverlap(mergeOutputs(target.id, options.intoCopy), chainRoles(chain, 'child'));
+    for (const dir of options.search ?? []) checkSearchFolder(dir);
     if (options.intoCopy !== undefined) checkOutputPath(options.intoCopy, 'copy (--into-copy)');
     // Damage anywhere in the chain stops a merge before it writes. A target left by an interrupted
     // merge (pending journal, footer not yet rewritten) is expected: the journal completes it.
@@ -313,6 +354,9 @@ async function mergeChild(childPath: string, options: MergeOptions): Promise<Mer
       const f = d.findings.find((x) => x.severity === 'error');
       if (f) throw new VhdError(ErrorCodes.TARGET_DAMAGED, `cannot merge: ${f.message}`, { file: childPath });
     }
+    // What the merge reads holds a shared lock while it runs: no other merge writes into it meanwhile
+    // (a merge into the child of this one, in another process or the same batch, is LOCKED).
+    releases.push(...readLocks(options.intoCopy === undefined ? chain.slice(0, depth) : chain.slice(0, depth + 1), warnings));
     if (options.intoCopy === undefined) return await mergeInto(child, childPath, target.id, depth, options, await copier, warnings, started, false);
     // Into a copy. The copy is made and merged under a fixed temporary name beside the final one,
     // which it takes only once the merge is complete. The original is never written, so a run
@@ -337,6 +381,7 @@ async function mergeChild(childPath: string, options: MergeOptions): Promise<Mer
     fsyncDir(path.dirname(final));
     return { ...result, target: final };
   } finally {
+    for (const r of releases) r();
     await child.close();
   }
 }
@@ -431,6 +476,9 @@ async function mergeInto(
         const made = await plan(target, sources, targetFile, !!options.deleteChild);
         journal = made.journal;
         planned = made.segments;
+        // A target that cannot be written (read-only, no permission) is refused before a journal
+        // says a merge into it is pending.
+        await (await FileSink.open(targetFile, 'r+')).close();
         writeJournal(targetFile, journal);
       }
       const stats = await execute(target, sources, journal, options, copier, planned);
@@ -832,8 +880,42 @@ export function checkConcurrency(concurrency: number | undefined): number {
  * and the children left are reported as failed with ABORTED. Never throws for one child's failure:
  * the result says which failed and why.
  */
+/**
+ * A batch must not merge into a disk that another of its merges merges away: run side by side, one
+ * would copy a child the other is still filling (or deleting). Refused before any merge starts,
+ * naming both; the same child twice too. Children that cannot be opened are left to their merge.
+ */
+async function refuseChainedBatch(children: string[], options: MergeBatchOptions): Promise<void> {
+  const asChild = new Map<string, string>();
+  const asTarget = new Map<string, string>();
+  for (const c of children) {
+    let chain: string[];
+    try {
+      const d = await openDisk(c, { allowedDirs: options.allowedDirs, tolerateBrokenChain: true });
+      chain = d.chain.map((x) => x.id);
+      await d.close();
+    } catch {
+      continue;
+    }
+    if (asChild.has(chain[0])) throw new VhdError(ErrorCodes.USAGE, `the batch lists this child twice (${asChild.get(chain[0])} and ${c})`, { file: c });
+    asChild.set(chain[0], c);
+    if (chain[1] !== undefined) asTarget.set(chain[1], c);
+  }
+  for (const [file, by] of asTarget) {
+    const merged = asChild.get(file);
+    if (merged !== undefined) {
+      throw new VhdError(
+        ErrorCodes.USAGE,
+        `this batch merges ${merged} into its parent and also merges ${by} into ${merged}: run side by side, one would lose the other's data; merge ${by} first, in a run of its own (or use --to on it)`,
+        { file: by },
+      );
+    }
+  }
+}
+
 export async function mergeBatch(children: string[], options: MergeBatchOptions = {}): Promise<MergeBatchResult> {
   const concurrency = checkConcurrency(options.concurrency);
+  await withCodedErrors(() => refuseChainedBatch(children, options));
   const { onResult, onProgress, concurrency: _concurrency, ...mergeOptions } = options;
   const t0 = performance.now();
   const clock = () => Math.round(performance.now() - t0) / 1000;

@@ -2,7 +2,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { ErrorCodes, findingFrom, VhdError } from '../errors.js';
-import { hasPendingMerge, journalPath, liveLockHolder } from './journal.js';
+import { hasPendingMerge, journalPath, liveLockHolder, lockPath } from './journal.js';
 import { CHAIN_ERRORS, VhdImage } from '../disk/image.js';
 import { type FileOpenOptions, openFileAs, openVhdFile, type SourceFormat } from '../disk/files.js';
 import type { VirtualDisk } from '../disk/source.js';
@@ -74,7 +74,14 @@ export function openAny(file: string, format: SourceFormat = 'auto', options: Op
 
 /** The files an opened disk reads, for the output guard: a VHD's whole chain, or the raw file. */
 export function inputRoles(disk: VirtualDisk, file: string, what = 'input'): RolePath[] {
-  return disk instanceof VhdImage ? chainRoles(disk.chain, what) : [{ path: file, role: what }];
+  if (!(disk instanceof VhdImage)) return [{ path: file, role: what }];
+  const disks = chainRoles(disk.chain, what);
+  // The names a merge keeps beside each disk: a file there would be taken for a merge of it.
+  const beside = disks.flatMap((d) => [
+    { path: journalPath(d.path), role: `merge journal name of the ${d.role} (${d.path})` },
+    { path: lockPath(d.path), role: `merge lock name of the ${d.role} (${d.path})` },
+  ]);
+  return [...disks, ...beside];
 }
 
 /** True when two paths name the same file (following symlinks); false if either is missing. */

@@ -34,7 +34,8 @@ import type { VirtualDisk } from '../disk/source.js';
 import { footerBytes, MAX_VIRTUAL_SIZE } from '../disk/writer.js';
 import { alignedBuffer, isZero } from '../io/aligned.js';
 import { fileStamp } from '../io/file.js';
-import { refuseOverlap } from '../io/paths.js';
+import { durableTemp, writeJsonDurably } from '../io/durable.js';
+import { checkOutputFolder, refuseOverlap } from '../io/paths.js';
 import { getPool } from '../pool/pool.js';
 import type { DiskRef } from '../pool/tasks.js';
 import { type BlobLocation, type ConnectOptions, parseDestination, publicUrl, siblingLocation } from '../azure/destination.js';
@@ -209,9 +210,7 @@ class UploadJournal {
   }
   write(destination: string, plan: string, done: number): void {
     fs.mkdirSync(path.dirname(this.file), { recursive: true });
-    const tmp = `${this.file}.tmp`;
-    fs.writeFileSync(tmp, JSON.stringify({ kind: 'vhdkit-upload', destination, plan, done, lease: this.leaseId, pid: process.pid, host: os.hostname() } satisfies LocalJournal));
-    fs.renameSync(tmp, this.file);
+    writeJsonDurably(this.file, { kind: 'vhdkit-upload', destination, plan, done, lease: this.leaseId, pid: process.pid, host: os.hostname() } satisfies LocalJournal);
   }
   remove(): void {
     fs.rmSync(this.file, { force: true });
@@ -327,6 +326,9 @@ async function uploadDisk(file: string, destination: string, options: UploadOpti
   if (options.snapshot && options.base) throw new VhdError(ErrorCodes.USAGE, '--snapshot keeps generations in one blob: it cannot be combined with --base');
   const connect: ConnectOptions = { connectionString: options.connectionString, policies: options.policies, retry: options.retry };
   const loc = parseDestination(destination, connect);
+  // Where the journal goes is checked (and made) before anything is read or sent.
+  const journalDir = options.journalDir ?? defaultJournalDir();
+  checkOutputFolder(journalDir, 'journal folder (--journal-dir)');
   const counters = newCounters();
   const retry = { ...options.retry, signal };
   const container = await containerClient(loc, connect);
@@ -341,7 +343,8 @@ async function uploadDisk(file: string, destination: string, options: UploadOpti
     },
   });
   try {
-    refuseOverlap([{ path: uploadJournalPath(options.journalDir ?? defaultJournalDir(), publicUrl(loc)), role: 'upload journal' }], inputRoles(disk, file));
+    const journalFile = uploadJournalPath(journalDir, publicUrl(loc));
+    refuseOverlap([{ path: journalFile, role: 'upload journal' }, { path: durableTemp(journalFile), role: "upload journal's temporary file" }], inputRoles(disk, file));
   } catch (e) {
     await disk.close();
     throw e;
@@ -498,7 +501,7 @@ async function uploadDisk(file: string, destination: string, options: UploadOpti
         .digest('hex')
         .slice(0, 32);
 
-      const journal = new UploadJournal(options.journalDir ?? defaultJournalDir(), publicUrl(loc));
+      const journal = new UploadJournal(journalDir, publicUrl(loc));
       // Already there: the same content, complete (--overwrite sends it again, e.g. after a failed --verify).
       if (current && !options.overwrite && isCompleteUpload(current.metadata) && current.metadata[Meta.digest] === digest && current.size === blobSize) {
         journal.remove(); // a run killed after marking the blob complete, before removing its journal

@@ -166,9 +166,12 @@ let shared: PiscinaRunner | undefined;
 const inline = new InlineRunner();
 
 /** Throws USAGE unless `workers` is absent or a whole number ≥ 0 (operations check it before opening anything). */
+/** The most worker threads one pool may have (each holds buffers and a V8 isolate). */
+export const MAX_WORKERS = 256;
+
 export function checkWorkers(workers: number | undefined): void {
-  if (workers !== undefined && (!Number.isInteger(workers) || workers < 0)) {
-    throw new VhdError(ErrorCodes.USAGE, `--workers must be a whole number ≥ 0, got ${workers}`);
+  if (workers !== undefined && (!Number.isInteger(workers) || workers < 0 || workers > MAX_WORKERS)) {
+    throw new VhdError(ErrorCodes.USAGE, `--workers must be a whole number from 0 to ${MAX_WORKERS}, got ${workers}`);
   }
 }
 

@@ -22,6 +22,7 @@ export const infoCommand: CommandModule<object, Args> = {
         `file:            ${d.file}`,
         `type:            ${d.type}`,
         `virtual size:    ${d.virtualSize} (${formatSize(d.virtualSize)})`,
+        `original size:   ${d.originalSize} (${formatSize(d.originalSize)})${d.originalSize !== d.virtualSize ? ', as created (resized since)' : ''}`,
         `file size:       ${d.fileSize} (${formatSize(d.fileSize)})`,
       ];
       if (d.blockSize !== null) {

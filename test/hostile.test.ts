@@ -1,0 +1,277 @@
+/**
+ * Hostile and careless use, as a review found it (issue 17): each case once lost data, left a
+ * damaging file behind, silently skipped a check or gave the wrong exit code. Through the real CLI
+ * unless said otherwise; every case also checks what must not have changed.
+ *
+ * - merge: a batch that merges a disk away and into it at once (USAGE, before anything runs); a merge
+ *   into a disk another merge is reading (LOCKED: merges hold shared locks on what they read); the
+ *   journal's temporary name as a symlink to the child, or a chain disk (USAGE); --search that is
+ *   not a folder (IO); a parent that cannot be written leaves no journal (IO EACCES, as nobody);
+ *   --workers beyond 256 (USAGE).
+ * - outputs: a FIFO or a device is never replaced, a dangling symlink is an existing output; a
+ *   manifest named as a chain disk's merge journal (USAGE); upload's --journal-dir that is a file, or
+ *   under one, is refused before anything is sent (IO).
+ * - inputs: a folder is IO EISDIR, exit 2.
+ * - sizes: allocated blocks past the virtual size (BLOCK_PAST_SIZE) and a VHD with bytes after its
+ *   footer read as raw (RAW_WITH_FOOTER) are warnings, errors under --strict.
+ */
+import { createHash } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { ErrorCodes } from '../src/errors.js';
+import { acquireLock } from '../src/ops/journal.js';
+import { merge } from '../src/ops/merge.js';
+import { create } from '../src/ops/create.js';
+import { rejection, repoRoot, runProcess, tmpDir, type ProcessRun } from './helpers.js';
+
+const CLI = path.join(repoRoot, 'dist/cli/main.js');
+const MiB = 1024 * 1024;
+const CONN = 'DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;BlobEndpoint=http://127.0.0.1:9/devstoreaccount1;';
+const root = process.getuid?.() === 0;
+
+let top: string;
+const vhdkit = (args: string[], cwd: string, uid?: number): Promise<ProcessRun> =>
+  runProcess(process.execPath, [CLI, ...args], { cwd, timeoutMs: 60_000, ...(uid !== undefined ? { uid, gid: uid } : {}) });
+const show = (r: ProcessRun) => `exit ${r.code}\nstdout: ${r.stdout.slice(0, 1500)}\nstderr: ${r.stderr.slice(0, 1500)}`;
+
+function snapshot(dir: string): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const name of fs.readdirSync(dir).sort()) {
+    const p = path.join(dir, name);
+    const st = fs.lstatSync(p);
+    if (st.isSymbolicLink()) out.set(name, `-> ${fs.readlinkSync(p)}`);
+    else if (st.isFile()) out.set(name, createHash('sha256').update(fs.readFileSync(p)).digest('hex'));
+    else out.set(name, st.isFIFO() ? 'fifo' : 'other');
+  }
+  return out;
+}
+
+/** One line `vhdkit: … [CODE]` on stderr and the exit code. */
+function expectRefused(r: ProcessRun, exit: number, code: string): string {
+  expect(r.code, show(r)).toBe(exit);
+  const lines = r.stderr.trimEnd().split('\n');
+  expect(lines, show(r)).toHaveLength(1);
+  expect(lines[0], show(r)).toMatch(new RegExp(`^vhdkit: .*\\[${code}\\]$`));
+  return lines[0];
+}
+
+/** A chain in a folder of its own: base.vhd (4 MiB of data) <- c1.vhd (1 MiB new) <- c2.vhd (1 MiB new). */
+async function chain(name: string): Promise<string> {
+  const dir = path.join(top, name);
+  fs.mkdirSync(dir);
+  const g = Buffer.alloc(8 * MiB);
+  for (let i = 0; i < 4 * MiB; i++) g[i] = (i * 13) & 0xff;
+  fs.writeFileSync(path.join(dir, 'g1.raw'), g);
+  g.fill(0x22, 5 * MiB, 6 * MiB);
+  fs.writeFileSync(path.join(dir, 'g2.raw'), g);
+  g.fill(0x33, 6 * MiB, 7 * MiB);
+  fs.writeFileSync(path.join(dir, 'g3.raw'), g);
+  for (const args of [
+    ['convert', 'g1.raw', 'base.vhd', '--to', 'dynamic'],
+    ['diff', 'base.vhd', 'g2.raw', '--out', 'c1.vhd'],
+    ['diff', 'c1.vhd', 'g3.raw', '--out', 'c2.vhd'],
+  ]) {
+    const r = await vhdkit(args, dir);
+    expect(r.code, show(r)).toBe(0);
+  }
+  for (const f of ['g1.raw', 'g2.raw']) fs.rmSync(path.join(dir, f));
+  return dir;
+}
+
+beforeAll(() => {
+  top = tmpDir('vhdkit-hostile-');
+  fs.chmodSync(top, 0o755);
+});
+
+describe('merge', () => {
+  it('a batch merging c1 into base and c2 into c1 is refused before any merge runs (USAGE naming both), in either order', async () => {
+    const dir = await chain('batch');
+    const before = snapshot(dir);
+    for (const args of [['c2.vhd', 'c1.vhd'], ['c1.vhd', 'c2.vhd']]) {
+      const r = await vhdkit(['merge', ...args, '--delete-child'], dir);
+      const line = expectRefused(r, 2, 'USAGE');
+      expect(line).toContain('c1.vhd');
+      expect(line).toContain('c2.vhd');
+      expect(snapshot(dir)).toEqual(before);
+    }
+    // One after the other, as the message says, the content of c2's chain ends in base.
+    const want = JSON.parse((await vhdkit(['hash', 'c2.vhd', '--json'], dir)).stdout).digest;
+    expect((await vhdkit(['merge', 'c2.vhd', '--to', 'base.vhd', '--delete-child'], dir)).code).toBe(0);
+    expect(JSON.parse((await vhdkit(['hash', 'base.vhd', '--json'], dir)).stdout).digest).toBe(want);
+  });
+
+  it('a merge reads under shared locks: while c1 is being merged into (its lock held), merging c1 away is LOCKED', async () => {
+    const dir = await chain('locks');
+    const before = snapshot(dir);
+    const release = acquireLock(path.join(dir, 'c1.vhd'), 'merge');
+    try {
+      const e = await rejection(merge(path.join(dir, 'c1.vhd')));
+      expect(e.code).toBe(ErrorCodes.LOCKED);
+      expect(e.message).toContain('c1.vhd');
+    } finally {
+      release();
+    }
+    expect(snapshot(dir)).toEqual(before);
+  });
+
+  it("the journal's temporary name taken by a symlink to the child, or by a disk of the chain: USAGE, nothing written", async () => {
+    const dir = await chain('journal-tmp');
+    fs.symlinkSync('c1.vhd', path.join(dir, 'base.vhd.vhdkit-merge.json.tmp'));
+    const before = snapshot(dir);
+    const r = await vhdkit(['merge', 'c1.vhd'], dir);
+    expect(expectRefused(r, 2, 'USAGE')).toContain("merge journal's temporary file");
+    expect(snapshot(dir)).toEqual(before);
+    fs.rmSync(path.join(dir, 'base.vhd.vhdkit-merge.json.tmp'));
+    // A manifest named as a disk's merge journal would make the chain look mid-merge.
+    const m = await vhdkit(['hash', 'c2.vhd', '--manifest', 'c1.vhd.vhdkit-merge.json'], dir);
+    expect(expectRefused(m, 2, 'USAGE')).toContain('merge journal name');
+    expect(fs.existsSync(path.join(dir, 'c1.vhd.vhdkit-merge.json'))).toBe(false);
+  });
+
+  it('--search that is missing or a file is IO (exit 2), not a silently skipped sibling check', async () => {
+    const dir = await chain('search');
+    const before = snapshot(dir);
+    for (const [search, errno] of [
+      ['kids-typo', 'ENOENT'],
+      ['g3.raw', 'ENOTDIR'],
+    ]) {
+      const r = await vhdkit(['merge', 'c2.vhd', '--search', search], dir);
+      const line = expectRefused(r, 2, 'IO');
+      expect(line).toContain(search);
+      expect(line).toContain(errno);
+    }
+    expect(snapshot(dir)).toEqual(before);
+  });
+
+  it.runIf(root)('a parent that cannot be written (as nobody, mode 444): IO EACCES, exit 2, and no journal is left', async () => {
+    const dir = await chain('readonly-parent');
+    fs.chmodSync(dir, 0o777);
+    for (const f of fs.readdirSync(dir)) fs.chmodSync(path.join(dir, f), 0o644);
+    fs.chmodSync(path.join(dir, 'c1.vhd'), 0o444);
+    const before = snapshot(dir);
+    const r = await vhdkit(['merge', 'c2.vhd'], dir, 65534);
+    const line = expectRefused(r, 2, 'IO');
+    expect(line).toContain('EACCES');
+    expect(line).toContain('c1.vhd');
+    expect(snapshot(dir)).toEqual(before);
+    const c = await vhdkit(['check', 'c1.vhd', '--strict'], dir);
+    expect(c.code, show(c)).toBe(0);
+  });
+
+  it('--workers beyond 256 is USAGE at once, for merge and hash', async () => {
+    const dir = await chain('workers');
+    for (const args of [
+      ['merge', 'c2.vhd', '--workers', '1000000000'],
+      ['merge', 'c2.vhd', '--into-copy', 'x.vhd', '--workers', '100000'],
+      ['hash', 'c2.vhd', '--workers', '1000000000'],
+    ]) {
+      const r = await vhdkit(args, dir);
+      expect(expectRefused(r, 2, 'USAGE')).toContain('--workers must be a whole number from 0 to 256');
+      expect(r.ms).toBeLessThan(20_000);
+    }
+    expect(fs.existsSync(path.join(dir, 'x.vhd'))).toBe(false);
+  });
+});
+
+describe('outputs and inputs', () => {
+  it('a FIFO output is never replaced (USAGE, with --force); a dangling symlink is an existing output', async () => {
+    const dir = await chain('special');
+    spawnSync('mkfifo', [path.join(dir, 'pipe')]);
+    fs.symlinkSync('missing.raw', path.join(dir, 'dangling'));
+    const before = snapshot(dir);
+    expect(before.get('pipe')).toBe('fifo');
+    const r = await vhdkit(['convert', 'c2.vhd', 'pipe', '--to', 'raw', '--force'], dir);
+    expect(expectRefused(r, 2, 'USAGE')).toContain('is a FIFO');
+    const d = await vhdkit(['convert', 'c2.vhd', 'dangling', '--to', 'raw'], dir);
+    expectRefused(d, 2, 'OUTPUT_EXISTS');
+    expect(snapshot(dir)).toEqual(before);
+  });
+
+  it.runIf(root)('a character device output is never replaced, even with --force', async () => {
+    const dir = await chain('device');
+    spawnSync('mknod', [path.join(dir, 'null'), 'c', '1', '3']);
+    const r = await vhdkit(['convert', 'c2.vhd', 'null', '--to', 'raw', '--force'], dir);
+    expect(expectRefused(r, 2, 'USAGE')).toContain('is a character device');
+    expect(fs.statSync(path.join(dir, 'null')).isCharacterDevice()).toBe(true);
+  });
+
+  it("upload: a --journal-dir that is a file, or under one, is IO (exit 2) before anything is sent", async () => {
+    const dir = await chain('journal-dir');
+    for (const jd of ['g3.raw', 'g3.raw/sub']) {
+      const r = await vhdkit(['upload', 'c2.vhd', 'images/x', '--connection-string', CONN, '--journal-dir', jd], dir);
+      const line = expectRefused(r, 2, 'IO');
+      expect(line).toContain('journal folder');
+      expect(line).toContain('ENOTDIR');
+      expect(r.stderr).not.toContain('AccountKey');
+    }
+  });
+
+  it("upload: an input named as the journal's temporary file in --journal-dir is refused (USAGE), nothing sent or changed", async () => {
+    const dir = await chain('journal-tmp-upload');
+    const url = 'http://127.0.0.1:9/devstoreaccount1/images/x';
+    const tmp = path.join(dir, `${createHash('sha256').update(url).digest('hex').slice(0, 32)}.json.tmp`);
+    fs.linkSync(path.join(dir, 'c2.vhd'), tmp);
+    const before = snapshot(dir);
+    const r = await vhdkit(['upload', 'c2.vhd', 'images/x', '--connection-string', CONN, '--journal-dir', '.'], dir);
+    expect(expectRefused(r, 2, 'USAGE')).toContain("upload journal's temporary file is the same file as the input");
+    expect(snapshot(dir)).toEqual(before);
+  });
+
+  it('a folder as the input is IO EISDIR, exit 2, for every command', async () => {
+    const dir = await chain('folder-input');
+    fs.mkdirSync(path.join(dir, 'sub'));
+    for (const args of [['info', 'sub'], ['hash', 'sub'], ['convert', 'sub', 'o.raw', '--to', 'raw'], ['diff', 'sub', 'c2.vhd'], ['merge', 'sub']]) {
+      const r = await vhdkit(args, dir);
+      expect(expectRefused(r, 2, 'IO')).toContain('EISDIR');
+    }
+  });
+});
+
+describe('sizes', () => {
+  it('BLOCK_PAST_SIZE: a block allocated past the current size is a warning naming its BAT entry; --strict refuses', async () => {
+    const dir = path.join(top, 'past-size');
+    fs.mkdirSync(dir);
+    const raw = Buffer.alloc(8 * MiB);
+    raw.fill(0x44, 6 * MiB + 4096, 6 * MiB + 8192); // in block 3 (6-8 MiB)
+    raw.fill(0x11, 0, 4096);
+    fs.writeFileSync(path.join(dir, 'r.raw'), raw);
+    expect((await vhdkit(['convert', 'r.raw', 'd.vhd', '--to', 'dynamic'], dir)).code).toBe(0);
+    // Both footers say 6 MiB: the BAT keeps its 4 entries, the last one allocated.
+    const b = fs.readFileSync(path.join(dir, 'd.vhd'));
+    for (const at of [0, b.length - 512]) {
+      b.writeBigUInt64BE(BigInt(6 * MiB), at + 48);
+      b.writeUInt32BE(0, at + 64);
+      let sum = 0;
+      for (let i = at; i < at + 512; i++) sum += b[i];
+      b.writeUInt32BE(~sum >>> 0, at + 64);
+    }
+    fs.writeFileSync(path.join(dir, 'd.vhd'), b);
+    const c = JSON.parse((await vhdkit(['check', 'd.vhd', '--json'], dir)).stdout);
+    expect(c.ok).toBe(true);
+    expect(c.warnings.map((w: { code: string }) => w.code)).toEqual(['BLOCK_PAST_SIZE']);
+    expect(c.warnings.find((w: { code: string }) => w.code === 'BLOCK_PAST_SIZE').message).toContain('1 allocated block past the virtual size (6291456 bytes), from BAT entry 3');
+    const conv = await vhdkit(['convert', 'd.vhd', 'd.raw', '--to', 'raw'], dir);
+    expect(conv.code, show(conv)).toBe(0);
+    expect(conv.stderr).toContain('[BLOCK_PAST_SIZE]');
+    expect(fs.statSync(path.join(dir, 'd.raw')).size).toBe(6 * MiB);
+    expectRefused(await vhdkit(['convert', 'd.vhd', 'd2.raw', '--to', 'raw', '--strict'], dir), 2, 'BLOCK_PAST_SIZE');
+  });
+
+  it('RAW_WITH_FOOTER: a fixed VHD with bytes after its footer, not named .vhd, reads as raw with a warning; --strict refuses', async () => {
+    const dir = path.join(top, 'raw-footer');
+    fs.mkdirSync(dir);
+    await create(path.join(dir, 'f.vhd'), { size: MiB, type: 'fixed' });
+    fs.writeFileSync(path.join(dir, 'f.img'), Buffer.concat([fs.readFileSync(path.join(dir, 'f.vhd')), Buffer.alloc(512, 0x55)]));
+    const r = await vhdkit(['hash', 'f.img'], dir);
+    expect(r.code, show(r)).toBe(0);
+    expect(r.stderr).toMatch(/a VHD footer is at offset 1048576, 512 bytes before the end.*\[RAW_WITH_FOOTER\]/);
+    expectRefused(await vhdkit(['hash', 'f.img', '--strict'], dir), 2, 'RAW_WITH_FOOTER');
+    // The word by chance in data (no valid footer) is no finding.
+    const junk = Buffer.alloc(MiB);
+    junk.write('conectix', MiB - 2000, 'latin1');
+    fs.writeFileSync(path.join(dir, 'j.img'), junk);
+    expect((await vhdkit(['hash', 'j.img', '--strict'], dir)).code).toBe(0);
+  });
+});
