@@ -47,6 +47,12 @@ export function resultFile(given, fallback, work) {
 
 export function writeResult(file, results) {
   const tmp = `${file}.${process.pid}.tmp`;
-  fs.writeFileSync(tmp, JSON.stringify(results, null, 2));
-  fs.renameSync(tmp, file);
+  try {
+    fs.writeFileSync(tmp, JSON.stringify(results, null, 2));
+    fs.renameSync(tmp, file);
+  } catch (e) {
+    fs.rmSync(tmp, { force: true });
+    console.error(`bench: cannot write the results to ${file} (${e.code ?? e.message})`);
+    process.exit(1);
+  }
 }

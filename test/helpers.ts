@@ -19,6 +19,23 @@ import { VhdError } from '../src/errors.js';
 /** The repository root (/work/main). */
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
+/**
+ * The suites run the CLI and the pool's worker from dist/ (compiled by npm run build, which npm test
+ * runs first). A dist older than a source file would test yesterday's code: fail clearly instead.
+ */
+function assertDistFresh(): void {
+  const built = path.join(repoRoot, 'dist', 'cli', 'main.js');
+  if (!fs.existsSync(built)) throw new Error('dist/ is missing: run "npm run build" (npm test does it first)');
+  const builtAt = fs.statSync(built).mtimeMs;
+  const walk = (dir: string): string[] =>
+    fs.readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? walk(path.join(dir, e.name)) : [path.join(dir, e.name)]));
+  const newer = walk(path.join(repoRoot, 'src')).filter((f) => fs.statSync(f).mtimeMs > builtAt);
+  if (newer.length > 0) {
+    throw new Error(`dist/ is older than ${newer.length} source file(s) (${path.relative(repoRoot, newer[0])}…): run "npm run build" (npm test does it first)`);
+  }
+}
+assertDistFresh();
+
 /** The shared, read-only conformance corpus (`../shared/corpus` from the repository root). */
 export const corpusDir = path.resolve(repoRoot, '../shared/corpus');
 

@@ -126,7 +126,7 @@ describe('merge', () => {
     fs.rmSync(path.join(dir, 'base.vhd.vhdkit-merge.json.tmp'));
     // A manifest named as a disk's merge journal would make the chain look mid-merge.
     const m = await vhdkit(['hash', 'c2.vhd', '--manifest', 'c1.vhd.vhdkit-merge.json'], dir);
-    expect(expectRefused(m, 2, 'USAGE')).toContain('merge journal name');
+    expect(expectRefused(m, 2, 'USAGE')).toMatch(/merge journal name|a name vhdkit uses for its own/);
     expect(fs.existsSync(path.join(dir, 'c1.vhd.vhdkit-merge.json'))).toBe(false);
   });
 
@@ -172,6 +172,107 @@ describe('merge', () => {
       expect(r.ms).toBeLessThan(20_000);
     }
     expect(fs.existsSync(path.join(dir, 'x.vhd'))).toBe(false);
+  });
+});
+
+describe('merge, second review', () => {
+  /** P <- C <- {G, G2}: C holds 1 MiB, G and G2 1 MiB each, in one folder. */
+  async function family(name: string): Promise<string> {
+    const dir = await chain(name);
+    for (const [a, b] of [['base.vhd', 'P.vhd'], ['c1.vhd', 'C.vhd'], ['c2.vhd', 'G.vhd']]) fs.renameSync(path.join(dir, a), path.join(dir, b));
+    // c1's and c2's locators name base.vhd and c1.vhd: rebuild the chain under the new names.
+    fs.rmSync(path.join(dir, 'C.vhd'));
+    fs.rmSync(path.join(dir, 'G.vhd'));
+    const g = fs.readFileSync(path.join(dir, 'g3.raw'));
+    g.fill(0x77, 2 * MiB, 3 * MiB);
+    fs.writeFileSync(path.join(dir, 'g4.raw'), g);
+    for (const args of [
+      ['create', 'C.vhd', '--parent', 'P.vhd'],
+      ['diff', 'C.vhd', 'g3.raw', '--out', 'G.vhd'],
+      ['diff', 'C.vhd', 'g4.raw', '--out', 'G2.vhd'],
+    ]) {
+      const r = await vhdkit(args, dir);
+      expect(r.code, show(r)).toBe(0);
+    }
+    return dir;
+  }
+
+  it('disks that read through what a merge changes or deletes are named and the merge refused (SIBLINGS): --to over a disk with another child, --delete-child of a parent', async () => {
+    const dir = await family('dependents');
+    const before = snapshot(dir);
+    const to = await vhdkit(['merge', 'G.vhd', '--to', 'P.vhd'], dir);
+    expect(expectRefused(to, 2, 'SIBLINGS')).toContain('G2.vhd');
+    const del = await vhdkit(['merge', 'C.vhd', '--delete-child'], dir);
+    const line = expectRefused(del, 2, 'SIBLINGS');
+    expect(line).toContain('--delete-child would delete the parent of');
+    expect(line).toContain('G.vhd');
+    expect(line).toContain('G2.vhd');
+    const copy = await vhdkit(['merge', 'C.vhd', '--into-copy', 'merged.vhd', '--delete-child'], dir);
+    expect(expectRefused(copy, 2, 'SIBLINGS')).toContain('G2.vhd');
+    expect(snapshot(dir)).toEqual(before);
+    // Into a copy without deleting anything: nothing else reads through the copy.
+    expect((await vhdkit(['merge', 'G.vhd', '--to', 'P.vhd', '--into-copy', 'flat.vhd'], dir)).code).toBe(0);
+  });
+
+  it('--delete-child while another process reads the child (an upload\'s shared lock): LOCKED, nothing deleted', async () => {
+    const dir = await chain('delete-read');
+    const { acquireSharedLock } = await import('../src/ops/journal.js');
+    const release = acquireSharedLock(path.join(dir, 'c2.vhd'), 'upload');
+    try {
+      const e = await rejection(merge(path.join(dir, 'c2.vhd'), { intoCopy: path.join(dir, 'x.vhd'), deleteChild: true }));
+      expect(e.code).toBe(ErrorCodes.LOCKED);
+      expect(fs.existsSync(path.join(dir, 'c2.vhd'))).toBe(true);
+      expect(fs.existsSync(path.join(dir, 'x.vhd'))).toBe(false);
+    } finally {
+      release();
+    }
+  });
+
+  it('a second --into-copy into the same copy while one runs (its work file locked): LOCKED, the copy left to the first', async () => {
+    const dir = await chain('copy-race');
+    const release = acquireLock(path.join(dir, '.x.vhd.vhdkit-copy'), 'merge');
+    try {
+      const e = await rejection(merge(path.join(dir, 'c2.vhd'), { intoCopy: path.join(dir, 'x.vhd') }));
+      expect(e.code).toBe(ErrorCodes.LOCKED);
+      expect(fs.existsSync(path.join(dir, 'x.vhd'))).toBe(false);
+    } finally {
+      release();
+    }
+  });
+
+  it('a stale lock is taken over by one process at a time: a fresh takeover mark means LOCKED, an old one is cleared', async () => {
+    const dir = await chain('takeover');
+    const lock = path.join(dir, 'c1.vhd.vhdkit-lock');
+    const dead = JSON.stringify({ pid: 2 ** 22 + 12345, host: (await import('node:os')).hostname(), what: 'merge', since: new Date().toISOString() });
+    fs.writeFileSync(lock, dead);
+    fs.writeFileSync(`${lock}.takeover`, '{}');
+    expect(() => acquireLock(path.join(dir, 'c1.vhd'), 'merge')).toThrow(expect.objectContaining({ code: ErrorCodes.LOCKED }));
+    const old = new Date(Date.now() - 60_000);
+    fs.utimesSync(`${lock}.takeover`, old, old);
+    const release = acquireLock(path.join(dir, 'c1.vhd'), 'merge');
+    expect(JSON.parse(fs.readFileSync(lock, 'utf8')).pid).toBe(process.pid);
+    release();
+    expect(fs.existsSync(`${lock}.takeover`)).toBe(false);
+  });
+
+  it("outputs named like vhdkit's own locks, marks, journals and work files are refused (USAGE)", async () => {
+    const dir = await chain('own-names');
+    for (const name of ['c1.vhd.vhdkit-lock', 'c1.vhd.vhdkit-read.123.abcdef', 'base.vhd.vhdkit-merge.json.tmp', 'base.vhd.vhdkit-lock.42.tmp', '.x.vhd.vhdkit-copy']) {
+      const r = await vhdkit(['convert', 'c2.vhd', name, '--to', 'raw'], dir);
+      expect(expectRefused(r, 2, 'USAGE'), name).toContain('a name vhdkit uses for its own');
+      expect(fs.existsSync(path.join(dir, name))).toBe(false);
+    }
+    const m = await vhdkit(['merge', 'c2.vhd', '--into-copy', 'base.vhd.vhdkit-lock'], dir);
+    expectRefused(m, 2, 'USAGE');
+  });
+
+  it('a file name with a newline is printed escaped, on one line', async () => {
+    const dir = await chain('newline');
+    fs.copyFileSync(path.join(dir, 'g3.raw'), path.join(dir, 'a\nb.raw'));
+    const r = await vhdkit(['hash', 'a\nb.raw'], dir);
+    expect(r.code, show(r)).toBe(0);
+    expect(r.stdout).toContain('a\\x0ab.raw');
+    expect(r.stdout.trimEnd().split('\n')).toHaveLength(2);
   });
 });
 

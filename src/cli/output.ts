@@ -20,7 +20,7 @@ export function printJson(value: unknown): void {
  */
 export function safe(text: string): string {
   // Secrets never reach the terminal, whatever a message carries (a SAS in a URL, a key in a string).
-  return redactSecrets(text).replace(/[\x00-\x08\x0b-\x1f\x7f-\x9f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+  return redactSecrets(text).replace(/[\x00-\x08\x0a-\x1f\x7f-\x9f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
 }
 
 export function printLines(lines: string[]): void {

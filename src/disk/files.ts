@@ -4,7 +4,8 @@
  * disks through it); files are reached only through io. What an interrupted merge means for a disk
  * (its journal) is the operations' business: ops/open adds it.
  */
-import { ErrorCodes, findingFrom, VhdError } from '../errors.js';
+import { ErrorCodes, VhdError } from '../errors.js';
+import { noteFinding } from './policy.js';
 import { decodeFooter, FOOTER_SIZE } from '../format/footer.js';
 import { FileResolver, FileSink, realPathOf } from '../io/file.js';
 import { VhdImage, type OpenOptions } from './image.js';
@@ -67,8 +68,7 @@ async function footerInside(source: FileSink, options: FileOpenOptions): Promise
     `read as a raw image, but a VHD footer is at offset ${offset}, ${source.size - offset - 512} bytes before the end: this may be a VHD with bytes appended after its footer (cut the file at ${offset + 512} to read it as one)`,
     { file: source.name, structure: 'file', offset },
   );
-  if (options.strict) throw e;
-  options.onFinding?.(findingFrom(e, 'warning'));
+  noteFinding(e, options, []);
 }
 
 /**

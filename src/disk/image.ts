@@ -22,7 +22,7 @@ import {
 import { uuidToString } from '../format/uuid.js';
 import type { ByteSource, SourceResolver } from '../io/types.js';
 import { type Range, normalizeRanges } from './ranges.js';
-import { severityOf } from './policy.js';
+import { noteFinding } from './policy.js';
 import { checkBatSpan, checkExtraEntries, checkGeometry, fixedVirtualSize, type SizeSource } from './sizes.js';
 
 export interface OpenOptions {
@@ -213,14 +213,7 @@ export class VhdImage {
   private static async openOne(source: ByteSource, options: OpenOptions): Promise<VhdImage> {
     const file = source.name;
     const findings: Finding[] = [];
-    const report = (e: VhdError) => {
-      e.inFile(file);
-      const severity = severityOf(e.code);
-      const finding = findingFrom(e, severity);
-      if (options.strict) throw e;
-      findings.push(finding);
-      options.onFinding?.(finding);
-    };
+    const report = (e: VhdError) => void noteFinding(e.inFile(file), options, findings);
     try {
       const image = await VhdImage.decode(source, report, options.sizeFrom ?? 'footer');
       image.findings.push(...findings);
@@ -631,10 +624,7 @@ export class VhdImage {
           `the parent ${parent.name} is ${parent.virtualSize} bytes, the child ${this.virtualSize}`,
           { file: this.name, structure: 'chain' },
         );
-        if (options.strict) throw e;
-        const f = findingFrom(e, severityOf(e.code));
-        this.findings.push(f);
-        options.onFinding?.(f);
+        noteFinding(e, options, this.findings);
       }
       await parent.resolveChain(resolver, options, [...seen, found.id], depthLeft - 1);
       return;

@@ -4,7 +4,7 @@
  * data (`check` fails); a warning means it is unusual but readable (`check --strict` fails).
  * Reading commands go on past both, printing them, unless `--strict`.
  */
-import { ErrorCodes, type ErrorCode } from '../errors.js';
+import { ErrorCodes, type ErrorCode, type Finding, findingFrom, type VhdError } from '../errors.js';
 
 const WARNINGS: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   ErrorCodes.FOOTER_511,
@@ -25,4 +25,22 @@ const WARNINGS: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
 
 export function severityOf(code: ErrorCode): 'error' | 'warning' {
   return WARNINGS.has(code) ? 'warning' : 'error';
+}
+
+/** How findings are handled: `strict` refuses on any, `onFinding` hears each as it is made. */
+export interface FindingPolicy {
+  strict?: boolean;
+  onFinding?: (finding: Finding) => void;
+}
+
+/**
+ * The one place a recoverable finding is handled: under `strict` it is thrown (the command refuses);
+ * otherwise it becomes a finding of its severity, kept in `into` and passed to `onFinding`.
+ */
+export function noteFinding(e: VhdError, policy: FindingPolicy, into: Finding[]): Finding {
+  if (policy.strict) throw e;
+  const f = findingFrom(e, severityOf(e.code));
+  into.push(f);
+  policy.onFinding?.(f);
+  return f;
 }

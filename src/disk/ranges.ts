@@ -38,3 +38,24 @@ export function totalLength(ranges: Range[]): number {
 export function alignRanges(ranges: Range[], unit: number, limit: number): Range[] {
   return normalizeRanges(ranges.map(([a, b]) => [Math.floor(a / unit) * unit, Math.min(limit, Math.ceil(b / unit) * unit)] as Range));
 }
+
+/** Ranges of `a` not in `b` (both sorted, coalesced). */
+export function subtractRanges(a: Range[], b: Range[]): Range[] {
+  const out: Range[] = [];
+  let j = 0;
+  for (const [s0, e] of a) {
+    let s = s0;
+    while (j < b.length && b[j][1] <= s) j++;
+    let k = j;
+    while (s < e) {
+      if (k >= b.length || b[k][0] >= e) {
+        out.push([s, e]);
+        break;
+      }
+      if (b[k][0] > s) out.push([s, b[k][0]]);
+      s = Math.max(s, b[k][1]);
+      k++;
+    }
+  }
+  return out;
+}

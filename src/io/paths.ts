@@ -35,6 +35,9 @@ export function fileIdentity(p: string): string {
   }
 }
 
+/** Names of vhdkit's own files beside a disk: merge journals and locks, read marks, copy work files. */
+const OWN_NAMES = /\.vhdkit-(merge\.json(\.tmp)?|lock(\.\d+\.tmp|\.takeover)?|read\.\d+\.[0-9a-f]+|copy)$/;
+
 /** An errno-like cause, so that an IO error built here gets the exit code of a system one. */
 function errno(code: string): Error {
   return Object.assign(new Error(code), { code });
@@ -49,6 +52,9 @@ export function checkOutputPath(p: string, role = 'output'): void {
     throw new VhdError(ErrorCodes.IO, `cannot write the ${role} here: ${why} (${code})`, { file: p, cause: errno(code) });
   };
   if (p === '') fail('ENOENT', 'the path is empty');
+  if (OWN_NAMES.test(path.basename(p))) {
+    throw new VhdError(ErrorCodes.USAGE, `the ${role} has a name vhdkit uses for its own locks, marks and journals beside a disk (which it removes when stale); choose another name`, { file: p });
+  }
   const endsInSeparator = /[\\/]$/.test(p);
   let st: fs.Stats | undefined;
   try {
@@ -80,6 +86,7 @@ export function checkOutputPath(p: string, role = 'output'): void {
  * lies under a file, or cannot be made or written (read-only, no permission).
  */
 export function checkOutputFolder(dir: string, role: string): void {
+  if (dir === '') throw new VhdError(ErrorCodes.USAGE, `the ${role} is an empty path`);
   const fail = (code: string, why: string, cause?: unknown) => {
     throw new VhdError(ErrorCodes.IO, `cannot use the ${role}: ${why} (${code})`, { file: dir, cause: cause ?? errno(code) });
   };

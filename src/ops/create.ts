@@ -72,8 +72,9 @@ async function createDisk(file: string, options: CreateOptions): Promise<CreateR
       const errors = parent.allFindings.filter((f) => f.severity === 'error');
       if (errors.length > 0) {
         // An interrupted merge explains every other finding on that disk: name it first.
-        const first = errors.find((f) => f.code === ErrorCodes.MERGE_PENDING) ?? errors[0];
-        throw new VhdError(first.code, `the parent is damaged: ${first.message}`, { file: options.parent });
+        const first = errors.find((f) => f.code === ErrorCodes.LOCKED || f.code === ErrorCodes.MERGE_PENDING) ?? errors[0];
+        const busy = first.code === ErrorCodes.LOCKED || first.code === ErrorCodes.MERGE_PENDING;
+        throw new VhdError(first.code, `${busy ? 'cannot use the parent' : 'the parent is damaged'}: ${first.message}`, { file: options.parent });
       }
       const blockSize = options.blockSize ?? blockSizeLike(parent);
       const link = parentLinkFor(file, options.parent, parent.footer.uniqueId, parent.footer.timestamp);

@@ -8,6 +8,7 @@
  * ranges (everything outside reads as zeros on both sides). Candidates are then compared on the
  * worker pool, so a sector rewritten with the same bytes is not reported.
  */
+import { sectorsAbove } from '../disk/chain.js';
 import path from 'node:path';
 import { ErrorCodes, type Finding, VhdError, withCodedErrors } from '../errors.js';
 import type { VhdImage } from '../disk/image.js';
@@ -61,14 +62,7 @@ function chainIds(d: VirtualDisk): string[] {
 async function candidates(a: VirtualDisk, b: VirtualDisk): Promise<{ ranges: Range[]; method: 'bitmap' | 'compare' }> {
   const idsA = chainIds(a);
   const idsB = chainIds(b);
-  const above = async (top: VirtualDisk, ancestorId: string): Promise<Range[] | undefined> => {
-    const chain = (top as VhdImage).chain;
-    const at = chain.findIndex((c) => c.id === ancestorId);
-    if (at < 0) return undefined;
-    const parts: Range[][] = [];
-    for (const d of chain.slice(0, at)) parts.push(await d.ownSectorRanges());
-    return normalizeRanges(parts.flat());
-  };
+  const above = (top: VirtualDisk, ancestorId: string) => sectorsAbove(top as VhdImage, ancestorId);
   if (idsA.length > 0 && idsB.length > 0) {
     const viaB = await above(b, idsA[0]);
     if (viaB) return { ranges: viaB, method: 'bitmap' };

@@ -137,6 +137,30 @@ function createLockFile(file: string, content: string): void {
   }
 }
 
+/**
+ * Removes a stale lock under a takeover mark made exclusively (`LOCK.takeover`): only the process
+ * that made the mark removes the lock, after reading it again; the others see the mark and stop. A
+ * mark left by a killed process is stale after 5 s. False when another process holds the mark.
+ */
+function takeOver(file: string): boolean {
+  const mark = `${file}.takeover`;
+  try {
+    writeNewFile(mark, holderRecord('taking over a stale lock'));
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+    if (lockAgeMs(mark) <= 5000) return false;
+    fs.rmSync(mark, { force: true });
+    return takeOver(file);
+  }
+  try {
+    const holder = readHolder(file);
+    if (holder !== undefined && lockIsStale(holder, file)) fs.rmSync(file, { force: true });
+    return true;
+  } finally {
+    fs.rmSync(mark, { force: true });
+  }
+}
+
 /** Temporary lock files of processes killed between writing and linking them. */
 function removeStaleLockTemps(file: string): void {
   const dir = path.dirname(path.resolve(file));
@@ -186,8 +210,10 @@ export function acquireLock(target: string, what: string): () => void {
     }
     const holder = readHolder(file) ?? {};
     if (lockIsStale(holder, file)) {
-      fs.rmSync(file, { force: true }); // the holder was killed: take over
-      continue;
+      // The holder was killed: take over, one process at a time (two removing the stale lock at once
+      // could each remove the other's new one and both hold it).
+      if (takeOver(file)) continue;
+      throw new VhdError(ErrorCodes.LOCKED, `another process is taking over the stale lock ${file} right now; run again`, { file: target });
     }
     throw lockedBy(target, holder, file);
   }

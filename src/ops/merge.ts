@@ -29,29 +29,26 @@
  * before any metadata that points at them is written. A failed task or an abort is reported only once
  * every task in flight has settled: nothing writes to the target after merge has returned.
  *
- * Main thread or pool. The copies are I/O and kernel memory copies, not JavaScript. On the 2-core
- * machine measured (bench/merge.mjs data, whole CLI runs, medians of 3–10), the pool's workers
- * (blocking calls, one I/O stream each) copy as fast as the main thread's lanes once running, cold
- * cache or warm, but starting them costs 0.1–0.2 s of CPU the merge then lacks: 256 MiB took
- * 0.61–0.63 s instead of 0.46–0.48, 1 GiB 9–20% longer, 4 GiB the same within noise (4.7–5.1 s
- * either way). So without `workers` a merge copies on the main thread unless the child file holds
- * POOL_MIN_BYTES; `workers` chooses (with more cores and a device that takes more concurrent I/O,
- * more streams may pay off sooner: not measured here).
+ * Main thread or pool. The copies are I/O bound: the pool's threads copy no faster once running and
+ * cost their start-up, so without `workers` a child under POOL_MIN_BYTES copies on the main thread
+ * (measured by bench/merge.mjs; the numbers are in the session notes).
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { abortError, codedError, ErrorCodes, type Finding, VhdError, withCodedErrors } from '../errors.js';
+import { codedError, ErrorCodes, type Finding, VhdError, withCodedErrors } from '../errors.js';
 import type { VhdImage } from '../disk/image.js';
-import { normalizeRanges, totalLength, type Range } from '../disk/ranges.js';
+import { totalLength, type Range } from '../disk/ranges.js';
 import { type EditPlan, footerVirtualSize, giveIdentity, HEAD_BYTES, parentOfHead, planEdit, VhdEditor } from '../disk/editor.js';
 import { uuidV4 } from '../format/uuid.js';
 import { durableTemp } from '../io/durable.js';
 import { FileSink } from '../io/file.js';
 import { chainRoles, checkOutputPath, refuseOverlap, type RolePath } from '../io/paths.js';
-import { BITMAP_FROM_FILE, BITMAP_ONES, BITMAP_ZEROS, type MergeCopyResult, type MergeCopyTask, runMergeCopyInline } from '../pool/merge-task.js';
+import { type MergeCopyResult, type MergeCopyTask, runMergeCopyInline } from '../pool/merge-task.js';
+import { overlay, type Segment } from './merge/overlay.js';
+import { type PlannedTask, TaskPlan, type TargetLayout } from './merge/tasks.js';
 import { orderedWindow } from '../pool/schedule.js';
-import { throwIfAborted, type OperationOptions, type Progress } from './common.js';
+import { throwIfAborted, type OperationOptions } from './common.js';
 import { acquireLock, acquireSharedLock, fsyncDir, hasPendingMerge, journalPath, lockPath, type MergeJournal, readJournal, removeJournal, writeJournal } from './journal.js';
 import { openDisk } from './open.js';
 
@@ -102,60 +99,15 @@ const TASK_MAX_BYTES = 32 * MiB;
 /** ...at least this (two 2 MiB blocks), and otherwise the merge's data over TASKS_PER_WORKER per worker. */
 const TASK_MIN_BYTES = 4 * MiB;
 const TASKS_PER_WORKER = 4;
-/** A fragmented child (a few sectors per run) makes many copies: a task's copy list stays small. */
-const MAX_COPIES_PER_TASK = 16384;
 /** Tasks given to the main thread at once: the next one queued, so its lanes never wait for a task. */
 const INLINE_WINDOW = 2;
 /**
- * Dirty data started on its way to the disk every this many bytes (an fdatasync in the background
- * while the copy goes on). Measured against no sync until the end (6 interleaved warm runs of the
- * 256 MiB bench child): engine median 0.21 s with it, 0.30 s without, 0.26 s with
- * sync_file_range(SYNC_FILE_RANGE_WRITE) instead; from a cold cache no difference beyond noise.
+ * Dirty data started on its way to the disk every this many bytes (an fdatasync while the copy goes
+ * on): the final fsync then finds little left; faster than none from page cache (bench/merge.mjs).
  */
 const SYNC_EVERY = 32 * MiB;
 /** Without `workers`: a child file smaller than this is merged on the main thread (see "Main thread or pool" above). */
 const POOL_MIN_BYTES = 4096 * MiB;
-
-interface Segment {
-  /** Virtual byte range. */
-  start: number;
-  end: number;
-  /** Index into the sources (0 = newest). */
-  source: number;
-}
-
-/** Assigns every sector held by any source to the newest source holding it. */
-async function overlay(sources: VhdImage[], limit: number): Promise<Segment[]> {
-  let covered: Range[] = [];
-  const segments: Segment[] = [];
-  for (let i = 0; i < sources.length; i++) {
-    const own = (await sources[i].ownSectorRanges()).map(([a, b]) => [a, Math.min(b, limit)] as Range).filter(([a, b]) => b > a);
-    for (const [a, b] of subtract(own, covered)) segments.push({ start: a, end: b, source: i });
-    covered = normalizeRanges([...covered, ...own]);
-  }
-  return segments.sort((x, y) => x.start - y.start);
-}
-
-/** Ranges of `a` not in `b` (both sorted, coalesced). */
-function subtract(a: Range[], b: Range[]): Range[] {
-  const out: Range[] = [];
-  let j = 0;
-  for (const [s0, e] of a) {
-    let s = s0;
-    while (j < b.length && b[j][1] <= s) j++;
-    let k = j;
-    while (s < e) {
-      if (k >= b.length || b[k][0] >= e) {
-        out.push([s, e]);
-        break;
-      }
-      if (b[k][0] > s) out.push([s, b[k][0]]);
-      s = Math.max(s, b[k][1]);
-      k++;
-    }
-  }
-  return out;
-}
 
 function resolveReal(p: string): string {
   try {
@@ -298,12 +250,14 @@ function checkSearchFolder(dir: string): void {
  * Shared locks on the disks a merge reads. A folder where no lock can be made (read-only media) is
  * a warning: a merge into those disks meanwhile would not be stopped.
  */
-function readLocks(disks: VhdImage[], warnings: Finding[]): Array<() => void> {
+function readLocks(disks: VhdImage[], deleting: number, warnings: Finding[]): Array<() => void> {
   const releases: Array<() => void> = [];
   try {
-    for (const d of disks) {
+    for (const [i, d] of disks.entries()) {
       try {
-        releases.push(acquireSharedLock(d.id, 'merge (reading)'));
+        // The disks it deletes afterwards (--delete-child) are locked exclusively: not while another
+        // process (an upload) reads them.
+        releases.push(i < deleting ? acquireLock(d.id, 'merge (deleting it when done)') : acquireSharedLock(d.id, 'merge (reading)'));
       } catch (e) {
         const code = (e as NodeJS.ErrnoException).code;
         if (code !== 'EACCES' && code !== 'EROFS' && code !== 'EPERM') throw e;
@@ -351,12 +305,23 @@ async function mergeChild(childPath: string, options: MergeOptions): Promise<Mer
     const pending = hasPendingMerge(target.id);
     for (const d of chain) {
       if (pending && d === target) continue;
+      // A merge running or interrupted on a disk of the chain explains the rest of what it shows.
+      const state = d.findings.find((x) => x.code === ErrorCodes.LOCKED || x.code === ErrorCodes.MERGE_PENDING);
+      if (state) throw new VhdError(state.code, `cannot merge: ${state.message}`, { file: childPath });
       const f = d.findings.find((x) => x.severity === 'error');
       if (f) throw new VhdError(ErrorCodes.TARGET_DAMAGED, `cannot merge: ${f.message}`, { file: childPath });
     }
+    // A pending merge into the target is what this run completes: what opening it showed is not news.
+    if (pending) {
+      const own = new Set([target.id, target.name]);
+      for (let i = warnings.length - 1; i >= 0; i--) if (warnings[i].file !== undefined && own.has(warnings[i].file!)) warnings.splice(i, 1);
+    }
+    // Before anything is written (the copy too): no other disk may read through what this changes.
+    const resuming = options.intoCopy === undefined ? pending : fs.existsSync(journalPath(copyWorkPath(options.intoCopy)));
+    if (!options.force && !resuming) refuseDependents(chain, depth, options.intoCopy !== undefined, !!options.deleteChild, options.search ?? [], target.id);
     // What the merge reads holds a shared lock while it runs: no other merge writes into it meanwhile
     // (a merge into the child of this one, in another process or the same batch, is LOCKED).
-    releases.push(...readLocks(options.intoCopy === undefined ? chain.slice(0, depth) : chain.slice(0, depth + 1), warnings));
+    releases.push(...readLocks(options.intoCopy === undefined ? chain.slice(0, depth) : chain.slice(0, depth + 1), options.deleteChild ? depth : 0, warnings));
     if (options.intoCopy === undefined) return await mergeInto(child, childPath, target.id, depth, options, await copier, warnings, started, false);
     // Into a copy. The copy is made and merged under a fixed temporary name beside the final one,
     // which it takes only once the merge is complete. The original is never written, so a run
@@ -366,6 +331,15 @@ async function mergeChild(childPath: string, options: MergeOptions): Promise<Mer
     // The copy's UUID is derived from the target, the child and the final path: a run killed after
     // the final rename (the copy complete) is recognised by it when run again, and reports success.
     const copyUuid = uuidV4(createHash('sha256').update(`vhdkit merge copy\n${target.uuid}\n${child.uuid}\n${final}`).digest().subarray(0, 16));
+    // Everything from here to the final rename holds the work file's lock: two runs into one copy
+    // never interleave (the second is LOCKED).
+    try {
+      releases.push(acquireLock(work, 'merge'));
+    } catch (e) {
+      const c = codedError(e);
+      if (!(c instanceof VhdError) || c.code !== ErrorCodes.IO) throw c;
+      throw new VhdError(ErrorCodes.IO, `cannot make the copy's lock: ${c.message}`, { file: options.intoCopy, cause: c.cause ?? e });
+    }
     if (fs.existsSync(final)) {
       if (!fs.existsSync(work) && (await isFinishedCopy(final, copyUuid))) {
         return { child: childPath, target: final, sources: [], resumed: true, sectorsMerged: 0, blocksAllocated: 0, blocksUpdated: 0, bytesWritten: 0, deleted: [], invalidated: [], workers: 0, seconds: (performance.now() - started) / 1000, warnings };
@@ -438,7 +412,7 @@ async function mergeInto(
   started: number,
   intoCopy: boolean,
 ): Promise<MergeResult> {
-  const release = acquireLock(targetFile, 'merge');
+  const release = intoCopy ? () => {} : acquireLock(targetFile, 'merge');
   try {
     const chain = child.chain;
     const sources = chain.slice(0, depth);
@@ -461,18 +435,7 @@ async function mergeInto(
         }
       } else {
         if (options.resume) throw new VhdError(ErrorCodes.USAGE, 'no merge is pending on this disk: nothing to resume', { file: targetFile });
-        if (!intoCopy && !options.force) {
-          const exclude = new Set(chain.map((d) => d.id));
-          const dirs = [path.dirname(targetFile), ...(options.search ?? [])];
-          const siblings = findSiblings(target.footer.uniqueId, dirs, exclude);
-          if (siblings.length > 0) {
-            throw new VhdError(
-              ErrorCodes.SIBLINGS,
-              `other children depend on this disk and would be broken by a merge: ${siblings.join(', ')} (use --into-copy PATH to merge into a copy, or --force)`,
-              { file: targetFile },
-            );
-          }
-        }
+        if (!intoCopy) await refuseChanged(target);
         const made = await plan(target, sources, targetFile, !!options.deleteChild);
         journal = made.journal;
         planned = made.segments;
@@ -508,6 +471,42 @@ async function mergeInto(
     }
   } finally {
     release();
+  }
+}
+
+/**
+ * Other disks that read through what the merge changes or deletes are broken by it: children of the
+ * target and of every disk between it and the child (a merge changes what they read), and with
+ * --delete-child children of the disks it deletes. SIBLINGS naming them (unless --force).
+ */
+function refuseDependents(chain: VhdImage[], depth: number, intoCopy: boolean, deleteChild: boolean, search: string[], targetFile: string): void {
+  const exclude = new Set(chain.map((d) => d.id));
+  const childrenOf = (d: VhdImage) => findSiblings(d.footer.uniqueId, [path.dirname(d.id), ...search], exclude);
+  const changed = intoCopy ? [] : chain.slice(1, depth + 1).flatMap(childrenOf);
+  const orphaned = deleteChild ? chain.slice(0, depth).flatMap(childrenOf) : [];
+  const parts = [
+    ...(changed.length > 0 ? [`other children read through this disk and would be broken by the merge: ${[...new Set(changed)].join(', ')} (use --into-copy PATH to merge into a copy)`] : []),
+    ...(orphaned.length > 0 ? [`--delete-child would delete the parent of ${[...new Set(orphaned)].join(', ')}`] : []),
+  ];
+  if (parts.length > 0) throw new VhdError(ErrorCodes.SIBLINGS, `${parts.join('; ')} (or --force)`, { file: targetFile });
+}
+
+/**
+ * The target as read when the chain was opened must be the target now that the merge holds its lock:
+ * a merge into it that ended in between (its lock released, its journal removed) changed it, and a
+ * plan from the old view would write over that merge's blocks. LOCKED: run the merge again.
+ */
+async function refuseChanged(target: VhdImage): Promise<void> {
+  const now = await openDisk(target.id, { resolveParents: false });
+  try {
+    const same =
+      now.dataEnd === target.dataEnd &&
+      now.footerOffset === target.footerOffset &&
+      now.virtualSize === target.virtualSize &&
+      (target.bat === undefined || (now.bat !== undefined && Buffer.compare(Buffer.from(now.bat.buffer, now.bat.byteOffset, now.bat.byteLength), Buffer.from(target.bat.buffer, target.bat.byteOffset, target.bat.byteLength)) === 0));
+    if (!same) throw new VhdError(ErrorCodes.LOCKED, 'it changed while this merge was opening it (another merge into it ended meanwhile); run the merge again', { file: target.id });
+  } finally {
+    await now.close();
   }
 }
 
@@ -720,269 +719,4 @@ async function copyAll(sink: FileSink, copier: Copier, tasks: Iterable<PlannedTa
   await background;
 }
 
-interface PlannedTask {
-  task: MergeCopyTask;
-  /** Data bytes it copies. */
-  bytes: number;
-}
-
-/** Where the blocks of a dynamic or differencing target are. */
-interface TargetLayout {
-  blockSize: number;
-  bitmapSize: number;
-  dynamic: boolean;
-  /** New blocks: block index → sector of its bitmap (from the journal). */
-  newAt: Map<number, number>;
-  /** The target's BAT before the merge (existing blocks). */
-  bat: Uint32Array;
-}
-
-/**
- * Cuts the merge into task descriptors, lazily (one task's lists exist at a time on this side):
- * copies from source file offsets (each source's own BAT) to the target file offsets the journal
- * fixed, grouped by target block, about `taskBytes` of data per task.
- */
-class TaskPlan {
-  private copies: number[] = [];
-  private blockList: number[] = [];
-  private init: number[] = [];
-  private bytes = 0;
-  private readonly sourcePaths: string[];
-  private readonly sourceSizes: number[];
-
-  constructor(
-    private readonly targetFile: string,
-    private readonly sources: VhdImage[],
-    private readonly taskBytes: number,
-  ) {
-    this.sourcePaths = sources.map((s) => s.id);
-    this.sourceSizes = sources.map((s) => s.source.size);
-  }
-
-  /** A fixed target: every copy lands at its virtual offset. */
-  *fixed(segments: Segment[]): Generator<PlannedTask> {
-    for (const seg of segments) {
-      for (const [from, at, length] of sourcePieces(this.sources[seg.source], seg.start, seg.end)) {
-        this.copies.push(seg.source, from, at, length);
-        this.bytes += length;
-        if (this.full()) yield this.take(0);
-      }
-    }
-    if (this.bytes > 0) yield this.take(0);
-  }
-
-  /** A dynamic or differencing target: whole blocks per task, each with its bitmap update. */
-  *blocks(blocks: number[], byBlock: Map<number, Segment[]>, t: TargetLayout): Generator<PlannedTask> {
-    for (const b of blocks) {
-      const fresh = t.newAt.get(b);
-      const blockStart = (fresh ?? t.bat[b]) * 512;
-      const data = blockStart + t.bitmapSize - b * t.blockSize; // file offset of virtual offset 0, in this block
-      const first = this.copies.length / 4;
-      for (const p of byBlock.get(b)!) {
-        for (const [from, at, length] of sourcePieces(this.sources[p.source], p.start, p.end)) {
-          this.copies.push(p.source, from, data + at, length);
-          this.bytes += length;
-        }
-      }
-      this.blockList.push(blockStart, first, this.copies.length / 4);
-      this.init.push(fresh === undefined ? BITMAP_FROM_FILE : t.dynamic ? BITMAP_ONES : BITMAP_ZEROS);
-      if (this.full()) yield this.take(t.bitmapSize);
-    }
-    if (this.bytes > 0 || this.blockList.length > 0) yield this.take(t.bitmapSize);
-  }
-
-  private full(): boolean {
-    return this.bytes >= this.taskBytes || this.copies.length >= MAX_COPIES_PER_TASK * 4;
-  }
-
-  private take(bitmapSize: number): PlannedTask {
-    const task: MergeCopyTask = {
-      target: this.targetFile,
-      sources: this.sourcePaths,
-      sourceSizes: this.sourceSizes,
-      bitmapSize,
-      copies: Float64Array.from(this.copies),
-      blocks: Float64Array.from(this.blockList),
-      bitmapInit: Uint8Array.from(this.init),
-    };
-    const planned = { task, bytes: this.bytes };
-    this.copies = [];
-    this.blockList = [];
-    this.init = [];
-    this.bytes = 0;
-    return planned;
-  }
-}
-
-/**
- * A virtual range a source holds itself, as [file offset, virtual offset, length] pieces, one per
- * block of that source it crosses (its blocks need not be in file order).
- */
-function* sourcePieces(source: VhdImage, start: number, end: number): Generator<[number, number, number]> {
-  const bs = source.blockSize;
-  for (let p = start; p < end; ) {
-    const b = Math.floor(p / bs);
-    const e = Math.min(end, (b + 1) * bs);
-    const data = source.blockDataOffset(b);
-    if (data === undefined) {
-      throw new VhdError(ErrorCodes.RANGE, `sectors at ${p} were planned from block ${b}, which this disk does not hold`, { file: source.id });
-    }
-    yield [data + (p - b * bs), p, e - p];
-    p = e;
-  }
-}
-
-// -------------------------------------------------------------------------------------------------
-// Batches
-
-export interface MergeBatchOptions extends Omit<MergeOptions, 'to' | 'intoCopy' | 'onProgress'> {
-  /** Merges that run at once (default 2). They share the process's one pool. */
-  concurrency?: number;
-  /** Progress in merges: `done` counts the merges ended and the running ones' share done, `total` the children. */
-  onProgress?: (p: Progress) => void;
-  /** Called as each child's merge ends, in the order they end (an error it throws is thrown at the end). */
-  onResult?: (item: MergeBatchItem) => void;
-}
-
-export interface MergeBatchItem {
-  child: string;
-  ok: boolean;
-  result?: MergeResult;
-  /** Why it failed (a VhdError with its code, file and offset where it is one). */
-  error?: unknown;
-  /** When its merge began and ended, in seconds from the batch's start. */
-  start: number;
-  end: number;
-}
-
-export interface MergeBatchResult {
-  ok: boolean;
-  merged: number;
-  failed: number;
-  sectorsMerged: number;
-  blocksAllocated: number;
-  bytesWritten: number;
-  seconds: number;
-  /** One per child, in the order they ended; children not started because of an abort fail with ABORTED. */
-  results: MergeBatchItem[];
-}
-
-/** The batch's concurrency (default 2); USAGE unless a whole number ≥ 1. */
-export function checkConcurrency(concurrency: number | undefined): number {
-  const n = concurrency ?? 2;
-  if (!Number.isInteger(n) || n < 1) throw new VhdError(ErrorCodes.USAGE, `--concurrency must be a whole number ≥ 1, got ${concurrency}`);
-  return n;
-}
-
-/**
- * Merges several children, each into its own parent, at most `concurrency` at a time; a failed one
- * does not stop the others. After an abort no new merge starts (those running stop as `merge` does)
- * and the children left are reported as failed with ABORTED. Never throws for one child's failure:
- * the result says which failed and why.
- */
-/**
- * A batch must not merge into a disk that another of its merges merges away: run side by side, one
- * would copy a child the other is still filling (or deleting). Refused before any merge starts,
- * naming both; the same child twice too. Children that cannot be opened are left to their merge.
- */
-async function refuseChainedBatch(children: string[], options: MergeBatchOptions): Promise<void> {
-  const asChild = new Map<string, string>();
-  const asTarget = new Map<string, string>();
-  for (const c of children) {
-    let chain: string[];
-    try {
-      const d = await openDisk(c, { allowedDirs: options.allowedDirs, tolerateBrokenChain: true });
-      chain = d.chain.map((x) => x.id);
-      await d.close();
-    } catch {
-      continue;
-    }
-    if (asChild.has(chain[0])) throw new VhdError(ErrorCodes.USAGE, `the batch lists this child twice (${asChild.get(chain[0])} and ${c})`, { file: c });
-    asChild.set(chain[0], c);
-    if (chain[1] !== undefined) asTarget.set(chain[1], c);
-  }
-  for (const [file, by] of asTarget) {
-    const merged = asChild.get(file);
-    if (merged !== undefined) {
-      throw new VhdError(
-        ErrorCodes.USAGE,
-        `this batch merges ${merged} into its parent and also merges ${by} into ${merged}: run side by side, one would lose the other's data; merge ${by} first, in a run of its own (or use --to on it)`,
-        { file: by },
-      );
-    }
-  }
-}
-
-export async function mergeBatch(children: string[], options: MergeBatchOptions = {}): Promise<MergeBatchResult> {
-  const concurrency = checkConcurrency(options.concurrency);
-  await withCodedErrors(() => refuseChainedBatch(children, options));
-  const { onResult, onProgress, concurrency: _concurrency, ...mergeOptions } = options;
-  const t0 = performance.now();
-  const clock = () => Math.round(performance.now() - t0) / 1000;
-  const results: MergeBatchItem[] = [];
-  // Progress in merges: those ended count whole, those running by their share done.
-  const running = new Map<number, Progress>();
-  let ended = 0;
-  const report = () => {
-    if (!onProgress) return;
-    let share = 0;
-    for (const p of running.values()) share += p.total > 0 ? Math.min(1, p.done / p.total) : 0;
-    try {
-      onProgress({ done: ended + share, total: children.length });
-    } catch (error) {
-      callbackError ??= { error };
-    }
-  };
-  // A callback that throws neither stops the batch nor records a child twice: the first such
-  // error is thrown once every merge has settled.
-  let callbackError: { error: unknown } | undefined;
-  const finish = (item: MergeBatchItem) => {
-    results.push(item);
-    try {
-      onResult?.(item);
-    } catch (error) {
-      callbackError ??= { error };
-    }
-  };
-  let next = 0;
-  const lane = async () => {
-    while (next < children.length && !options.signal?.aborted) {
-      const index = next++;
-      const child = children[index];
-      const start = clock();
-      let item: MergeBatchItem;
-      try {
-        const onChildProgress = (p: Progress) => {
-          running.set(index, p);
-          report();
-        };
-        const result = await merge(child, { ...mergeOptions, onProgress: onChildProgress });
-        item = { child, ok: true, result, start, end: clock() };
-      } catch (error) {
-        item = { child, ok: false, error, start, end: clock() };
-      }
-      running.delete(index);
-      ended++;
-      finish(item);
-      report();
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(concurrency, children.length) }, lane));
-  for (; next < children.length; next++) {
-    const error = abortError(options.signal, 'not started: the batch was interrupted', { file: children[next] });
-    finish({ child: children[next], ok: false, error, start: clock(), end: clock() });
-  }
-  if (callbackError) throw callbackError.error;
-  const ok = results.filter((r) => r.ok);
-  const sum = (k: 'sectorsMerged' | 'blocksAllocated' | 'bytesWritten') => ok.reduce((n, r) => n + r.result![k], 0);
-  return {
-    ok: ok.length === results.length,
-    merged: ok.length,
-    failed: results.length - ok.length,
-    sectorsMerged: sum('sectorsMerged'),
-    blocksAllocated: sum('blocksAllocated'),
-    bytesWritten: sum('bytesWritten'),
-    seconds: clock(),
-    results,
-  };
-}
+export { checkConcurrency, mergeBatch, type MergeBatchItem, type MergeBatchOptions, type MergeBatchResult } from './merge/batch.js';

@@ -1,7 +1,8 @@
 /** Opening disks from files: the bridge from paths to the disk layer. */
 import fs from 'node:fs';
 import path from 'node:path';
-import { ErrorCodes, findingFrom, VhdError } from '../errors.js';
+import { ErrorCodes, VhdError } from '../errors.js';
+import { noteFinding } from '../disk/policy.js';
 import { hasPendingMerge, journalPath, liveLockHolder, lockPath } from './journal.js';
 import { CHAIN_ERRORS, VhdImage } from '../disk/image.js';
 import { type FileOpenOptions, openFileAs, openVhdFile, type SourceFormat } from '../disk/files.js';
@@ -31,14 +32,12 @@ export async function openDisk(file: string, options: OpenDiskOptions = {}): Pro
   }
   for (const d of image.chain) {
     if (!hasPendingMerge(d.name)) continue;
-    const e = mergeState(d.name);
-    if (options.strict) {
+    try {
+      noteFinding(mergeState(d.name), options, d.findings);
+    } catch (e) {
       await image.close();
       throw e;
     }
-    const f = findingFrom(e, 'error');
-    d.findings.push(f);
-    options.onFinding?.(f);
   }
   return image;
 }

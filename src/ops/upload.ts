@@ -22,6 +22,7 @@
  *      manifest sidecar, then metadata "complete". A blob without that last step is never taken
  *      for a complete one (not as a base, not by `generations`).
  */
+import { heldSectors } from '../disk/chain.js';
 import { createHash, randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -263,21 +264,8 @@ async function* chunkPlan(next: ChunkSource, base: ChunkSource, baseBlobSize: nu
 }
 
 /** The plan of a differencing child: its own sectors, in pieces of at most 4 MiB on 4 MiB boundaries. */
-/**
- * Sector ranges of a window of the virtual disk at a time: a multiple of every block size and of
- * MAX_PAGE_WRITE, so cutting there changes no page write. Memory follows one window's runs.
- */
-export const SECTOR_WINDOW = 1024 * 1024 * 1024;
-
-/** The union of the sectors `levels` hold, in order, clipped to `size`, computed a window at a time. */
-export async function* chainSectorRanges(levels: VhdImage[], size: number, window = SECTOR_WINDOW): AsyncGenerator<Range> {
-  for (let w = 0; w < size; w += window) {
-    const end = Math.min(size, w + window);
-    const parts: Range[] = [];
-    for (const d of levels) for (const r of await d.ownSectorRanges(w, end)) parts.push(r);
-    yield* normalizeRanges(parts);
-  }
-}
+/** The union of the sectors `levels` hold, clipped to `size`, a window at a time (disk/chain). */
+export const chainSectorRanges = heldSectors;
 
 async function* sectorPlan(ranges: AsyncIterable<Range>, from: number): AsyncGenerator<Op> {
   for await (const [a, b] of ranges) {

@@ -1,0 +1,23 @@
+/** Which source of a merge each sector comes from: the newest that holds it. */
+import type { VhdImage } from '../../disk/image.js';
+import { normalizeRanges, subtractRanges, type Range } from '../../disk/ranges.js';
+
+export interface Segment {
+  /** Virtual byte range. */
+  start: number;
+  end: number;
+  /** Index into the sources (0 = newest). */
+  source: number;
+}
+
+/** Assigns every sector held by any source to the newest source holding it. */
+export async function overlay(sources: VhdImage[], limit: number): Promise<Segment[]> {
+  let covered: Range[] = [];
+  const segments: Segment[] = [];
+  for (let i = 0; i < sources.length; i++) {
+    const own = (await sources[i].ownSectorRanges()).map(([a, b]) => [a, Math.min(b, limit)] as Range).filter(([a, b]) => b > a);
+    for (const [a, b] of subtractRanges(own, covered)) segments.push({ start: a, end: b, source: i });
+    covered = normalizeRanges([...covered, ...own]);
+  }
+  return segments.sort((x, y) => x.start - y.start);
+}
