@@ -330,6 +330,77 @@ describe('outputs and inputs', () => {
   });
 });
 
+/** Sets the current size in both footers of a dynamic or differencing VHD (checksums fixed up). */
+function setCurrentSize(file: string, size: number): void {
+  const b = fs.readFileSync(file);
+  for (const at of [0, b.length - 512]) {
+    b.writeBigUInt64BE(BigInt(size), at + 48);
+    b.writeUInt32BE(0, at + 64);
+    let sum = 0;
+    for (let i = at; i < at + 512; i++) sum += b[i];
+    b.writeUInt32BE(~sum >>> 0, at + 64);
+  }
+  fs.writeFileSync(file, b);
+}
+
+describe('a merge that grows its target reads as the chain did past the old size', () => {
+  /** T: `size` of 0xAB; C: a child of T of the same size with 4 KiB of 0x11 at 0; then T cut to `cut`. */
+  async function grown(name: string, size: number, cut: number): Promise<string> {
+    const dir = path.join(top, name);
+    fs.mkdirSync(dir);
+    fs.writeFileSync(path.join(dir, 't.raw'), Buffer.alloc(size, 0xab));
+    const c = Buffer.alloc(size, 0xab);
+    c.fill(0x11, 0, 4096);
+    fs.writeFileSync(path.join(dir, 'c.raw'), c);
+    for (const args of [
+      ['convert', 't.raw', 'T.vhd', '--to', 'dynamic'],
+      ['diff', 'T.vhd', 'c.raw', '--out', 'C.vhd'],
+    ]) {
+      const r = await vhdkit(args, dir);
+      expect(r.code, show(r)).toBe(0);
+    }
+    setCurrentSize(path.join(dir, 'T.vhd'), cut);
+    return dir;
+  }
+
+  for (const [what, size, cut] of [
+    ['the rest of the block holding the old end (PARENT_SIZE_MISMATCH)', 4 * MiB, 3 * MiB],
+    ['stale blocks past the old size (BLOCK_PAST_SIZE)', 8 * MiB, 4 * MiB],
+  ] as const) {
+    it(`${what}: zeros there after the merge, as the child read them`, async () => {
+      const dir = await grown(what.startsWith('the rest') ? 'grow-partial' : 'grow-stale', size, cut);
+      const before = JSON.parse((await vhdkit(['hash', 'C.vhd', '--json'], dir)).stdout);
+      expect(before.virtualSize).toBe(size);
+      const r = await vhdkit(['merge', 'C.vhd'], dir);
+      expect(r.code, show(r)).toBe(0);
+      const after = JSON.parse((await vhdkit(['hash', 'T.vhd', '--json'], dir)).stdout);
+      expect(after.virtualSize).toBe(size);
+      expect(after.digest, 'T after the merge reads as C did').toBe(before.digest);
+      const strict = await vhdkit(['check', 'T.vhd', '--strict'], dir);
+      expect(strict.code, show(strict)).toBe(0);
+    });
+  }
+
+  it('a differencing target whose own parent is larger than it would show that parent through: refused (USAGE), nothing written', async () => {
+    const dir = path.join(top, 'grow-diff');
+    fs.mkdirSync(dir);
+    fs.writeFileSync(path.join(dir, 'b.raw'), Buffer.alloc(8 * MiB, 0xab));
+    for (const args of [
+      ['convert', 'b.raw', 'B.vhd', '--to', 'dynamic'],
+      ['create', 'T.vhd', '--parent', 'B.vhd'],
+      ['create', 'C.vhd', '--parent', 'T.vhd'],
+    ]) {
+      const r = await vhdkit(args, dir);
+      expect(r.code, show(r)).toBe(0);
+    }
+    setCurrentSize(path.join(dir, 'T.vhd'), 4 * MiB);
+    const before = snapshot(dir);
+    const r = await vhdkit(['merge', 'C.vhd', '--force'], dir);
+    expect(expectRefused(r, 2, 'USAGE')).toContain('would then show through');
+    expect(snapshot(dir)).toEqual(before);
+  });
+});
+
 describe('sizes', () => {
   it('BLOCK_PAST_SIZE: a block allocated past the current size is a warning naming its BAT entry; --strict refuses', async () => {
     const dir = path.join(top, 'past-size');

@@ -47,6 +47,13 @@ export interface EditPlan {
   original?: { header: Uint8Array; headerOffset: number; footerCopy: Uint8Array };
   /** When the BAT must grow: it moves to the end of the data, and this new header points at it. */
   grownBat?: { header: Uint8Array; offset: number; entries: number };
+  /**
+   * A disk that grows must read as zeros past its old size wherever the edit writes nothing: bytes of
+   * the block holding the old end past it (file offset, length) are zeroed...
+   */
+  zero?: [offset: number, length: number];
+  /** ...and allocated BAT entries past the old size (stale blocks) are cleared, where the BAT stays. */
+  clearBlocks?: number[];
 }
 
 /**
@@ -54,7 +61,7 @@ export interface EditPlan {
  * appended) into `target`, whose virtual size becomes `newSize` when that is larger. A fixed disk
  * cannot grow (USAGE).
  */
-export async function planEdit(target: VhdImage, blocks: number[], newSize: number): Promise<EditPlan> {
+export async function planEdit(target: VhdImage, blocks: number[], newSize: number, parentSize?: number): Promise<EditPlan> {
   const size = Math.max(target.virtualSize, newSize);
   const footerCopy = size !== target.virtualSize;
   // A grown disk gets the geometry of its new size (readers keyed on CHS, like qemu, see it).
@@ -68,6 +75,14 @@ export async function planEdit(target: VhdImage, blocks: number[], newSize: numb
     return { oldEnd: target.dataEnd, newEnd: target.dataEnd + FOOTER_SIZE, newBlocks: [], footer, footerCopy };
   }
   const bat = target.bat!;
+  const old = target.virtualSize;
+  if (size > old && target.type === 'differencing' && parentSize !== undefined && parentSize > old) {
+    throw new VhdError(
+      ErrorCodes.USAGE,
+      `the child (${size} bytes) is larger than this differencing target (${old} bytes), whose own parent (${parentSize} bytes) would then show through past ${old}; merge the chain into its base with --to`,
+      { file: target.name },
+    );
+  }
   let end = target.dataEnd;
   const newBlocks: number[] = [];
   for (const b of blocks) {
@@ -88,7 +103,26 @@ export async function planEdit(target: VhdImage, blocks: number[], newSize: numb
     end = offset + batByteSize(needed);
   }
   plan.newEnd = end + FOOTER_SIZE;
+  if (size > old) await planZeros(target, plan, old, size, new Set(blocks));
   return plan;
+}
+
+/** What makes a grown disk read as zeros past its old size: the rest of the block holding the old end, and stale blocks. */
+async function planZeros(target: VhdImage, plan: EditPlan, old: number, size: number, touched: Set<number>): Promise<void> {
+  const bs = target.blockSize;
+  const b = Math.floor(old / bs);
+  const data = old % bs !== 0 ? target.blockDataOffset(b) : undefined;
+  if (data !== undefined) plan.zero = [data + (old % bs), Math.min(bs, size - b * bs) - (old % bs)];
+  if (plan.grownBat) return; // a new table starts with every entry past the old ones unused
+  const from = Math.ceil(old / bs);
+  const to = Math.min(Math.ceil(size / bs), target.header!.maxTableEntries);
+  if (to <= from) return;
+  const bytes = new Uint8Array((to - from) * 4);
+  await target.source.read(bytes, Number(target.header!.tableOffset) + from * 4);
+  const view = new DataView(bytes.buffer);
+  const clear: number[] = [];
+  for (let i = from; i < to; i++) if (view.getUint32((i - from) * 4) !== BAT_UNUSED && !touched.has(i)) clear.push(i);
+  if (clear.length > 0) plan.clearBlocks = clear;
 }
 
 /** The virtual size a footer (512 bytes, as a plan or journal holds it) gives. */
@@ -154,6 +188,14 @@ export class VhdEditor {
     await this.sink.truncate(this.plan.newEnd);
   }
 
+  /** Zeros past the old size in the block holding it (a grown disk), before the edit's own data. */
+  async zeroStale(): Promise<void> {
+    const z = this.plan.zero;
+    if (!z) return;
+    const zeros = new Uint8Array(Math.min(z[1], 1024 * 1024));
+    for (let done = 0; done < z[1]; done += zeros.length) await this.sink.write(zeros.subarray(0, Math.min(zeros.length, z[1] - done)), z[0] + done);
+  }
+
   /** Makes everything written so far durable (data before the metadata that points at it). */
   syncData(): Promise<void> {
     return this.sink.sync();
@@ -173,7 +215,9 @@ export class VhdEditor {
       await this.sink.write(encodeBat(table), grown.offset);
       await this.sink.write(grown.header, this.plan.original!.headerOffset);
     } else if (!fixed) {
-      await this.writeBatEntries(this.newBlocks());
+      const entries = this.newBlocks();
+      for (const b of this.plan.clearBlocks ?? []) entries.set(b, BAT_UNUSED);
+      await this.writeBatEntries(entries);
     }
     await this.sink.write(this.plan.footer, this.plan.newEnd - FOOTER_SIZE);
     if (this.plan.footerCopy && !fixed) await this.sink.write(this.plan.footer, 0);

@@ -67,6 +67,9 @@ export interface MergeJournal {
   headerOffset?: number;
   batOffset?: number;
   batEntries?: number;
+  /** A grown target: bytes zeroed past its old size (file offset, length), stale BAT entries cleared. */
+  zero?: [number, number];
+  clearBlocks?: number[];
   deleteChild: boolean;
   started: string;
 }

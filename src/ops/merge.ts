@@ -436,7 +436,7 @@ async function mergeInto(
       } else {
         if (options.resume) throw new VhdError(ErrorCodes.USAGE, 'no merge is pending on this disk: nothing to resume', { file: targetFile });
         if (!intoCopy) await refuseChanged(target);
-        const made = await plan(target, sources, targetFile, !!options.deleteChild);
+        const made = await plan(target, sources, targetFile, !!options.deleteChild, chain[depth + 1]?.virtualSize);
         journal = made.journal;
         planned = made.segments;
         // A target that cannot be written (read-only, no permission) is refused before a journal
@@ -550,7 +550,7 @@ function unb64(text: string): Uint8Array {
 
 /** Computes the journal: where new blocks go, the final footer, a moved BAT if it must grow. */
 /** The plan of an edit as the journal saves it (base64 for bytes; the fields of journal version 1). */
-function journalFields(p: EditPlan): Pick<MergeJournal, 'oldEnd' | 'newEnd' | 'newBlocks' | 'footer' | 'footerCopy' | 'originalHeader' | 'originalFooterCopy' | 'headerOffset' | 'header' | 'batOffset' | 'batEntries'> {
+function journalFields(p: EditPlan): Pick<MergeJournal, 'oldEnd' | 'newEnd' | 'newBlocks' | 'footer' | 'footerCopy' | 'originalHeader' | 'originalFooterCopy' | 'headerOffset' | 'header' | 'batOffset' | 'batEntries' | 'zero' | 'clearBlocks'> {
   return {
     oldEnd: p.oldEnd,
     newEnd: p.newEnd,
@@ -559,6 +559,8 @@ function journalFields(p: EditPlan): Pick<MergeJournal, 'oldEnd' | 'newEnd' | 'n
     footerCopy: p.footerCopy,
     ...(p.original ? { originalHeader: b64(p.original.header), originalFooterCopy: b64(p.original.footerCopy), headerOffset: p.original.headerOffset } : {}),
     ...(p.grownBat ? { header: b64(p.grownBat.header), batOffset: p.grownBat.offset, batEntries: p.grownBat.entries } : {}),
+    ...(p.zero ? { zero: p.zero } : {}),
+    ...(p.clearBlocks ? { clearBlocks: p.clearBlocks } : {}),
   };
 }
 
@@ -572,6 +574,8 @@ function planOf(j: MergeJournal): EditPlan {
     footerCopy: j.footerCopy,
     original: j.originalHeader && j.originalFooterCopy && j.headerOffset !== undefined ? { header: unb64(j.originalHeader), headerOffset: j.headerOffset, footerCopy: unb64(j.originalFooterCopy) } : undefined,
     grownBat: j.header !== undefined ? { header: unb64(j.header), offset: j.batOffset!, entries: j.batEntries! } : undefined,
+    zero: j.zero,
+    clearBlocks: j.clearBlocks,
   };
 }
 
@@ -584,6 +588,7 @@ async function plan(
   sources: VhdImage[],
   targetFile: string,
   deleteChild: boolean,
+  parentSize: number | undefined,
 ): Promise<{ journal: MergeJournal; segments?: Segment[] }> {
   const newSize = Math.max(target.virtualSize, sources[0].virtualSize);
   const base = {
@@ -600,7 +605,7 @@ async function plan(
   const segments = await overlay(sources, newSize);
   const touched = new Set<number>();
   for (const seg of segments) for (let b = Math.floor(seg.start / bs); b * bs < seg.end; b++) touched.add(b);
-  const edit = await planEdit(target, [...touched].sort((x, y) => x - y), newSize);
+  const edit = await planEdit(target, [...touched].sort((x, y) => x - y), newSize, parentSize);
   return { journal: { ...base, ...journalFields(edit) }, segments };
 }
 
@@ -649,6 +654,7 @@ async function execute(
       // Step 2: new blocks start as zeros (the old trailing footer is cut away), then every block's
       // sectors and bitmap, by the tasks (their writes land only in data areas and bitmaps).
       await editor.cut();
+      await editor.zeroStale();
       const byBlock = new Map<number, Segment[]>();
       for (const seg of segments) {
         for (let b = Math.floor(seg.start / bs); b * bs < seg.end; b++) {

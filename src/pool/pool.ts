@@ -84,6 +84,14 @@ class PiscinaRunner implements TaskRunner {
           idleTimeout: 2000,
           // Tasks are few and large: the queue stays short; tasks wait in the caller's bounded window.
           concurrentTasksPerWorker: 1,
+        }).on('error', (err: Error) => {
+          // A task aborted while its worker still ran it: the worker's late result reaches piscina,
+          // which no longer knows the task and emits this (an abort is already reported to the
+          // caller). Anything else piscina emits here is a fault of the pool: let it surface.
+          if (/^Unexpected message from Worker/.test(err?.message ?? '')) return;
+          queueMicrotask(() => {
+            throw err;
+          });
         }),
     );
     this.ready.catch(() => {}); // reported by the first task
