@@ -381,6 +381,31 @@ describe('a merge that grows its target reads as the chain did past the old size
     });
   }
 
+  it('--to over a disk smaller than the target: the chain read zeros past that disk, and so does the merged target', async () => {
+    const dir = path.join(top, 'mask');
+    fs.mkdirSync(dir);
+    const t = Buffer.alloc(4 * MiB, 0xab);
+    fs.writeFileSync(path.join(dir, 't.raw'), t);
+    t.fill(0x11, 0, 4096);
+    fs.writeFileSync(path.join(dir, 'a.raw'), t);
+    t.fill(0x22, 3 * MiB + 8192, 3 * MiB + 12288);
+    fs.writeFileSync(path.join(dir, 'b.raw'), t);
+    for (const args of [
+      ['convert', 't.raw', 'T.vhd', '--to', 'dynamic', '--block-size', '512K'],
+      ['diff', 'T.vhd', 'a.raw', '--out', 'A.vhd'],
+      ['diff', 'A.vhd', 'b.raw', '--out', 'B.vhd'],
+    ]) {
+      const r = await vhdkit(args, dir);
+      expect(r.code, show(r)).toBe(0);
+    }
+    setCurrentSize(path.join(dir, 'A.vhd'), MiB + 512);
+    const before = JSON.parse((await vhdkit(['hash', 'B.vhd', '--json'], dir)).stdout).digest;
+    const r = await vhdkit(['merge', 'B.vhd', '--to', 'T.vhd'], dir);
+    expect(r.code, show(r)).toBe(0);
+    expect(JSON.parse((await vhdkit(['hash', 'T.vhd', '--json'], dir)).stdout).digest, 'T reads as B did').toBe(before);
+    expect((await vhdkit(['check', 'T.vhd', '--strict'], dir)).code).toBe(0);
+  });
+
   it('a differencing target whose own parent is larger than it would show that parent through: refused (USAGE), nothing written', async () => {
     const dir = path.join(top, 'grow-diff');
     fs.mkdirSync(dir);

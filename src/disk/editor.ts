@@ -48,10 +48,11 @@ export interface EditPlan {
   /** When the BAT must grow: it moves to the end of the data, and this new header points at it. */
   grownBat?: { header: Uint8Array; offset: number; entries: number };
   /**
-   * A disk that grows must read as zeros past its old size wherever the edit writes nothing: bytes of
-   * the block holding the old end past it (file offset, length) are zeroed...
+   * Where the result must read as zeros unless the edit writes there (a grown disk past its old size;
+   * under a chain whose newer disks are smaller): those bytes of its existing blocks, as (file
+   * offset, length), are zeroed before the edit's data...
    */
-  zero?: [offset: number, length: number];
+  zeros?: Array<[offset: number, length: number]>;
   /** ...and allocated BAT entries past the old size (stale blocks) are cleared, where the BAT stays. */
   clearBlocks?: number[];
 }
@@ -61,7 +62,12 @@ export interface EditPlan {
  * appended) into `target`, whose virtual size becomes `newSize` when that is larger. A fixed disk
  * cannot grow (USAGE).
  */
-export async function planEdit(target: VhdImage, blocks: number[], newSize: number, parentSize?: number): Promise<EditPlan> {
+export async function planEdit(
+  target: VhdImage,
+  blocks: number[],
+  newSize: number,
+  o: { parentSize?: number; zerosFrom?: number; zerosTo?: number } = {},
+): Promise<EditPlan> {
   const size = Math.max(target.virtualSize, newSize);
   const footerCopy = size !== target.virtualSize;
   // A grown disk gets the geometry of its new size (readers keyed on CHS, like qemu, see it).
@@ -76,10 +82,14 @@ export async function planEdit(target: VhdImage, blocks: number[], newSize: numb
   }
   const bat = target.bat!;
   const old = target.virtualSize;
-  if (size > old && target.type === 'differencing' && parentSize !== undefined && parentSize > old) {
+  // Zeros from here to there in the result, unless the edit writes them: past the old size when it
+  // grows, and past a smaller disk of the chain above it.
+  const zerosFrom = Math.min(o.zerosFrom ?? Infinity, old);
+  const zerosTo = o.zerosTo ?? size;
+  if (zerosFrom < zerosTo && target.type === 'differencing' && o.parentSize !== undefined && o.parentSize > zerosFrom) {
     throw new VhdError(
       ErrorCodes.USAGE,
-      `the child (${size} bytes) is larger than this differencing target (${old} bytes), whose own parent (${parentSize} bytes) would then show through past ${old}; merge the chain into its base with --to`,
+      `the chain reads zeros from ${zerosFrom} bytes on (a disk of it ends there), but this differencing target's own parent (${o.parentSize} bytes) would then show through; merge the chain into its base with --to`,
       { file: target.name },
     );
   }
@@ -103,25 +113,34 @@ export async function planEdit(target: VhdImage, blocks: number[], newSize: numb
     end = offset + batByteSize(needed);
   }
   plan.newEnd = end + FOOTER_SIZE;
-  if (size > old) await planZeros(target, plan, old, size, new Set(blocks));
+  if (zerosFrom < zerosTo) await planZeros(target, plan, zerosFrom, zerosTo, old, size, new Set(blocks));
   return plan;
 }
 
-/** What makes a grown disk read as zeros past its old size: the rest of the block holding the old end, and stale blocks. */
-async function planZeros(target: VhdImage, plan: EditPlan, old: number, size: number, touched: Set<number>): Promise<void> {
+/**
+ * What makes the result read as zeros in [from, to): those bytes of the target's existing blocks
+ * (below its old size) zeroed, and, past the old size, stale allocated BAT entries cleared.
+ */
+async function planZeros(target: VhdImage, plan: EditPlan, from: number, to: number, old: number, size: number, touched: Set<number>): Promise<void> {
   const bs = target.blockSize;
-  const b = Math.floor(old / bs);
-  const data = old % bs !== 0 ? target.blockDataOffset(b) : undefined;
-  if (data !== undefined) plan.zero = [data + (old % bs), Math.min(bs, size - b * bs) - (old % bs)];
-  if (plan.grownBat) return; // a new table starts with every entry past the old ones unused
-  const from = Math.ceil(old / bs);
-  const to = Math.min(Math.ceil(size / bs), target.header!.maxTableEntries);
-  if (to <= from) return;
-  const bytes = new Uint8Array((to - from) * 4);
-  await target.source.read(bytes, Number(target.header!.tableOffset) + from * 4);
+  const zeros: Array<[number, number]> = [];
+  for (let b = Math.floor(from / bs); b * bs < Math.min(to, old); b++) {
+    const data = target.blockDataOffset(b);
+    if (data === undefined) continue;
+    const s = Math.max(from, b * bs) - b * bs;
+    const e = Math.min(to, (b + 1) * bs) - b * bs;
+    if (e > s) zeros.push([data + s, e - s]);
+  }
+  if (zeros.length > 0) plan.zeros = zeros;
+  if (size <= old || plan.grownBat) return; // a new table starts with every entry past the old ones unused
+  const first = Math.ceil(old / bs);
+  const last = Math.min(Math.ceil(size / bs), target.header!.maxTableEntries);
+  if (last <= first) return;
+  const bytes = new Uint8Array((last - first) * 4);
+  await target.source.read(bytes, Number(target.header!.tableOffset) + first * 4);
   const view = new DataView(bytes.buffer);
   const clear: number[] = [];
-  for (let i = from; i < to; i++) if (view.getUint32((i - from) * 4) !== BAT_UNUSED && !touched.has(i)) clear.push(i);
+  for (let i = first; i < last; i++) if (view.getUint32((i - first) * 4) !== BAT_UNUSED && !touched.has(i)) clear.push(i);
   if (clear.length > 0) plan.clearBlocks = clear;
 }
 
@@ -190,10 +209,10 @@ export class VhdEditor {
 
   /** Zeros past the old size in the block holding it (a grown disk), before the edit's own data. */
   async zeroStale(): Promise<void> {
-    const z = this.plan.zero;
-    if (!z) return;
-    const zeros = new Uint8Array(Math.min(z[1], 1024 * 1024));
-    for (let done = 0; done < z[1]; done += zeros.length) await this.sink.write(zeros.subarray(0, Math.min(zeros.length, z[1] - done)), z[0] + done);
+    const zeros = new Uint8Array(1024 * 1024);
+    for (const [at, length] of this.plan.zeros ?? []) {
+      for (let done = 0; done < length; done += zeros.length) await this.sink.write(zeros.subarray(0, Math.min(zeros.length, length - done)), at + done);
+    }
   }
 
   /** Makes everything written so far durable (data before the metadata that points at it). */

@@ -68,7 +68,7 @@ export interface MergeJournal {
   batOffset?: number;
   batEntries?: number;
   /** A grown target: bytes zeroed past its old size (file offset, length), stale BAT entries cleared. */
-  zero?: [number, number];
+  zeros?: Array<[number, number]>;
   clearBlocks?: number[];
   deleteChild: boolean;
   started: string;

@@ -550,7 +550,7 @@ function unb64(text: string): Uint8Array {
 
 /** Computes the journal: where new blocks go, the final footer, a moved BAT if it must grow. */
 /** The plan of an edit as the journal saves it (base64 for bytes; the fields of journal version 1). */
-function journalFields(p: EditPlan): Pick<MergeJournal, 'oldEnd' | 'newEnd' | 'newBlocks' | 'footer' | 'footerCopy' | 'originalHeader' | 'originalFooterCopy' | 'headerOffset' | 'header' | 'batOffset' | 'batEntries' | 'zero' | 'clearBlocks'> {
+function journalFields(p: EditPlan): Pick<MergeJournal, 'oldEnd' | 'newEnd' | 'newBlocks' | 'footer' | 'footerCopy' | 'originalHeader' | 'originalFooterCopy' | 'headerOffset' | 'header' | 'batOffset' | 'batEntries' | 'zeros' | 'clearBlocks'> {
   return {
     oldEnd: p.oldEnd,
     newEnd: p.newEnd,
@@ -559,7 +559,7 @@ function journalFields(p: EditPlan): Pick<MergeJournal, 'oldEnd' | 'newEnd' | 'n
     footerCopy: p.footerCopy,
     ...(p.original ? { originalHeader: b64(p.original.header), originalFooterCopy: b64(p.original.footerCopy), headerOffset: p.original.headerOffset } : {}),
     ...(p.grownBat ? { header: b64(p.grownBat.header), batOffset: p.grownBat.offset, batEntries: p.grownBat.entries } : {}),
-    ...(p.zero ? { zero: p.zero } : {}),
+    ...(p.zeros ? { zeros: p.zeros } : {}),
     ...(p.clearBlocks ? { clearBlocks: p.clearBlocks } : {}),
   };
 }
@@ -574,7 +574,7 @@ function planOf(j: MergeJournal): EditPlan {
     footerCopy: j.footerCopy,
     original: j.originalHeader && j.originalFooterCopy && j.headerOffset !== undefined ? { header: unb64(j.originalHeader), headerOffset: j.headerOffset, footerCopy: unb64(j.originalFooterCopy) } : undefined,
     grownBat: j.header !== undefined ? { header: unb64(j.header), offset: j.batOffset!, entries: j.batEntries! } : undefined,
-    zero: j.zero,
+    zeros: j.zeros,
     clearBlocks: j.clearBlocks,
   };
 }
@@ -605,7 +605,9 @@ async function plan(
   const segments = await overlay(sources, newSize);
   const touched = new Set<number>();
   for (const seg of segments) for (let b = Math.floor(seg.start / bs); b * bs < seg.end; b++) touched.add(b);
-  const edit = await planEdit(target, [...touched].sort((x, y) => x - y), newSize, parentSize);
+  // The chain reads zeros past the end of any disk between the child and the target.
+  const zerosFrom = Math.min(...sources.slice(1).map((s) => s.virtualSize), Infinity);
+  const edit = await planEdit(target, [...touched].sort((x, y) => x - y), newSize, { parentSize, zerosFrom, zerosTo: sources[0].virtualSize });
   return { journal: { ...base, ...journalFields(edit) }, segments };
 }
 

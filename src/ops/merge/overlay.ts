@@ -10,12 +10,18 @@ export interface Segment {
   source: number;
 }
 
-/** Assigns every sector held by any source to the newest source holding it. */
+/**
+ * Assigns every sector held by any source to the newest source holding it. A chain reads zeros past
+ * the end of any of its disks (an older one is not asked there): a source's sectors count only below
+ * the sizes of it and of every newer source.
+ */
 export async function overlay(sources: VhdImage[], limit: number): Promise<Segment[]> {
   let covered: Range[] = [];
   const segments: Segment[] = [];
+  let visible = limit;
   for (let i = 0; i < sources.length; i++) {
-    const own = (await sources[i].ownSectorRanges()).map(([a, b]) => [a, Math.min(b, limit)] as Range).filter(([a, b]) => b > a);
+    visible = Math.min(visible, sources[i].virtualSize);
+    const own = (await sources[i].ownSectorRanges()).map(([a, b]) => [a, Math.min(b, visible)] as Range).filter(([a, b]) => b > a);
     for (const [a, b] of subtractRanges(own, covered)) segments.push({ start: a, end: b, source: i });
     covered = normalizeRanges([...covered, ...own]);
   }
