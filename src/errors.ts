@@ -240,9 +240,14 @@ function isSystemError(e: unknown): e is SystemError {
  */
 export function codedError(e: unknown): unknown {
   if (!isSystemError(e)) return e;
-  const reason = e.message.replace(/^[A-Z0-9]+: /, '').replace(/,\s*\w+\s*('.*)?$/, '');
   const what = e.dest !== undefined ? `${e.syscall} to ${e.dest}` : e.syscall;
-  return new VhdError(ErrorCodes.IO, `${what} failed (${e.code}: ${reason})`, { file: e.path, cause: e });
+  return new VhdError(ErrorCodes.IO, `${what} failed (${systemReason(e)})`, { file: e.path, cause: e });
+}
+
+/** "ENOSPC: no space left on device" from a Node system error (its syscall and paths left out). */
+export function systemReason(e: { code?: string; message: string }): string {
+  const text = e.message.replace(/^[A-Z0-9]+: /, '').replace(/,\s*\w+\s*('.*)?$/, '');
+  return e.code ? `${e.code}: ${text}` : text;
 }
 
 /** Runs `body`, turning the system errors it throws into IO errors (codedError). */

@@ -7,7 +7,7 @@ import fsp from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ErrorCodes, VhdError } from '../errors.js';
+import { ErrorCodes, systemReason, VhdError } from '../errors.js';
 import { checkOutputPath } from './paths.js';
 import type { ByteSink, ByteSource, SourceResolver } from './types.js';
 
@@ -89,7 +89,7 @@ const EXTENTS_PER_CALL = 65536;
 
 function ioError(e: unknown, file: string, what: string, offset?: number): VhdError {
   const err = e as NodeJS.ErrnoException;
-  const reason = err?.code ? `${err.code}: ${err.message.replace(/^[A-Z0-9]+: /, '').replace(/,\s*\w+\s*('.*)?$/, '')}` : String(e);
+  const reason = err?.code ? systemReason(err) : String(e);
   return new VhdError(ErrorCodes.IO, `${what} failed (${reason})`, { file, offset, cause: e });
 }
 

@@ -81,6 +81,17 @@ export function checkOutputPath(p: string, role = 'output'): void {
   if (!dst.isDirectory()) fail('ENOTDIR', `${dir} is a file, not a folder`);
 }
 
+/** A folder the command reads (merge --search): IO naming it when it is missing or a file. */
+export function checkInputFolder(dir: string, role: string): void {
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(dir);
+  } catch (e) {
+    throw new VhdError(ErrorCodes.IO, `cannot read the ${role} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`, { file: dir, cause: e });
+  }
+  if (!st.isDirectory()) throw new VhdError(ErrorCodes.IO, `cannot read the ${role}: it is a file, not a folder (ENOTDIR)`, { file: dir, cause: errno('ENOTDIR') });
+}
+
 /**
  * A folder outputs go into, made when missing (with its parents): IO naming it when it is a file,
  * lies under a file, or cannot be made or written (read-only, no permission).

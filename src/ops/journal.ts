@@ -19,7 +19,7 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { ErrorCodes, VhdError } from '../errors.js';
+import { ErrorCodes, type Finding, VhdError } from '../errors.js';
 
 export const JOURNAL_SUFFIX = '.vhdkit-merge.json';
 export const LOCK_SUFFIX = '.vhdkit-lock';
@@ -125,6 +125,11 @@ export function alive(pid: number): boolean {
  * hard-linked into place (link fails if the lock exists), so a process killed at any instant never
  * leaves an empty lock. Where the file system has no hard links, an exclusive create and a write.
  */
+/** The temporary name this process writes a lock under before linking it into place. */
+export function lockTempPath(target: string): string {
+  return `${lockPath(target)}.${process.pid}.tmp`;
+}
+
 function createLockFile(file: string, content: string): void {
   const tmp = `${file}.${process.pid}.tmp`;
   fs.rmSync(tmp, { force: true });
@@ -342,4 +347,33 @@ export function acquireSharedLock(target: string, what: string): () => void {
     throw e;
   }
   return release;
+}
+
+/**
+ * Locks on disks an operation reads (shared) or removes afterwards (the first `exclusiveFirst`,
+ * exclusive). A folder where no lock can be made (read-only media, no permission) is a warning: a
+ * merge into those disks `during` the operation would not be stopped. All or none: on a failure the
+ * locks taken are released.
+ */
+export function holdLocks(
+  files: string[],
+  o: { shared: string; exclusive?: string; exclusiveFirst?: number; during: string },
+  warnings: Finding[],
+): Array<() => void> {
+  const releases: Array<() => void> = [];
+  try {
+    for (const [i, f] of files.entries()) {
+      try {
+        releases.push(i < (o.exclusiveFirst ?? 0) ? acquireLock(f, o.exclusive ?? o.shared) : acquireSharedLock(f, o.shared));
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code !== 'EACCES' && code !== 'EROFS' && code !== 'EPERM') throw e;
+        warnings.push({ code: ErrorCodes.LOCKED, severity: 'warning', message: `${f}: cannot create a lock file beside it (${code}); a merge into it during ${o.during} would not be stopped` });
+      }
+    }
+  } catch (e) {
+    for (const r of releases) r();
+    throw e;
+  }
+  return releases;
 }

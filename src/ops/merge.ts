@@ -42,14 +42,14 @@ import { totalLength, type Range } from '../disk/ranges.js';
 import { type EditPlan, footerVirtualSize, giveIdentity, HEAD_BYTES, parentOfHead, planEdit, VhdEditor } from '../disk/editor.js';
 import { uuidV4 } from '../format/uuid.js';
 import { durableTemp } from '../io/durable.js';
-import { FileSink } from '../io/file.js';
-import { chainRoles, checkOutputPath, refuseOverlap, type RolePath } from '../io/paths.js';
+import { FileSink, realPathOf } from '../io/file.js';
+import { chainRoles, checkInputFolder, checkOutputPath, refuseOverlap, type RolePath } from '../io/paths.js';
 import { type MergeCopyResult, type MergeCopyTask, runMergeCopyInline } from '../pool/merge-task.js';
 import { overlay, type Segment } from './merge/overlay.js';
 import { type PlannedTask, TaskPlan, type TargetLayout } from './merge/tasks.js';
 import { orderedWindow } from '../pool/schedule.js';
 import { throwIfAborted, type OperationOptions } from './common.js';
-import { acquireLock, acquireSharedLock, fsyncDir, hasPendingMerge, journalPath, lockPath, type MergeJournal, readJournal, removeJournal, writeJournal } from './journal.js';
+import { acquireLock, fsyncDir, holdLocks, lockTempPath, hasPendingMerge, journalPath, lockPath, type MergeJournal, readJournal, removeJournal, writeJournal } from './journal.js';
 import { openDisk } from './open.js';
 
 export interface MergeOptions extends OperationOptions {
@@ -109,14 +109,6 @@ const SYNC_EVERY = 32 * MiB;
 /** Without `workers`: a child file smaller than this is merged on the main thread (see "Main thread or pool" above). */
 const POOL_MIN_BYTES = 4096 * MiB;
 
-function resolveReal(p: string): string {
-  try {
-    return fs.realpathSync(p);
-  } catch {
-    return path.resolve(p);
-  }
-}
-
 /** Other differencing disks whose parent is `target` (UUID match), in the given folders. */
 export function findSiblings(targetUuid: Uint8Array, dirs: string[], exclude: Set<string>): string[] {
   const found: string[] = [];
@@ -132,7 +124,7 @@ export function findSiblings(targetUuid: Uint8Array, dirs: string[], exclude: Se
     for (const name of names) {
       if (!/\.a?vhd$/i.test(name)) continue; // Hyper-V names its differencing disks .avhd
       const file = path.join(dir, name);
-      const real = resolveReal(file);
+      const real = realPathOf(file);
       if (exclude.has(real) || seen.has(real)) continue;
       seen.add(real);
       try {
@@ -220,7 +212,7 @@ function mergeOutputs(targetFile: string, intoCopy: string | undefined): RolePat
     { path: journalPath(file), role: `merge journal of ${what}` },
     { path: durableTemp(journalPath(file)), role: `merge journal's temporary file of ${what}` },
     { path: lockPath(file), role: `merge lock of ${what}` },
-    { path: `${lockPath(file)}.${process.pid}.tmp`, role: `merge lock's temporary file of ${what}` },
+    { path: lockTempPath(file), role: `merge lock's temporary file of ${what}` },
   ];
   if (intoCopy === undefined) return own(targetFile, 'the target');
   const work = copyWorkPath(intoCopy);
@@ -231,44 +223,6 @@ function mergeOutputs(targetFile: string, intoCopy: string | undefined): RolePat
 function copyWorkPath(intoCopy: string): string {
   const final = path.resolve(intoCopy);
   return path.join(path.dirname(final), `.${path.basename(final)}.vhdkit-copy`);
-}
-
-/** A --search folder must be one: a typo would silently skip the sibling check. */
-function checkSearchFolder(dir: string): void {
-  let st: fs.Stats;
-  try {
-    st = fs.statSync(dir);
-  } catch (e) {
-    throw new VhdError(ErrorCodes.IO, `cannot search this folder for other children (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`, { file: dir, cause: e });
-  }
-  if (!st.isDirectory()) {
-    throw new VhdError(ErrorCodes.IO, 'cannot search it for other children: it is a file, not a folder (ENOTDIR)', { file: dir, cause: Object.assign(new Error('ENOTDIR'), { code: 'ENOTDIR' }) });
-  }
-}
-
-/**
- * Shared locks on the disks a merge reads. A folder where no lock can be made (read-only media) is
- * a warning: a merge into those disks meanwhile would not be stopped.
- */
-function readLocks(disks: VhdImage[], deleting: number, warnings: Finding[]): Array<() => void> {
-  const releases: Array<() => void> = [];
-  try {
-    for (const [i, d] of disks.entries()) {
-      try {
-        // The disks it deletes afterwards (--delete-child) are locked exclusively: not while another
-        // process (an upload) reads them.
-        releases.push(i < deleting ? acquireLock(d.id, 'merge (deleting it when done)') : acquireSharedLock(d.id, 'merge (reading)'));
-      } catch (e) {
-        const code = (e as NodeJS.ErrnoException).code;
-        if (code !== 'EACCES' && code !== 'EROFS' && code !== 'EPERM') throw e;
-        warnings.push({ code: ErrorCodes.LOCKED, severity: 'warning', message: `${d.id}: cannot create a lock file beside it (${code}); a merge into it during this merge would not be stopped` });
-      }
-    }
-  } catch (e) {
-    for (const r of releases) r();
-    throw e;
-  }
-  return releases;
 }
 
 async function mergeChild(childPath: string, options: MergeOptions): Promise<MergeResult> {
@@ -288,7 +242,7 @@ async function mergeChild(childPath: string, options: MergeOptions): Promise<Mer
     // The target: the parent, or the ancestor named by --to.
     const chain = child.chain;
     if (options.to !== undefined) {
-      const want = resolveReal(options.to);
+      const want = realPathOf(options.to);
       depth = chain.findIndex((d, i) => i > 0 && d.id === want);
       if (depth < 0) {
         throw new VhdError(ErrorCodes.USAGE, `${options.to} is not an ancestor of ${childPath} (its chain: ${chain.map((d) => d.name).join(' -> ')})`, {
@@ -298,7 +252,8 @@ async function mergeChild(childPath: string, options: MergeOptions): Promise<Mer
     }
     const target = chain[depth];
     refuseOverlap(mergeOutputs(target.id, options.intoCopy), chainRoles(chain, 'child'));
-    for (const dir of options.search ?? []) checkSearchFolder(dir);
+    // A --search folder must be one: a typo would silently skip the sibling check.
+    for (const dir of options.search ?? []) checkInputFolder(dir, 'folder to search for other children (--search)');
     if (options.intoCopy !== undefined) checkOutputPath(options.intoCopy, 'copy (--into-copy)');
     // Damage anywhere in the chain stops a merge before it writes. A target left by an interrupted
     // merge (pending journal, footer not yet rewritten) is expected: the journal completes it.
@@ -321,7 +276,9 @@ async function mergeChild(childPath: string, options: MergeOptions): Promise<Mer
     if (!options.force && !resuming) refuseDependents(chain, depth, options.intoCopy !== undefined, !!options.deleteChild, options.search ?? [], target.id);
     // What the merge reads holds a shared lock while it runs: no other merge writes into it meanwhile
     // (a merge into the child of this one, in another process or the same batch, is LOCKED).
-    releases.push(...readLocks(options.intoCopy === undefined ? chain.slice(0, depth) : chain.slice(0, depth + 1), options.deleteChild ? depth : 0, warnings));
+    // The disks it deletes afterwards (--delete-child) are locked exclusively: not while an upload reads them.
+    const reading = (options.intoCopy === undefined ? chain.slice(0, depth) : chain.slice(0, depth + 1)).map((d) => d.id);
+    releases.push(...holdLocks(reading, { shared: 'merge (reading)', exclusive: 'merge (deleting it when done)', exclusiveFirst: options.deleteChild ? depth : 0, during: 'this merge' }, warnings));
     if (options.intoCopy === undefined) return await mergeInto(child, childPath, target.id, depth, options, await copier, warnings, started, false);
     // Into a copy. The copy is made and merged under a fixed temporary name beside the final one,
     // which it takes only once the merge is complete. The original is never written, so a run

@@ -1,6 +1,4 @@
 /** Opening disks from files: the bridge from paths to the disk layer. */
-import fs from 'node:fs';
-import path from 'node:path';
 import { ErrorCodes, VhdError } from '../errors.js';
 import { noteFinding } from '../disk/policy.js';
 import { hasPendingMerge, journalPath, liveLockHolder, lockPath } from './journal.js';
@@ -81,16 +79,5 @@ export function inputRoles(disk: VirtualDisk, file: string, what = 'input'): Rol
     { path: lockPath(d.path), role: `merge lock name of the ${d.role} (${d.path})` },
   ]);
   return [...disks, ...beside];
-}
-
-/** True when two paths name the same file (following symlinks); false if either is missing. */
-export function sameFile(a: string, b: string): boolean {
-  try {
-    const sa = fs.statSync(a);
-    const sb = fs.statSync(b);
-    return sa.dev === sb.dev && sa.ino === sb.ino;
-  } catch {
-    return path.resolve(a) === path.resolve(b);
-  }
 }
 

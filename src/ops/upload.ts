@@ -45,7 +45,7 @@ import type { RetryOptions } from '../azure/retry.js';
 import { throwIfAborted, type OperationOptions } from './common.js';
 import { azureSize } from './convert.js';
 import { DEFAULT_CHUNK_SIZE, hash } from './hash.js';
-import { acquireSharedLock, alive, hasPendingMerge } from './journal.js';
+import { alive, hasPendingMerge, holdLocks } from './journal.js';
 import { type ChunkSource, emptyManifest, ManifestFile, manifestDigestHex, WINDOW_CHUNKS } from './manifest-file.js';
 import { inputRoles, openAny, type OpenDiskOptions, type SourceFormat } from './open.js';
 
@@ -210,7 +210,6 @@ class UploadJournal {
     return j && j.plan === plan && Number.isSafeInteger(j.done) ? j.done : 0;
   }
   write(destination: string, plan: string, done: number): void {
-    fs.mkdirSync(path.dirname(this.file), { recursive: true });
     writeJsonDurably(this.file, { kind: 'vhdkit-upload', destination, plan, done, lease: this.leaseId, pid: process.pid, host: os.hostname() } satisfies LocalJournal);
   }
   remove(): void {
@@ -344,15 +343,7 @@ async function uploadDisk(file: string, destination: string, options: UploadOpti
   try {
     // A merge into any disk of the chain would change what is being sent: hold their shared locks
     // (other uploads of the same files may run at the same time; a merge may not).
-    for (const f of chainFiles) {
-      try {
-        releases.push(acquireSharedLock(f, 'upload'));
-      } catch (e) {
-        const code = (e as NodeJS.ErrnoException).code;
-        if (code !== 'EACCES' && code !== 'EROFS' && code !== 'EPERM') throw e;
-        warnings.push({ code: ErrorCodes.LOCKED, severity: 'warning', message: `${f}: cannot create a lock file beside it (${code}); a merge into it during the upload would not be stopped` });
-      }
-    }
+    releases.push(...holdLocks(chainFiles, { shared: 'upload', during: 'the upload' }, warnings));
     // A merge into the chain that began (or ended) between opening the disk and taking the locks:
     // what was read of its structure may be stale.
     for (const [i, f] of chainFiles.entries()) {
