@@ -6,7 +6,8 @@
  * - merge: a batch that merges a disk away and into it at once (USAGE, before anything runs); a merge
  *   into a disk another merge is reading (LOCKED: merges hold shared locks on what they read); the
  *   journal's temporary name as a symlink to the child, or a chain disk (USAGE); --search that is
- *   not a folder (IO); a parent that cannot be written leaves no journal (IO EACCES, as nobody);
+ *   not a folder (IO); a parent that cannot be written leaves no journal (IO EACCES, as nobody); a
+ *   journal or lock that cannot be written names itself, its temporary file only as a detail (IO);
  *   --workers beyond 256 (USAGE).
  * - outputs: a FIFO or a device is never replaced, a dangling symlink is an existing output; a
  *   manifest named as a chain disk's merge journal (USAGE); upload's --journal-dir that is a file, or
@@ -158,6 +159,39 @@ describe('merge', () => {
     expect(snapshot(dir)).toEqual(before);
     const c = await vhdkit(['check', 'c1.vhd', '--strict'], dir);
     expect(c.code, show(c)).toBe(0);
+  });
+
+  it.runIf(root)("a folder where the lock cannot be made (as nobody, mode 555): IO naming the lock, its temporary file as a detail, nothing changed", async () => {
+    const dir = await chain('readonly-folder');
+    for (const f of fs.readdirSync(dir)) fs.chmodSync(path.join(dir, f), 0o666);
+    fs.chmodSync(dir, 0o555);
+    const before = snapshot(dir);
+    try {
+      const r = await vhdkit(['merge', 'c2.vhd'], dir, 65534);
+      const line = expectRefused(r, 2, 'IO');
+      expect(line).toMatch(/c1\.vhd\.vhdkit-lock: open of its temporary file c1\.vhd\.vhdkit-lock\.\d+\.tmp failed \(EACCES/);
+      expect(snapshot(dir)).toEqual(before);
+    } finally {
+      fs.chmodSync(dir, 0o755);
+    }
+  });
+
+  it("a journal or lock that cannot be written is an IO error naming it, not its temporary file", async () => {
+    const dir = tmpDir('vhdkit-hostile-temp-');
+    const notFolder = path.join(dir, 'plain-file');
+    fs.writeFileSync(notFolder, 'x');
+    const { writeJsonDurably } = await import('../src/io/durable.js');
+    let caught: unknown;
+    try {
+      writeJsonDurably(path.join(notFolder, 'j.json'), { a: 1 });
+    } catch (e) {
+      caught = e;
+    }
+    expect(caught).toMatchObject({ code: ErrorCodes.IO, file: path.join(notFolder, 'j.json') });
+    expect((caught as Error).message).toMatch(/of its temporary file j\.json\.tmp failed \(ENOTDIR/);
+    const lock = await rejection(Promise.resolve().then(() => acquireLock(path.join(notFolder, 'd.vhd'), 'merge')));
+    expect(lock).toMatchObject({ code: ErrorCodes.IO, file: path.join(notFolder, 'd.vhd.vhdkit-lock') });
+    expect(lock.message).toMatch(/of its temporary file d\.vhd\.vhdkit-lock\.\d+\.tmp failed \(ENOTDIR/);
   });
 
   it('--workers beyond 256 is USAGE at once, for merge and hash', async () => {

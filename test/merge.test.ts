@@ -1000,12 +1000,14 @@ describe('batch merges and the JSON summary', () => {
     expect(leftovers(dir)).toEqual([]);
   });
 
-  it('--from-list reads the children, one per line', async () => {
+  it('--from-list reads the children, one per line, relative to the current folder (as tar -T does)', async () => {
     const dir = tmpDir('vhdkit-merge-list-');
     const one = await simplePair(dir, { names: ['p1.vhd', 'a.vhd'] });
     const two = await simplePair(dir, { names: ['p2.vhd', 'b.vhd'], childWrites: [[4097, 1, 5]] });
-    fs.writeFileSync(path.join(dir, 'list.txt'), '# children\na.vhd\n\nb.vhd\n');
-    const r = cli(['merge', '--from-list', 'list.txt', '--json', '--concurrency', '2'], dir);
+    // The list lives in another folder; its entries name files from where vhdkit runs, not from it.
+    fs.mkdirSync(path.join(dir, 'lists'));
+    fs.writeFileSync(path.join(dir, 'lists', 'list.txt'), '# children\r\na.vhd\r\n\n  b.vhd  \n');
+    const r = cli(['merge', '--from-list', 'lists/list.txt', '--json', '--concurrency', '2'], dir);
     expect(r.code).toBe(0);
     const out = JSON.parse(r.stdout);
     expect(out).toMatchObject({ ok: true, merged: 2, failed: 0, sectorsMerged: one.own.size + two.own.size });

@@ -264,6 +264,39 @@ describe('clean shutdown: a process that only uses the pool exits by itself', ()
   });
 });
 
+describe("the pool's error events", () => {
+  // piscina emits 'error' on the pool for the result of a task it no longer knows: a task aborted
+  // while its worker ran it, whose result was already on its way (seen about once in 600 aborts in
+  // a loop of aborted hashes, then the process died of the uncaught error, once with a V8 fatal
+  // error because a replacement worker was still loading). That event is expected and ignored;
+  // any other error the pool emits is a fault and must still surface.
+  const DIST_POOL = path.join(repoRoot, 'dist/pool/pool.js');
+  const emitting = (message: string) => `
+    import { getPool, destroyPool } from ${JSON.stringify(`file://${DIST_POOL}`)};
+    import { hash } from ${JSON.stringify(`file://${DIST_HASH}`)};
+    const pool = getPool({ workers: 2 });
+    const piscina = await pool.ready;
+    piscina.emit('error', new Error(${JSON.stringify(message)}));
+    await new Promise((r) => setTimeout(r, 50));
+    const r = await hash(${JSON.stringify(A)}, { workers: 2 });
+    console.log(JSON.stringify({ digest: r.digest }));
+    await destroyPool();
+  `;
+
+  it("a late result (\"Unexpected message from Worker\") is ignored: the process goes on and the pool still hashes right", async () => {
+    const r = await nodeEval(emitting('Unexpected message from Worker: { taskId: 7, result: {} }'), dir);
+    expect(r.code, show(r)).toBe(0);
+    expect(JSON.parse(r.stdout).digest).toBe((await hash(A, { workers: 0 })).digest);
+  });
+
+  it('any other pool error surfaces as an uncaught error: exit 1, the message on stderr, no result', async () => {
+    const r = await nodeEval(emitting('the pool broke'), dir);
+    expect(r.code, show(r)).toBe(1);
+    expect(r.stderr).toContain('the pool broke');
+    expect(r.stdout).toBe('');
+  });
+});
+
 // -------------------------------------------------------------------------------------------------
 // Worker errors
 

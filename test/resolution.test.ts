@@ -1,6 +1,7 @@
 /**
- * Parent resolution keeps looking past candidates that are refused or unusable, and only reports
- * them when no candidate is the parent.
+ * Parent resolution keeps looking past candidates that are refused, not VHDs or other disks, and
+ * only reports them when no candidate is the parent; a candidate that is a VHD but does not open
+ * stops it (it may be the parent, damaged or mid-merge).
  */
 import fs from 'node:fs';
 import os from 'node:os';
@@ -61,6 +62,51 @@ describe('parent resolution', () => {
     expect(e).toBeInstanceOf(VhdError);
     expect((e as VhdError).code).toBe(ErrorCodes.NOT_VHD);
     expect((e as VhdError).message).toContain('decoy.vhd');
+  });
+
+  it('a copied chain whose parent is damaged is refused, never read (or merged) through the folder it was copied from', async () => {
+    const { merge } = await import('../src/ops/merge.js');
+    const { journalPath } = await import('../src/ops/journal.js');
+    const d = path.join(dir, 'copied');
+    const orig = path.join(d, 'orig');
+    fs.mkdirSync(orig, { recursive: true });
+    await create(path.join(orig, 'base.vhd'), { size: 4 * 1024 * 1024 });
+    // Relative first, then the absolute path of the original: both name a parent with the right UUID.
+    await childWithLocators(path.join(orig, 'child.vhd'), path.join(orig, 'base.vhd'), [
+      { code: 'W2ru', path: '.\\base.vhd' },
+      { code: 'W2ku', path: path.join(orig, 'base.vhd') },
+    ]);
+    const copy = path.join(d, 'copy');
+    fs.cpSync(orig, copy, { recursive: true });
+    const healthy = await openDisk(path.join(copy, 'child.vhd'));
+    expect(healthy.parent?.id).toBe(fs.realpathSync(path.join(copy, 'base.vhd')));
+    await healthy.close();
+    // The copy's parent breaks (here its dynamic header; a merge caught mid-write looks the same).
+    const fd = fs.openSync(path.join(copy, 'base.vhd'), 'r+');
+    fs.writeSync(fd, Buffer.from('XXXXXXXX'), 0, 8, 512);
+    fs.closeSync(fd);
+    const before = fs.readFileSync(path.join(orig, 'base.vhd'));
+    const e = await openDisk(path.join(copy, 'child.vhd')).then(
+      () => undefined,
+      (x: unknown) => x as VhdError,
+    );
+    expect(e?.code).toBe(ErrorCodes.HEADER_COOKIE);
+    expect(e?.file).toBe(path.join(copy, 'base.vhd'));
+    const m = await merge(path.join(copy, 'child.vhd'), { workers: 0 }).then(
+      () => undefined,
+      (x: unknown) => x as VhdError,
+    );
+    expect(m?.file).toBe(path.join(copy, 'base.vhd'));
+    expect(fs.readFileSync(path.join(orig, 'base.vhd')).equals(before)).toBe(true);
+    expect(fs.existsSync(journalPath(path.join(orig, 'base.vhd')))).toBe(false);
+    // With a merge journal beside it, the refusal says a merge is pending there.
+    fs.writeFileSync(journalPath(path.join(copy, 'base.vhd')), JSON.stringify({ version: 1, kind: 'vhdkit-merge' }));
+    const p = await openDisk(path.join(copy, 'child.vhd')).then(
+      () => undefined,
+      (x: unknown) => x as VhdError,
+    );
+    expect(p?.code).toBe(ErrorCodes.MERGE_PENDING);
+    expect(p?.file).toBe(path.join(copy, 'base.vhd'));
   });
 
   it('with allowed directories, a candidate outside them is skipped in favour of one inside', async () => {

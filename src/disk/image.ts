@@ -580,8 +580,11 @@ export class VhdImage {
     const want = this.header!.parentUniqueId;
     const candidates = this.parentCandidates();
     const mismatched: string[] = [];
-    // A candidate that is refused (outside the allowed directories) or is not a usable VHD does not
-    // stop the search: a later candidate may be the parent. Remembered in case none is.
+    // A candidate outside the allowed directories, a file that is no VHD at all, or a VHD with
+    // another UUID does not stop the search: a later candidate may be the parent. Remembered in case
+    // none is. A VHD that fails to open does stop it: it may be the parent, damaged or caught
+    // mid-write by a merge, and reading through another copy of it (an absolute locator still naming
+    // the folder a chain was copied from) would read the wrong file, and a merge write into it.
     const refused: VhdError[] = [];
     for (const candidate of candidates) {
       let found: Awaited<ReturnType<SourceResolver['open']>>;
@@ -607,7 +610,7 @@ export class VhdImage {
         parent = await VhdImage.openOne(found.source, options);
       } catch (e) {
         await found.source.close();
-        if (!(e instanceof VhdError)) throw e;
+        if (!(e instanceof VhdError) || e.code !== ErrorCodes.NOT_VHD) throw e;
         refused.push(e);
         continue;
       }

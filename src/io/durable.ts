@@ -5,6 +5,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
+import { ErrorCodes, systemReason, VhdError } from '../errors.js';
 
 /** fsyncs a folder (the rename of a file in it); a no-op where folders cannot be fsynced. */
 export function fsyncDir(dir: string): void {
@@ -41,6 +42,22 @@ export function atPath<T>(file: string, body: () => T): T {
 }
 
 /**
+ * Runs `body`, which writes `file` through the temporary name `tmp`: a system error on `tmp` (or on
+ * its rename or link into place) becomes an IO error naming `file`, the file the user knows, with
+ * the temporary name as a detail.
+ */
+export function viaTemp<T>(file: string, tmp: string, body: () => T): T {
+  try {
+    return body();
+  } catch (e) {
+    const x = e as NodeJS.ErrnoException & { dest?: string };
+    if (!(e instanceof Error) || typeof x.code !== 'string' || x.path !== tmp) throw e;
+    const step = x.dest !== undefined ? `${x.syscall} of its temporary file ${path.basename(tmp)} into place` : `${x.syscall} of its temporary file ${path.basename(tmp)}`;
+    throw new VhdError(ErrorCodes.IO, `${step} failed (${systemReason(x)})`, { file, cause: e });
+  }
+}
+
+/**
  * Writes a file whole under a name that must not exist: created exclusively (never through a
  * symlink or over another file), removed again if the write fails; fsynced when `durable`.
  */
@@ -62,9 +79,11 @@ export function writeNewFile(file: string, content: string, durable = false): vo
 /** Writes `value` as JSON to `file` durably (see above). One writer per file at a time (the caller's lock). */
 export function writeJsonDurably(file: string, value: unknown): void {
   const tmp = durableTemp(file);
-  // A leftover of a killed run is replaced; a symlink there is removed, never followed.
-  fs.rmSync(tmp, { force: true });
-  writeNewFile(tmp, JSON.stringify(value), true);
-  atPath(file, () => fs.renameSync(tmp, file));
+  viaTemp(file, tmp, () => {
+    // A leftover of a killed run is replaced; a symlink there is removed, never followed.
+    fs.rmSync(tmp, { force: true });
+    writeNewFile(tmp, JSON.stringify(value), true);
+    fs.renameSync(tmp, file);
+  });
   fsyncDir(path.dirname(path.resolve(file)));
 }

@@ -14,7 +14,7 @@
  * A reader creates its mark, then looks for the exclusive lock; a merge creates the lock, then looks
  * for marks. Whichever comes second sees the first and backs off (both may, never neither).
  */
-import { fsyncDir, writeJsonDurably, writeNewFile } from '../io/durable.js';
+import { fsyncDir, viaTemp, writeJsonDurably, writeNewFile } from '../io/durable.js';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -132,13 +132,21 @@ export function lockTempPath(target: string): string {
 
 function createLockFile(file: string, content: string): void {
   const tmp = `${file}.${process.pid}.tmp`;
-  fs.rmSync(tmp, { force: true });
-  writeNewFile(tmp, content);
+  viaTemp(file, tmp, () => {
+    fs.rmSync(tmp, { force: true });
+    writeNewFile(tmp, content);
+  });
   try {
     fs.linkSync(tmp, file);
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EOPNOTSUPP' && code !== 'ENOSYS') throw e;
+    // EEXIST: the lock is held (the caller's case); no hard links here: the fallback below.
+    if (code === 'EEXIST') throw e;
+    if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EOPNOTSUPP' && code !== 'ENOSYS') {
+      viaTemp(file, tmp, () => {
+        throw e;
+      });
+    }
     writeNewFile(file, content);
   } finally {
     fs.rmSync(tmp, { force: true });

@@ -31,7 +31,7 @@ export const mergeCommand: CommandModule<object, Args> = {
       .option('into-copy', { type: 'string', describe: 'merge into a copy of the parent made at this path; the parent stays untouched' })
       .option('delete-child', { type: 'boolean', default: false, describe: 'delete the child (and with --to the disks in between) after merging' })
       .option('resume', { type: 'boolean', default: false, describe: 'only complete an interrupted merge (running the same command again does too)' })
-      .option('from-list', { type: 'string', describe: 'read the children to merge from this file, one per line' })
+      .option('from-list', { type: 'string', describe: 'read the children to merge from this file: one path per line, relative to the current folder; blank lines and # comments skipped' })
       .option('concurrency', { type: 'number', default: 2, describe: 'merges run at once in a batch' })
       .option('workers', { type: 'number', describe: 'worker threads that copy the data (default: none for a child under 4 GiB, else one per core; 0 = none)' })
       .example('$0 merge patch1.vhd', 'merge patch1.vhd into its parent')
