@@ -8,7 +8,7 @@ import { type ConnectOptions, parseContainer } from '../azure/destination.js';
 import { containerClient, LEASE_SECONDS, newCounters } from '../azure/pageblob.js';
 import { withRetry } from '../azure/retry.js';
 import type { OperationOptions } from './common.js';
-import { isCompleteUpload, Meta } from './upload.js';
+import { isManifestSidecar, isVhdkitUpload, readRecord } from './upload/metadata.js';
 
 export interface GenerationsOptions extends OperationOptions, ConnectOptions {
   /** Hint a merge when a generation differs from its base in more than this share of the base's data (default 0.5). */
@@ -64,8 +64,8 @@ async function listGenerations(container: string, options: GenerationsOptions): 
       counters.requests++;
       for await (const b of client.listBlobsFlat({ includeMetadata: true, includeSnapshots: true, prefix: options.prefix, abortSignal })) {
         const m = b.metadata ?? {};
-        if (m[Meta.marker] !== '1' || b.properties.blobType !== 'PageBlob') {
-          if (!m.vhdkitmanifest) otherBlobs++;
+        if (!isVhdkitUpload(m) || b.properties.blobType !== 'PageBlob') {
+          if (!isManifestSidecar(m)) otherBlobs++;
           continue;
         }
         items.push({
@@ -85,23 +85,20 @@ async function listGenerations(container: string, options: GenerationsOptions): 
   const byName = new Map<string, Record<string, string>>();
   for (const it of items) if (!it.snapshot) byName.set(it.name, it.metadata);
   const out: Generation[] = items.map((it) => {
-    const m = it.metadata;
-    const complete = isCompleteUpload(m);
-    const baseRef = m.vhdkitbase ? decodeURIComponent(m.vhdkitbase) : null;
+    const r = readRecord(it.metadata)!;
+    const complete = r.state === 'complete';
+    const baseRef = r.base?.ref ?? null;
     const base = baseRef === '.' ? `${it.name} (previous generation)` : baseRef;
-    const differing = baseRef && m[Meta.differing] !== undefined ? Number(m[Meta.differing]) : null;
-    const data = m[Meta.data] !== undefined ? Number(m[Meta.data]) : null;
+    const differing = baseRef && r.differing !== undefined ? r.differing : null;
     let hint: string | null = null;
     if (!complete && it.leased === 'infinite') {
       hint = 'unfinished upload, under an infinite lease (another tool holds it; it never lapses by itself): break the lease if nothing uses the blob, then run the same "vhdkit upload" again';
     } else if (!complete && it.leased) {
       // A writer's lease: held by a running upload, or by one killed less than a lease ago.
       hint = `unfinished upload, leased: being written now, or its writer stopped less than ${LEASE_SECONDS} s ago; if no upload of it is running, run the same "vhdkit upload" again to complete it`;
-    }
-    else if (!complete) hint = `unfinished upload: run the same "vhdkit upload" again to complete it`;
+    } else if (!complete) hint = `unfinished upload: run the same "vhdkit upload" again to complete it`;
     else if (differing !== null && baseRef && baseRef !== '.') {
-      const baseMeta = byName.get(baseRef);
-      const baseData = baseMeta?.[Meta.data] !== undefined ? Number(baseMeta[Meta.data]) : null;
+      const baseData = byName.has(baseRef) ? readRecord(byName.get(baseRef)!)?.data : undefined;
       if (baseData && differing > threshold * baseData) {
         hint = `differs from ${baseRef} in ${Math.round((100 * differing) / baseData)}% of the base's data: merge this generation into its base locally ("vhdkit merge") and upload the result as the new base`;
       }
@@ -109,16 +106,16 @@ async function listGenerations(container: string, options: GenerationsOptions): 
     return {
       blob: it.name,
       snapshot: it.snapshot ?? null,
-      state: complete ? 'complete' : m[Meta.state] === 'copying' ? 'copying' : 'uploading',
+      state: r.state,
       base,
-      method: m[Meta.method] ?? null,
-      virtualSize: Number(m[Meta.vsize] ?? it.size - 512),
+      method: r.method || null,
+      virtualSize: r.virtualSize || it.size - 512,
       blobSize: it.size,
-      dataBytes: data,
+      dataBytes: r.data ?? null,
       differingBytes: differing,
-      digest: complete ? m[Meta.digest] : null,
+      digest: complete ? r.digest : null,
       contentMd5: complete ? (it.md5 ?? null) : null,
-      completed: m[Meta.completed] ?? null,
+      completed: r.completed ?? null,
       lastModified: it.modified ? it.modified.toISOString() : null,
       hint,
     };
