@@ -415,8 +415,8 @@ describe('a merge that grows its target reads as the chain did past the old size
     });
   }
 
-  it('--to over a disk smaller than the target: the chain read zeros past that disk, and so does the merged target', async () => {
-    const dir = path.join(top, 'mask');
+  for (const kind of ['dynamic', 'fixed'] as const) it(`--to over a disk smaller than a ${kind} target: the chain read zeros past that disk, and so does the merged target`, async () => {
+    const dir = path.join(top, `mask-${kind}`);
     fs.mkdirSync(dir);
     const t = Buffer.alloc(4 * MiB, 0xab);
     fs.writeFileSync(path.join(dir, 't.raw'), t);
@@ -425,7 +425,7 @@ describe('a merge that grows its target reads as the chain did past the old size
     t.fill(0x22, 3 * MiB + 8192, 3 * MiB + 12288);
     fs.writeFileSync(path.join(dir, 'b.raw'), t);
     for (const args of [
-      ['convert', 't.raw', 'T.vhd', '--to', 'dynamic', '--block-size', '512K'],
+      kind === 'dynamic' ? ['convert', 't.raw', 'T.vhd', '--to', 'dynamic', '--block-size', '512K'] : ['convert', 't.raw', 'T.vhd', '--to', 'fixed'],
       ['diff', 'T.vhd', 'a.raw', '--out', 'A.vhd'],
       ['diff', 'A.vhd', 'b.raw', '--out', 'B.vhd'],
     ]) {

@@ -569,6 +569,28 @@ describe('real processes killed at exact points', () => {
     expect(leftovers(run.dir)).toEqual([]);
   });
 
+  it('killed mid-data, its folder then copied (or moved) elsewhere: the merge completes there and writes nothing at the old path', async () => {
+    for (const how of ['copied', 'moved'] as const) {
+      const run = freshCopy(c);
+      const r1 = await runCli(['merge', 'child.vhd'], run.dir, { env: { VHDKIT_CRASH_FILE: fs.realpathSync(run.parent), VHDKIT_CRASH_AT: '4' }, nodeArgs: hookArgs });
+      expect(r1.signal, how).toBe('SIGKILL');
+      expect(fs.existsSync(journalPath(run.parent)), how).toBe(true);
+      const elsewhere = path.join(tmpDir('vhdkit-crash-moved-'), 'gen');
+      if (how === 'copied') fs.cpSync(run.dir, elsewhere, { recursive: true });
+      else fs.renameSync(run.dir, elsewhere);
+      // What lives at the old path now is another disk: the journal's recorded path names it.
+      const other = Buffer.alloc(c.parentBytes.length + 1024 * 1024, 0x5a);
+      fs.mkdirSync(run.dir, { recursive: true });
+      fs.writeFileSync(run.parent, other);
+      const r2 = await runCli(['merge', 'child.vhd', '--json'], elsewhere);
+      expect(r2.code, `${how}: ${r2.stderr}`).toBe(0);
+      expect(JSON.parse(r2.stdout).resumed, how).toBe(true);
+      expect(firstDifference(await readVirtual(path.join(elsewhere, 'parent.vhd')), c.model), how).toBeUndefined();
+      expect(fs.readFileSync(run.parent).equals(other), `${how}: the file at the old path was written`).toBe(true);
+      expect(leftovers(elsewhere), how).toEqual([]);
+    }
+  });
+
   it('killed right after the moved BAT and the new header are written, then early in the rerun: the third run completes correctly', async () => {
     const run = freshCopy(c);
     const target = fs.realpathSync(run.parent);

@@ -78,7 +78,12 @@ export async function planEdit(
         file: target.name,
       });
     }
-    return { oldEnd: target.dataEnd, newEnd: target.dataEnd + FOOTER_SIZE, newBlocks: [], footer, footerCopy };
+    // Its data sits at its virtual offsets: the bytes under a smaller disk of the chain are zeroed.
+    const plan: EditPlan = { oldEnd: target.dataEnd, newEnd: target.dataEnd + FOOTER_SIZE, newBlocks: [], footer, footerCopy };
+    const from = o.zerosFrom ?? Infinity;
+    const to = Math.min(o.zerosTo ?? size, target.virtualSize);
+    if (from < to) plan.zeros = [[from, to - from]];
+    return plan;
   }
   const bat = target.bat!;
   const old = target.virtualSize;
@@ -207,7 +212,7 @@ export class VhdEditor {
     await this.sink.truncate(this.plan.newEnd);
   }
 
-  /** Zeros past the old size in the block holding it (a grown disk), before the edit's own data. */
+  /** Zeros what the result must read as zeros (past the old size of a grown disk, under a smaller disk of the chain), before the edit's own data. */
   async zeroStale(): Promise<void> {
     const zeros = new Uint8Array(1024 * 1024);
     for (const [at, length] of this.plan.zeros ?? []) {

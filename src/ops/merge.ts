@@ -401,7 +401,7 @@ async function mergeInto(
         await (await FileSink.open(targetFile, 'r+')).close();
         writeJournal(targetFile, journal);
       }
-      const stats = await execute(target, sources, journal, options, copier, planned);
+      const stats = await execute(targetFile, target, sources, journal, options, copier, planned);
       removeJournal(targetFile);
       const deleted: string[] = [];
       const between = sources.slice(1).map((s) => s.id);
@@ -557,13 +557,13 @@ async function plan(
     deleteChild,
     started: new Date().toISOString(),
   };
-  if (target.type === 'fixed') return { journal: { ...base, ...journalFields(await planEdit(target, [], newSize)) } };
+  // The chain reads zeros past the end of any disk between the child and the target.
+  const zerosFrom = Math.min(...sources.slice(1).map((s) => s.virtualSize), Infinity);
+  if (target.type === 'fixed') return { journal: { ...base, ...journalFields(await planEdit(target, [], newSize, { zerosFrom, zerosTo: sources[0].virtualSize })) } };
   const bs = target.blockSize;
   const segments = await overlay(sources, newSize);
   const touched = new Set<number>();
   for (const seg of segments) for (let b = Math.floor(seg.start / bs); b * bs < seg.end; b++) touched.add(b);
-  // The chain reads zeros past the end of any disk between the child and the target.
-  const zerosFrom = Math.min(...sources.slice(1).map((s) => s.virtualSize), Infinity);
   const edit = await planEdit(target, [...touched].sort((x, y) => x - y), newSize, { parentSize, zerosFrom, zerosTo: sources[0].virtualSize });
   return { journal: { ...base, ...journalFields(edit) }, segments };
 }
@@ -576,6 +576,7 @@ interface Stats {
 }
 
 async function execute(
+  targetFile: string,
   target: VhdImage,
   sources: VhdImage[],
   journal: MergeJournal,
@@ -586,15 +587,19 @@ async function execute(
   const stats: Stats = { sectorsMerged: 0, blocksAllocated: 0, blocksUpdated: 0, bytesWritten: 0 };
   const edit = planOf(journal);
   const newSize = footerVirtualSize(edit.footer);
-  const sink = await FileSink.open(journal.target, 'r+');
+  // The file opened and locked, never the path the journal recorded: a folder copied or moved with
+  // its pending merge completes where it is now, and writes nothing at its old place.
+  const sink = await FileSink.open(targetFile, 'r+');
   const editor = new VhdEditor(sink, edit);
   try {
     const segments = planned ?? (await overlay(sources, newSize));
     const total = totalLength(segments.map((s) => [s.start, s.end] as Range));
-    const plan = new TaskPlan(journal.target, sources, taskBytesFor(total, copier));
+    const plan = new TaskPlan(targetFile, sources, taskBytesFor(total, copier));
 
     if (target.type === 'fixed') {
-      // A fixed target holds every virtual byte at its own offset: no blocks, no bitmaps.
+      // A fixed target holds every virtual byte at its own offset: no blocks, no bitmaps. What a
+      // smaller disk of the chain hides reads as zeros (every run zeros it again before the copies).
+      await editor.zeroStale();
       await copyAll(sink, copier, plan.fixed(segments), total, stats, options);
     } else {
       const bs = target.blockSize;
