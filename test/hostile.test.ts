@@ -117,6 +117,36 @@ describe('merge', () => {
     expect(snapshot(dir)).toEqual(before);
   });
 
+  it('a merge into a disk that hash, convert or diff is reading is LOCKED while they read; they read it unchanged, and the merge runs after', async () => {
+    const { hash } = await import('../src/ops/hash.js');
+    const { convert } = await import('../src/ops/convert.js');
+    const { diff } = await import('../src/ops/diff.js');
+    const dir = await chain('readers');
+    const want = (await hash(path.join(dir, 'c2.vhd'), { workers: 0 })).digest;
+    const readers: Array<[string, (onProgress: () => void) => Promise<unknown>]> = [
+      ['hash', (onProgress) => hash(path.join(dir, 'c2.vhd'), { workers: 0, onProgress })],
+      ['convert', (onProgress) => convert(path.join(dir, 'c2.vhd'), path.join(dir, 'out.raw'), { to: 'raw', onProgress, force: true })],
+      ['diff', (onProgress) => diff(path.join(dir, 'base.vhd'), path.join(dir, 'c2.vhd'), { workers: 0, onProgress })],
+    ];
+    for (const [what, read] of readers) {
+      const before = snapshot(dir);
+      // Mid-read (the reader's thread held in its progress callback), another process merges c2 into c1.
+      let during: ProcessRun | undefined;
+      await read(() => {
+        if (during) return;
+        const r = spawnSync(process.execPath, [CLI, 'merge', 'c2.vhd', '--force'], { cwd: dir, encoding: 'utf8' });
+        during = { code: r.status, signal: r.signal, stdout: r.stdout, stderr: r.stderr, ms: 0 } as ProcessRun;
+      });
+      expect(during, what).toBeDefined();
+      expect(expectRefused(during!, 1, 'LOCKED'), what).toMatch(/c1\.vhd.*(hash|convert|diff)/);
+      for (const f of ['base.vhd', 'c1.vhd', 'c2.vhd']) expect(snapshot(dir).get(f), `${what}: ${f}`).toBe(before.get(f));
+    }
+    expect((await hash(path.join(dir, 'out.raw'), { workers: 0 })).digest).toBe(want);
+    const after = await vhdkit(['merge', 'c2.vhd', '--force'], dir);
+    expect(after.code, show(after)).toBe(0);
+    expect(fs.readdirSync(dir).filter((n) => n.includes('vhdkit-'))).toEqual([]);
+  });
+
   it("the journal's temporary name taken by a symlink to the child, or by a disk of the chain: USAGE, nothing written", async () => {
     const dir = await chain('journal-tmp');
     fs.symlinkSync('c1.vhd', path.join(dir, 'base.vhd.vhdkit-merge.json.tmp'));

@@ -110,3 +110,58 @@ describe('merge --into-copy, interrupted', () => {
     expect(outcomes.killedBeforeDone).toBeGreaterThan(0);
   });
 });
+
+describe('merge --into-copy: a finished copy, a copy that is stale, and --delete-child', () => {
+  it('run again on an unchanged chain: done, nothing merged; after the child was written to since: OUTPUT_EXISTS, the old copy kept', async () => {
+    const d = fresh('stale');
+    const child = path.join(d, 'child.vhd');
+    const out = path.join(d, 'merged.vhd');
+    await merge(child, { intoCopy: out, workers: 0 });
+    const again = await merge(child, { intoCopy: out, workers: 0 });
+    expect(again).toMatchObject({ resumed: true, sectorsMerged: 0, sources: [fs.realpathSync(child)] });
+    const copy = fs.readFileSync(out);
+    // The child written to (a VM ran on it): its mtime moves; the copy no longer holds the merge of it.
+    const later = new Date(Date.now() + 5000);
+    fs.utimesSync(child, later, later);
+    const e = await merge(child, { intoCopy: out, workers: 0 }).then(
+      () => undefined,
+      (x: unknown) => x as { code?: string },
+    );
+    expect(e?.code).toBe('OUTPUT_EXISTS');
+    expect(fs.readFileSync(out).equals(copy)).toBe(true);
+  });
+
+  it('--delete-child: the children go only once the copy has its name; a rerun after that point deletes them', async () => {
+    const d = fresh('delete-late');
+    const child = path.join(d, 'child.vhd');
+    const out = path.join(d, 'merged.vhd');
+    // Another process takes the copy's name while the merge runs: refused, the child kept, the merged work file kept.
+    let intruded = false;
+    const e = await merge(child, {
+      intoCopy: out,
+      deleteChild: true,
+      workers: 0,
+      onProgress: () => {
+        if (!intruded) fs.writeFileSync(out, 'made by another process');
+        intruded = true;
+      },
+    }).then(
+      () => undefined,
+      (x: unknown) => x as { code?: string; message?: string },
+    );
+    expect(e?.code).toBe('OUTPUT_EXISTS');
+    expect(e?.message).toContain('another process made it');
+    expect(fs.readFileSync(child).equals(pristine.child)).toBe(true);
+    expect(fs.readFileSync(out, 'utf8')).toBe('made by another process');
+    fs.rmSync(out);
+    // The state a run killed after the rename leaves (the copy in place, the child still there),
+    // made here by a merge without --delete-child: the rerun with it only deletes.
+    await merge(child, { intoCopy: out, workers: 0 });
+    const real = fs.realpathSync(child);
+    const r = await merge(child, { intoCopy: out, deleteChild: true, workers: 0 });
+    expect(r).toMatchObject({ resumed: true, sectorsMerged: 0, deleted: [real] });
+    expect(fs.existsSync(child)).toBe(false);
+    expect((await hash(out, { workers: 0 })).digest).toBe(pristine.digest);
+    expect(fs.readdirSync(d).sort()).toEqual(['base.vhd', 'merged.vhd', 'sibling.vhd']);
+  });
+});

@@ -449,3 +449,30 @@ describe('benchmark results (--out) are checked before a benchmark runs', () => 
     });
   }
 });
+
+describe('an output made by another process while this one writes it', () => {
+  it('is never replaced without --force (OUTPUT_EXISTS, its content kept, no temporary file left); with --force it is', async () => {
+    const { writeAtomically } = await import('../src/io/file.js');
+    const dir = tmpDir('vhdkit-outputs-race-');
+    const out = path.join(dir, 'out.vhd');
+    const theirs = Buffer.from('the other run wrote this first\n');
+    const write = (overwrite: boolean) =>
+      writeAtomically(
+        out,
+        async (sink) => {
+          await sink.write(new Uint8Array(4096).fill(1), 0);
+          fs.writeFileSync(out, theirs); // the other process lands its output meanwhile
+        },
+        { overwrite },
+      );
+    const e = await rejection(write(false));
+    expect(e.code).toBe(ErrorCodes.OUTPUT_EXISTS);
+    expect(e.file).toBe(out);
+    expect(e.message).toContain('another process made it');
+    expect(fs.readFileSync(out).equals(theirs)).toBe(true);
+    expect(fs.readdirSync(dir)).toEqual(['out.vhd']);
+    await write(true);
+    expect(fs.statSync(out).size).toBe(4096);
+    expect(fs.readdirSync(dir)).toEqual(['out.vhd']);
+  });
+});

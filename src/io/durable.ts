@@ -87,3 +87,27 @@ export function writeJsonDurably(file: string, value: unknown): void {
   });
   fsyncDir(path.dirname(path.resolve(file)));
 }
+
+/**
+ * Moves `from` to `to`, which must not exist: a hard link made at `to` (which fails when anything is
+ * there, even a file made a moment ago by another process), then `from` removed. False when `to`
+ * exists. Where the file system has no hard links, a check and a rename (a window remains there).
+ */
+export function renameNoReplace(from: string, to: string): boolean {
+  try {
+    fs.linkSync(from, to);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'EEXIST') return false;
+    if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EOPNOTSUPP' && code !== 'ENOSYS' && code !== 'EXDEV') throw e;
+    try {
+      fs.lstatSync(to);
+      return false;
+    } catch {
+      fs.renameSync(from, to);
+      return true;
+    }
+  }
+  fs.rmSync(from, { force: true });
+  return true;
+}

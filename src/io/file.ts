@@ -9,6 +9,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ErrorCodes, systemReason, VhdError } from '../errors.js';
 import { checkOutputPath } from './paths.js';
+import { renameNoReplace } from './durable.js';
 import type { ByteSink, ByteSource, SourceResolver } from './types.js';
 
 function readInto(fd: number, into: Uint8Array, position: number): Promise<number> {
@@ -373,11 +374,15 @@ export async function writeAtomically<T>(
     const result = await body(sink);
     await sink.sync();
     await sink.close();
+    // Without overwrite, a file that appeared at the name meanwhile (another run) is never replaced.
+    let placed = true;
     try {
-      await fsp.rename(tmp, target);
+      if (options.overwrite) await fsp.rename(tmp, target);
+      else placed = renameNoReplace(tmp, target);
     } catch (e) {
       throw ioError(e, target, `rename from ${tmp}`);
     }
+    if (!placed) throw new VhdError(ErrorCodes.OUTPUT_EXISTS, 'output already exists: another process made it while this one was writing (use --force to replace it)', { file: target });
     ok = true;
     try {
       const dfd = fs.openSync(dir, 'r');

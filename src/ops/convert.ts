@@ -15,7 +15,7 @@ import type { ByteSink } from '../io/types.js';
 import { throwIfAborted, type OperationOptions } from './common.js';
 import { VhdImage } from '../disk/image.js';
 import { guardOutputs } from '../io/paths.js';
-import { inputRoles, openAny, type OpenDiskOptions, type SourceFormat } from './open.js';
+import { holdReading, inputRoles, openAny, type OpenDiskOptions, type SourceFormat } from './open.js';
 import { newUuid } from './create.js';
 
 export type TargetFormat = 'raw' | 'fixed' | 'dynamic';
@@ -82,8 +82,10 @@ async function convertDisk(src: string, dst: string, options: ConvertOptions): P
       options.onFinding?.(f);
     },
   });
+  let release = () => {};
   try {
     guardOutputs([{ path: dst, role: 'output' }], inputRoles(disk, src));
+    release = holdReading(disk, src, 'convert');
     let virtualSize = disk.virtualSize;
     if (options.azure) {
       virtualSize = azureSize(virtualSize);
@@ -125,6 +127,7 @@ async function convertDisk(src: string, dst: string, options: ConvertOptions): P
       warnings,
     };
   } finally {
+    release();
     await disk.close();
   }
 }

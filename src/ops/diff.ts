@@ -22,7 +22,7 @@ import { throwIfAborted, type OperationOptions } from './common.js';
 import { newUuid, parentLinkFor } from './create.js';
 import { orderedWindow, packTasks, TASK_BYTES } from '../pool/schedule.js';
 import { guardOutputs } from '../io/paths.js';
-import { inputRoles, openAny, type OpenDiskOptions } from './open.js';
+import { holdReading, inputRoles, openAny, type OpenDiskOptions } from './open.js';
 
 export interface DiffOptions extends OperationOptions, OpenDiskOptions {
   workers?: number;
@@ -91,8 +91,11 @@ async function diffDisks(oldFile: string, newFile: string, options: DiffOptions)
     await a.disk.close();
     throw e;
   }
+  const releases: Array<() => void> = [];
   try {
     if (options.out !== undefined) guardOutputs(outRole, [...inputRoles(a.disk, oldFile, 'old disk'), ...inputRoles(b.disk, newFile, 'new disk')]);
+    releases.push(holdReading(a.disk, oldFile, 'diff'));
+    releases.push(holdReading(b.disk, newFile, 'diff'));
     const virtualSize = Math.max(a.disk.virtualSize, b.disk.virtualSize);
     const { ranges: cand, method } = await candidates(a.disk, b.disk);
     // Sector alignment: candidates from block ranges are aligned already; clip to the larger disk.
@@ -153,6 +156,7 @@ async function diffDisks(oldFile: string, newFile: string, options: DiffOptions)
       warnings,
     };
   } finally {
+    for (const r of releases) r();
     await a.disk.close();
     await b.disk.close();
   }

@@ -15,7 +15,7 @@ import { type DiskRef, type HashTask, type HashTaskResult, READ_UNIT } from '../
 import { orderedWindow, packTasks, TASK_BYTES } from '../pool/schedule.js';
 import { throwIfAborted, type OperationOptions } from './common.js';
 import { guardOutputs } from '../io/paths.js';
-import { inputRoles, openAny, type OpenDiskOptions, type SourceFormat } from './open.js';
+import { holdReading, inputRoles, openAny, type OpenDiskOptions, type SourceFormat } from './open.js';
 
 export const DEFAULT_CHUNK_SIZE = 64 * 1024;
 /** The largest chunk: 4 MiB, Azure's largest page write (and at most one read buffer). */
@@ -65,13 +65,29 @@ async function hashDisk(file: string, options: HashOptions): Promise<HashResult>
   const { disk, format } = await openAny(file, options.from ?? 'auto', { ...options, onFinding: (f) => warnings.push(f) });
   let virtualSize: number;
   let ranges: Range[];
+  // The workers read the files themselves: the read marks stay until the last task is done.
+  let release: () => void;
   try {
     if (options.manifest !== undefined) guardOutputs([manifestRole], inputRoles(disk, file));
+    release = holdReading(disk, file, 'hash');
     virtualSize = disk.virtualSize;
     ranges = alignRanges(disk.dataRanges(), chunkSize, virtualSize);
   } finally {
     await disk.close();
   }
+  try {
+    return await hashRanges(file, options, { format, virtualSize, ranges, chunkSize, warnings, started });
+  } finally {
+    release();
+  }
+}
+
+async function hashRanges(
+  file: string,
+  options: HashOptions,
+  o: { format: 'vhd' | 'raw'; virtualSize: number; ranges: Range[]; chunkSize: number; warnings: Finding[]; started: number },
+): Promise<HashResult> {
+  const { format, virtualSize, ranges, chunkSize, warnings, started } = o;
   const ref: DiskRef = { file, format, allowedDirs: options.allowedDirs, sizeFrom: options.sizeFrom };
   const chunks = Math.ceil(virtualSize / chunkSize);
   const total = totalLength(ranges);

@@ -41,8 +41,8 @@ import type { VhdImage } from '../disk/image.js';
 import { totalLength, type Range } from '../disk/ranges.js';
 import { type EditPlan, footerVirtualSize, giveIdentity, HEAD_BYTES, parentOfHead, planEdit, VhdEditor } from '../disk/editor.js';
 import { uuidV4 } from '../format/uuid.js';
-import { durableTemp } from '../io/durable.js';
-import { FileSink, realPathOf } from '../io/file.js';
+import { durableTemp, renameNoReplace } from '../io/durable.js';
+import { FileSink, fileStamp, realPathOf } from '../io/file.js';
 import { chainRoles, checkInputFolder, checkOutputPath, refuseOverlap, type RolePath } from '../io/paths.js';
 import { type MergeCopyResult, type MergeCopyTask, runMergeCopyInline } from '../pool/merge-task.js';
 import { overlay, type Segment } from './merge/overlay.js';
@@ -285,9 +285,18 @@ async function mergeChild(childPath: string, options: MergeOptions): Promise<Mer
     // interrupted before the merge's journal exists simply starts over; one with a journal resumes.
     const final = path.resolve(options.intoCopy);
     const work = copyWorkPath(options.intoCopy);
-    // The copy's UUID is derived from the target, the child and the final path: a run killed after
-    // the final rename (the copy complete) is recognised by it when run again, and reports success.
-    const copyUuid = uuidV4(createHash('sha256').update(`vhdkit merge copy\n${target.uuid}\n${child.uuid}\n${final}`).digest().subarray(0, 16));
+    // The copy's UUID is derived from the target, the child, the final path and the state of every
+    // file merged (size, mtime, inode): a run killed after the final rename (the copy complete) is
+    // recognised by it when run again, and reports success; a copy made before the child (or the
+    // target) was written to since is not, and is never taken for done.
+    const merged = chain.slice(0, depth + 1);
+    const copyUuid = uuidV4(
+      createHash('sha256')
+        .update(`vhdkit merge copy\n${target.uuid}\n${child.uuid}\n${final}\n${merged.map((d) => fileStamp(d.id)).join('\n')}`)
+        .digest()
+        .subarray(0, 16),
+    );
+    const sources = chain.slice(0, depth);
     // Everything from here to the final rename holds the work file's lock: two runs into one copy
     // never interleave (the second is LOCKED).
     try {
@@ -299,7 +308,9 @@ async function mergeChild(childPath: string, options: MergeOptions): Promise<Mer
     }
     if (fs.existsSync(final)) {
       if (!fs.existsSync(work) && (await isFinishedCopy(final, copyUuid))) {
-        return { child: childPath, target: final, sources: [], resumed: true, sectorsMerged: 0, blocksAllocated: 0, blocksUpdated: 0, bytesWritten: 0, deleted: [], invalidated: [], workers: 0, seconds: (performance.now() - started) / 1000, warnings };
+        // Killed after the rename: only the deletions (--delete-child) may be left to do.
+        const deleted = options.deleteChild ? deleteSources(sources) : [];
+        return { child: childPath, target: final, sources: sources.map((s) => s.id), resumed: true, sectorsMerged: 0, blocksAllocated: 0, blocksUpdated: 0, bytesWritten: 0, deleted, invalidated: [], workers: 0, seconds: (performance.now() - started) / 1000, warnings };
       }
       throw new VhdError(ErrorCodes.OUTPUT_EXISTS, 'the copy already exists', { file: options.intoCopy });
     }
@@ -308,13 +319,23 @@ async function mergeChild(childPath: string, options: MergeOptions): Promise<Mer
       await copyTarget(target, work, copyUuid, options.intoCopy);
     }
     const result = await mergeInto(child, childPath, work, depth, options, await copier, warnings, started, true);
-    fs.renameSync(work, final);
+    // The copy takes its name (never over a file made there meanwhile), and only then are the
+    // children deleted: until the rename, running the merge again completes it.
+    if (!renameNoReplace(work, final)) {
+      throw new VhdError(ErrorCodes.OUTPUT_EXISTS, `the copy already exists: another process made it while this merge ran (the merged copy is kept as ${path.basename(work)})`, { file: options.intoCopy });
+    }
     fsyncDir(path.dirname(final));
-    return { ...result, target: final };
+    return { ...result, target: final, deleted: options.deleteChild ? deleteSources(sources) : [] };
   } finally {
     for (const r of releases) r();
     await child.close();
   }
+}
+
+/** Deletes the merged disks (--delete-child), the child first; returns their paths. */
+function deleteSources(sources: VhdImage[]): string[] {
+  for (const s of sources) fs.rmSync(s.id, { force: true });
+  return sources.map((s) => s.id);
 }
 
 /** True when `file` is a complete copy this merge made (its UUID, no merge pending, no errors). */
@@ -403,14 +424,9 @@ async function mergeInto(
       }
       const stats = await execute(targetFile, target, sources, journal, options, copier, planned);
       removeJournal(targetFile);
-      const deleted: string[] = [];
+      // Into a copy, the children go once the copy has its name (the caller).
+      const deleted = journal.deleteChild && !intoCopy ? deleteSources(sources) : [];
       const between = sources.slice(1).map((s) => s.id);
-      if (journal.deleteChild) {
-        for (const s of sources) {
-          fs.rmSync(s.id, { force: true });
-          deleted.push(s.id);
-        }
-      }
       return {
         child: childPath,
         target: targetFile,

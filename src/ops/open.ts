@@ -1,7 +1,8 @@
 /** Opening disks from files: the bridge from paths to the disk layer. */
-import { ErrorCodes, VhdError } from '../errors.js';
+import { ErrorCodes, type Finding, VhdError } from '../errors.js';
+import { fileStamp } from '../io/file.js';
 import { noteFinding } from '../disk/policy.js';
-import { hasPendingMerge, journalPath, liveLockHolder, lockPath } from './journal.js';
+import { hasPendingMerge, holdLocks, journalPath, liveLockHolder, lockPath } from './journal.js';
 import { CHAIN_ERRORS, VhdImage } from '../disk/image.js';
 import { type FileOpenOptions, openFileAs, openVhdFile, type SourceFormat } from '../disk/files.js';
 import type { VirtualDisk } from '../disk/source.js';
@@ -81,3 +82,35 @@ export function inputRoles(disk: VirtualDisk, file: string, what = 'input'): Rol
   return [...disks, ...beside];
 }
 
+
+/** The files an opened disk reads: its chain's, or the raw file. */
+export function filesRead(disk: VirtualDisk, file: string): string[] {
+  return disk instanceof VhdImage ? disk.chain.map((d) => d.source.name) : [file];
+}
+
+/**
+ * Shared read marks on every file `disk` reads, held until the returned function is called: a merge
+ * into any of them is LOCKED meanwhile instead of changing what is being read. Called right after
+ * the open: a merge that began (or ended) in between shows as a pending journal (MERGE_PENDING) or a
+ * changed file (LOCKED). Where a mark cannot be made (a folder this user may not write, where a merge
+ * of this user could not write its journal either), `warnings` is told; readers that pass none
+ * accept that silently.
+ */
+export function holdReading(disk: VirtualDisk, file: string, what: string, warnings: Finding[] = []): () => void {
+  const files = filesRead(disk, file);
+  const opened = files.map(fileStamp);
+  const releases = holdLocks(files, { shared: what, during: `the ${what}` }, warnings);
+  const release = () => {
+    for (const r of releases) r();
+  };
+  try {
+    for (const [i, f] of files.entries()) {
+      if (hasPendingMerge(f)) throw new VhdError(ErrorCodes.MERGE_PENDING, `a merge into it began while this ${what} opened it; complete it (vhdkit merge --resume), then run the ${what} again`, { file: f });
+      if (fileStamp(f) !== opened[i]) throw new VhdError(ErrorCodes.LOCKED, `it changed while this ${what} opened it (a merge?); run the ${what} again`, { file: f });
+    }
+  } catch (e) {
+    release();
+    throw e;
+  }
+  return release;
+}

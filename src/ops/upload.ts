@@ -33,7 +33,6 @@ import { ErrorCodes, type Finding, VhdError, withCodedErrors } from '../errors.j
 import { VhdImage } from '../disk/image.js';
 import type { VirtualDisk } from '../disk/source.js';
 import { footerBytes, MAX_VIRTUAL_SIZE } from '../disk/writer.js';
-import { fileStamp } from '../io/file.js';
 import { durableTemp } from '../io/durable.js';
 import { checkOutputFolder, refuseOverlap } from '../io/paths.js';
 import { getPool, type TaskRunner } from '../pool/pool.js';
@@ -43,9 +42,8 @@ import { type BlobProps, containerClient, newCounters, PageBlob, statusOf } from
 import type { RetryOptions } from '../azure/retry.js';
 import { throwIfAborted, type OperationOptions } from './common.js';
 import { azureSize } from './convert.js';
-import { hasPendingMerge, holdLocks } from './journal.js';
 import { ManifestFile } from './manifest-file.js';
-import { inputRoles, openAny, type OpenDiskOptions, type SourceFormat } from './open.js';
+import { holdReading, inputRoles, openAny, type OpenDiskOptions, type SourceFormat } from './open.js';
 import { type BaseInfo, baseInfo, checkGivenBase, recordedBase } from './upload/base.js';
 import { type Content, planContent, stampOfChain, type UploadMethod } from './upload/content.js';
 import { defaultJournalDir, UploadJournal, uploadJournalPath } from './upload/journal.js';
@@ -186,20 +184,12 @@ async function uploadDisk(file: string, destination: string, options: UploadOpti
     await disk.close();
     throw e;
   }
-  const chainFiles = disk instanceof VhdImage ? disk.chain.map((d) => d.source.name) : [file];
-  const opened = chainFiles.map(fileStamp);
   const releases: Array<() => void> = [];
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'vhdkit-upload-'));
   try {
     // A merge into any disk of the chain would change what is being sent: hold their shared locks
     // (other uploads of the same files may run at the same time; a merge may not).
-    releases.push(...holdLocks(chainFiles, { shared: 'upload', during: 'the upload' }, warnings));
-    // A merge into the chain that began (or ended) between opening the disk and taking the locks:
-    // what was read of its structure may be stale.
-    for (const [i, f] of chainFiles.entries()) {
-      if (hasPendingMerge(f)) throw new VhdError(ErrorCodes.MERGE_PENDING, 'a merge into it began while this upload opened it; complete it (vhdkit merge --resume), then upload', { file: f });
-      if (fileStamp(f) !== opened[i]) throw new VhdError(ErrorCodes.LOCKED, 'it changed while this upload opened it (a merge?); run the upload again', { file: f });
-    }
+    releases.push(holdReading(disk, file, 'upload', warnings));
     return await run({ file, options, connect, loc, blob, counters, retry, pool, disk, format, journalDir, tmp, concurrency, warnings, started });
   } finally {
     await blob.releaseLease();
