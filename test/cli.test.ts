@@ -810,3 +810,17 @@ describe('interrupted conversion', { timeout: 60_000 }, () => {
     expect(fs.readdirSync(d)).toEqual(['big.raw']);
   });
 });
+
+describe('usage errors from the argument parser', () => {
+  it('are one line ending in [USAGE], exit 2, whatever yargs makes of them', async () => {
+    const d = tmpDir('vhdkit-cli-usage-');
+    for (const args of [['convert', 'a.raw', 'x.vhd', '--to', 'bogus'], ['info'], ['frobnicate'], ['hash', 'a.vhd', '--no-such-flag'], []]) {
+      const r = await vhdkit(args, d);
+      expectExit(r, 2);
+      const lines = r.stderr.trimEnd().split('\n');
+      expect(lines, `${args.join(' ')}: ${r.stderr}`).toHaveLength(1);
+      expect(lines[0]).toMatch(/^vhdkit: .+ \(run "vhdkit --help" for usage\) \[USAGE\]$/);
+    }
+    expect(fs.readdirSync(d)).toEqual([]);
+  });
+});

@@ -569,6 +569,21 @@ describe('real processes killed at exact points', () => {
     expect(leftovers(run.dir)).toEqual([]);
   });
 
+  it('an interrupted merge run again with a --delete-child it was not started with: USAGE, nothing deleted; without it, it completes', async () => {
+    const run = freshCopy(c);
+    const r1 = await runCli(['merge', 'child.vhd'], run.dir, { env: { VHDKIT_CRASH_FILE: fs.realpathSync(run.parent), VHDKIT_CRASH_AT: '2' }, nodeArgs: hookArgs });
+    expect(r1.signal).toBe('SIGKILL');
+    const r2 = await runCli(['merge', 'child.vhd', '--delete-child'], run.dir);
+    expect(r2.code, r2.stderr).toBe(2);
+    expect(r2.stderr).toMatch(/started without --delete-child.*\[USAGE\]/);
+    expect(fs.readFileSync(run.child).equals(c.childBytes)).toBe(true);
+    expect(fs.existsSync(journalPath(run.parent))).toBe(true);
+    const r3 = await runCli(['merge', 'child.vhd'], run.dir);
+    expect(r3.code, r3.stderr).toBe(0);
+    expect(firstDifference(await readVirtual(run.parent), c.model)).toBeUndefined();
+    expect(fs.existsSync(run.child)).toBe(true);
+  });
+
   it('killed mid-data, its folder then copied (or moved) elsewhere: the merge completes there and writes nothing at the old path', async () => {
     for (const how of ['copied', 'moved'] as const) {
       const run = freshCopy(c);

@@ -33,7 +33,8 @@ export async function main(argv: string[]): Promise<void> {
     .wrap(Math.min(110, process.stdout.columns || 100))
     .fail((msg, err, y) => {
       if (err) throw err;
-      process.stderr.write(`vhdkit: ${msg}\n(run "vhdkit --help" for usage)\n`);
+      // One line, as every error (yargs spreads some over several).
+      process.stderr.write(`vhdkit: ${String(msg).trim().replace(/\s*\n\s*/g, ' ')} (run "vhdkit --help" for usage) [USAGE]\n`);
       process.exit(EXIT_USAGE);
     })
     .parseAsync();

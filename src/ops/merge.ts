@@ -411,6 +411,10 @@ async function mergeInto(
             { file: targetFile },
           );
         }
+        // The journal decides what happens after the merge: a --delete-child it lacks is not done silently.
+        if (options.deleteChild && !journal.deleteChild) {
+          throw new VhdError(ErrorCodes.USAGE, 'the interrupted merge into this disk was started without --delete-child: run it again without it to complete it, then delete the child', { file: targetFile });
+        }
       } else {
         if (options.resume) throw new VhdError(ErrorCodes.USAGE, 'no merge is pending on this disk: nothing to resume', { file: targetFile });
         if (!intoCopy) await refuseChanged(target);
