@@ -39,7 +39,7 @@ import path from 'node:path';
 import { codedError, ErrorCodes, type Finding, VhdError, withCodedErrors } from '../errors.js';
 import type { VhdImage } from '../disk/image.js';
 import { totalLength, type Range } from '../disk/ranges.js';
-import { type EditPlan, footerVirtualSize, giveIdentity, HEAD_BYTES, parentOfHead, planEdit, VhdEditor } from '../disk/editor.js';
+import { footerVirtualSize, HEAD_BYTES, parentOfHead, VhdEditor } from '../disk/editor.js';
 import { uuidV4 } from '../format/uuid.js';
 import { durableTemp, renameNoReplace } from '../io/durable.js';
 import { FileSink, fileStamp, realPathOf } from '../io/file.js';
@@ -51,6 +51,9 @@ import { orderedWindow } from '../pool/schedule.js';
 import { throwIfAborted, type OperationOptions } from './common.js';
 import { acquireLock, fsyncDir, holdLocks, lockTempPath, hasPendingMerge, journalPath, lockPath, type MergeJournal, readJournal, removeJournal, writeJournal } from './journal.js';
 import { openDisk } from './open.js';
+import { copyTarget, copyWorkPath, deleteSources, isFinishedCopy } from './merge/copy.js';
+import { plan, planOf } from './merge/plan.js';
+import { openChain, openTarget } from './merge/restore.js';
 
 export interface MergeOptions extends OperationOptions {
   /** Merge into this ancestor (default: the child's parent), every disk in between included. */
@@ -145,63 +148,6 @@ export function findSiblings(targetUuid: Uint8Array, dirs: string[], exclude: Se
   return found;
 }
 
-/**
- * Puts a target with a pending merge back to its layout before the merge: the file cut at its old
- * data end, the original footer after it and at offset 0, the original dynamic header. Data already
- * merged into existing blocks stays (it is merged again anyway); new blocks and a moved BAT go.
- * Every merge run does this first; a disk left unopenable by an interrupted run opens again after it.
- */
-function restoreLayout(sink: FileSink, journal: MergeJournal): Promise<void> {
-  return new VhdEditor(sink, planOf(journal)).restore();
-}
-
-/** restoreLayout for a disk found unopenable, under the lock (never beside a live merge). */
-async function restoreOriginalLayout(file: string): Promise<boolean> {
-  if (!readJournal(file)?.originalHeader) return false;
-  const release = acquireLock(file, 'merge');
-  try {
-    return await restoreLayoutOf(file);
-  } finally {
-    release();
-  }
-}
-
-/** restoreLayout of `file` by its journal, for a caller that holds the lock. */
-async function restoreLayoutOf(file: string): Promise<boolean> {
-  const journal = readJournal(file);
-  if (!journal?.originalHeader) return false;
-  const sink = await FileSink.open(file, 'r+');
-  try {
-    await restoreLayout(sink, journal);
-  } finally {
-    await sink.close();
-  }
-  return true;
-}
-
-/**
- * Opens with `open`; a disk of what it opens left unopenable by an interrupted merge (its journal
- * beside it) is put back by `restore` and opened again.
- */
-async function openRestoring(open: () => Promise<VhdImage>, restore: (file: string) => Promise<boolean>): Promise<VhdImage> {
-  try {
-    return await open();
-  } catch (e) {
-    if (e instanceof VhdError && e.file !== undefined && hasPendingMerge(e.file) && (await restore(e.file))) return open();
-    throw e;
-  }
-}
-
-/** A merge's own target, opened on its own under the merge's lock. */
-function openTarget(file: string): Promise<VhdImage> {
-  return openRestoring(() => openDisk(file, { resolveParents: false }), restoreLayoutOf);
-}
-
-/** The child's chain; restoring a disk of it takes that disk's lock (never beside a live merge). */
-function openChain(childPath: string, options: MergeOptions, warnings: Finding[]): Promise<VhdImage> {
-  return openRestoring(() => openDisk(childPath, { allowedDirs: options.allowedDirs, strict: options.strict, onFinding: (f) => warnings.push(f) }), restoreOriginalLayout);
-}
-
 export function merge(childPath: string, options: MergeOptions = {}): Promise<MergeResult> {
   return withCodedErrors(() => mergeChild(childPath, options));
 }
@@ -217,12 +163,6 @@ function mergeOutputs(targetFile: string, intoCopy: string | undefined): RolePat
   if (intoCopy === undefined) return own(targetFile, 'the target');
   const work = copyWorkPath(intoCopy);
   return [{ path: intoCopy, role: 'copy (--into-copy)' }, { path: work, role: 'work file of the copy' }, ...own(work, 'the copy')];
-}
-
-/** Where --into-copy makes and merges its copy before it takes the final name. */
-function copyWorkPath(intoCopy: string): string {
-  const final = path.resolve(intoCopy);
-  return path.join(path.dirname(final), `.${path.basename(final)}.vhdkit-copy`);
 }
 
 async function mergeChild(childPath: string, options: MergeOptions): Promise<MergeResult> {
@@ -329,49 +269,6 @@ async function mergeChild(childPath: string, options: MergeOptions): Promise<Mer
   } finally {
     for (const r of releases) r();
     await child.close();
-  }
-}
-
-/** Deletes the merged disks (--delete-child), the child first; returns their paths. */
-function deleteSources(sources: VhdImage[]): string[] {
-  for (const s of sources) fs.rmSync(s.id, { force: true });
-  return sources.map((s) => s.id);
-}
-
-/** True when `file` is a complete copy this merge made (its UUID, no merge pending, no errors). */
-async function isFinishedCopy(file: string, uuid: Uint8Array): Promise<boolean> {
-  if (hasPendingMerge(file)) return false;
-  try {
-    const d = await openDisk(file, { resolveParents: false });
-    try {
-      return Buffer.compare(Buffer.from(d.footer.uniqueId), Buffer.from(uuid)) === 0 && !d.findings.some((f) => f.severity === 'error');
-    } finally {
-      await d.close();
-    }
-  } catch {
-    return false;
-  }
-}
-
-/** Makes the copy for --into-copy at `dest`: reflink or copy_file_range when possible, a new UUID. */
-async function copyTarget(target: VhdImage, dest: string, uuid: Uint8Array, final: string): Promise<void> {
-  try {
-    fs.copyFileSync(target.id, dest, fs.constants.COPYFILE_FICLONE);
-  } catch (e) {
-    const reason = (codedError(e) as VhdError).detail?.replace(/^.*? failed /, '') ?? String(e);
-    throw new VhdError(ErrorCodes.IO, `copying ${target.name} to the work file ${path.basename(dest)} failed ${reason}`, { file: final, cause: e });
-  }
-  try {
-    // A new identity: the copy is a different disk once merged (the original's children keep theirs).
-    const sink = await FileSink.open(dest, 'r+');
-    try {
-      await giveIdentity(sink, target, uuid);
-    } finally {
-      await sink.close();
-    }
-  } catch (e) {
-    fs.rmSync(dest, { force: true });
-    throw e;
   }
 }
 
@@ -515,77 +412,6 @@ async function copierFor(childPath: string, options: MergeOptions): Promise<Copi
   const { getPool } = await import('../pool/pool.js');
   const pool = getPool({ workers });
   return { workers: pool.workers, window: pool.concurrency, copy: (t) => pool.mergeCopy(t) };
-}
-
-function b64(bytes: Uint8Array): string {
-  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('base64');
-}
-
-function unb64(text: string): Uint8Array {
-  return new Uint8Array(Buffer.from(text, 'base64'));
-}
-
-/** Computes the journal: where new blocks go, the final footer, a moved BAT if it must grow. */
-/** The plan of an edit as the journal saves it (base64 for bytes; the fields of journal version 1). */
-function journalFields(p: EditPlan): Pick<MergeJournal, 'oldEnd' | 'newEnd' | 'newBlocks' | 'footer' | 'footerCopy' | 'originalHeader' | 'originalFooterCopy' | 'headerOffset' | 'header' | 'batOffset' | 'batEntries' | 'zeros' | 'clearBlocks'> {
-  return {
-    oldEnd: p.oldEnd,
-    newEnd: p.newEnd,
-    newBlocks: p.newBlocks.length > 0 ? b64(new Uint8Array(Uint32Array.from(p.newBlocks).buffer)) : '',
-    footer: b64(p.footer),
-    footerCopy: p.footerCopy,
-    ...(p.original ? { originalHeader: b64(p.original.header), originalFooterCopy: b64(p.original.footerCopy), headerOffset: p.original.headerOffset } : {}),
-    ...(p.grownBat ? { header: b64(p.grownBat.header), batOffset: p.grownBat.offset, batEntries: p.grownBat.entries } : {}),
-    ...(p.zeros ? { zeros: p.zeros } : {}),
-    ...(p.clearBlocks ? { clearBlocks: p.clearBlocks } : {}),
-  };
-}
-
-/** The edit plan a journal holds. */
-function planOf(j: MergeJournal): EditPlan {
-  return {
-    oldEnd: j.oldEnd,
-    newEnd: j.newEnd,
-    newBlocks: j.newBlocks ? [...new Uint32Array(unb64(j.newBlocks).slice().buffer)] : [],
-    footer: unb64(j.footer),
-    footerCopy: j.footerCopy,
-    original: j.originalHeader && j.originalFooterCopy && j.headerOffset !== undefined ? { header: unb64(j.originalHeader), headerOffset: j.headerOffset, footerCopy: unb64(j.originalFooterCopy) } : undefined,
-    grownBat: j.header !== undefined ? { header: unb64(j.header), offset: j.batOffset!, entries: j.batEntries! } : undefined,
-    zeros: j.zeros,
-    clearBlocks: j.clearBlocks,
-  };
-}
-
-/**
- * The journal of a fresh merge: which sectors come from which source (the overlay), and the editor's
- * plan for the target (new blocks appended, the BAT grown when the child is larger).
- */
-async function plan(
-  target: VhdImage,
-  sources: VhdImage[],
-  targetFile: string,
-  deleteChild: boolean,
-  parentSize: number | undefined,
-): Promise<{ journal: MergeJournal; segments?: Segment[] }> {
-  const newSize = Math.max(target.virtualSize, sources[0].virtualSize);
-  const base = {
-    version: 1 as const,
-    kind: 'vhdkit-merge' as const,
-    target: targetFile,
-    targetUuid: target.uuid,
-    sources: sources.map((s) => ({ path: s.id, uuid: s.uuid, size: s.source.size })),
-    deleteChild,
-    started: new Date().toISOString(),
-  };
-  // The chain reads zeros past the end of any disk between the child and the target.
-  const zerosFrom = Math.min(...sources.slice(1).map((s) => s.virtualSize), Infinity);
-  if (target.type === 'fixed') return { journal: { ...base, ...journalFields(await planEdit(target, [], newSize, { zerosFrom, zerosTo: sources[0].virtualSize })) } };
-  const bs = target.blockSize;
-  const segments = await overlay(sources, newSize);
-  const touched = new Set<number>();
-  for (const seg of segments) for (let b = Math.floor(seg.start / bs); b * bs < seg.end; b++) touched.add(b);
-  const edit = await planEdit(target, [...touched].sort((x, y) => x - y), newSize, { parentSize, zerosFrom, zerosTo: sources[0].virtualSize });
-  return { journal: { ...base, ...journalFields(edit) }, segments };
 }
 
 interface Stats {
