@@ -17,7 +17,6 @@
  * `npm test` runs a few hundred cases (VHDKIT_FUZZ_SEED sets the seed, printed at the start);
  * `npm run fuzz -- --minutes N` runs for N minutes (nightly CI).
  */
-import { createHash } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -26,7 +25,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { main } from '../src/cli/app.js';
 import { ErrorCodes } from '../src/errors.js';
 import { byteEdit, cut, type Damage, damaged, fieldEdit, layoutOf, type Subject } from './damage.js';
-import { corpusDir, corpusPresent, fixturesDir, hasQemu, readCorpusFile, repoRoot, runProcess, tmpDir } from './helpers.js';
+import { corpusDir, corpusPresent, fixturesDir, hasQemu, readCorpusFile, repoRoot, runProcess, snapshotTree, tmpDir } from './helpers.js';
 
 const CLI = path.join(repoRoot, 'dist/cli/main.js');
 const CODES = new Set<string>(Object.values(ErrorCodes));
@@ -95,22 +94,8 @@ function expectContract(r: Run): any {
   return doc;
 }
 
-function sha(b: Uint8Array): string {
-  return createHash('sha256').update(b).digest('hex');
-}
 
-function snapshot(root: string): Map<string, string> {
-  const out = new Map<string, string>();
-  const walk = (d: string) => {
-    for (const name of fs.readdirSync(d)) {
-      const p = path.join(d, name);
-      if (fs.statSync(p).isDirectory()) walk(p);
-      else out.set(path.relative(root, p), sha(fs.readFileSync(p)));
-    }
-  };
-  walk(root);
-  return out;
-}
+const snapshot = snapshotTree;
 
 // -------------------------------------------------------------------------------------------------
 // Subjects

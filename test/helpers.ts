@@ -373,3 +373,24 @@ export async function rejection(p: Promise<unknown>): Promise<VhdError> {
   }
   throw new Error('expected a VhdError, but the promise resolved');
 }
+
+/**
+ * Every entry under `root` and what it holds, keyed by its path relative to `root`: a regular file
+ * by its SHA-256, a symlink by its target, anything else by its kind. What a test says must not change.
+ */
+export function snapshotTree(root: string): Map<string, string> {
+  const out = new Map<string, string>();
+  const walk = (d: string) => {
+    for (const name of fs.readdirSync(d).sort()) {
+      const p = path.join(d, name);
+      const st = fs.lstatSync(p);
+      const key = path.relative(root, p);
+      if (st.isDirectory()) walk(p);
+      else if (st.isSymbolicLink()) out.set(key, `-> ${fs.readlinkSync(p)}`);
+      else if (st.isFile()) out.set(key, createHash('sha256').update(fs.readFileSync(p)).digest('hex'));
+      else out.set(key, st.isFIFO() ? 'fifo' : 'other');
+    }
+  };
+  walk(root);
+  return out;
+}

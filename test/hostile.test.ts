@@ -25,7 +25,7 @@ import { ErrorCodes } from '../src/errors.js';
 import { acquireLock } from '../src/ops/journal.js';
 import { merge } from '../src/ops/merge.js';
 import { create } from '../src/ops/create.js';
-import { rejection, repoRoot, runProcess, tmpDir, type ProcessRun } from './helpers.js';
+import { rejection, repoRoot, runProcess, snapshotTree, tmpDir, type ProcessRun } from './helpers.js';
 
 const CLI = path.join(repoRoot, 'dist/cli/main.js');
 const MiB = 1024 * 1024;
@@ -37,17 +37,7 @@ const vhdkit = (args: string[], cwd: string, uid?: number): Promise<ProcessRun> 
   runProcess(process.execPath, [CLI, ...args], { cwd, timeoutMs: 60_000, ...(uid !== undefined ? { uid, gid: uid } : {}) });
 const show = (r: ProcessRun) => `exit ${r.code}\nstdout: ${r.stdout.slice(0, 1500)}\nstderr: ${r.stderr.slice(0, 1500)}`;
 
-function snapshot(dir: string): Map<string, string> {
-  const out = new Map<string, string>();
-  for (const name of fs.readdirSync(dir).sort()) {
-    const p = path.join(dir, name);
-    const st = fs.lstatSync(p);
-    if (st.isSymbolicLink()) out.set(name, `-> ${fs.readlinkSync(p)}`);
-    else if (st.isFile()) out.set(name, createHash('sha256').update(fs.readFileSync(p)).digest('hex'));
-    else out.set(name, st.isFIFO() ? 'fifo' : 'other');
-  }
-  return out;
-}
+const snapshot = snapshotTree;
 
 /** One line `vhdkit: … [CODE]` on stderr and the exit code. */
 function expectRefused(r: ProcessRun, exit: number, code: string): string {

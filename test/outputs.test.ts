@@ -18,7 +18,7 @@ import { checkOutputPath, guardOutputs } from '../src/io/paths.js';
 import { convert } from '../src/ops/convert.js';
 import { hash } from '../src/ops/hash.js';
 import { merge } from '../src/ops/merge.js';
-import { rejection, repoRoot, runProcess, tmpDir, type ProcessRun } from './helpers.js';
+import { rejection, repoRoot, runProcess, snapshotTree, tmpDir, type ProcessRun } from './helpers.js';
 
 const CLI = path.join(repoRoot, 'dist/cli/main.js');
 const MiB = 1024 * 1024;
@@ -34,21 +34,7 @@ function describeRun(r: ProcessRun): string {
   return `exit ${r.code}\nstdout: ${r.stdout.slice(0, 1500)}\nstderr: ${r.stderr.slice(0, 1500)}`;
 }
 
-/** Every regular file under `root` (symlinks as links) and its SHA-256: what must not change. */
-function snapshot(root: string): Map<string, string> {
-  const out = new Map<string, string>();
-  const walk = (d: string) => {
-    for (const name of fs.readdirSync(d)) {
-      const p = path.join(d, name);
-      const st = fs.lstatSync(p);
-      if (st.isDirectory()) walk(p);
-      else if (st.isSymbolicLink()) out.set(p, `-> ${fs.readlinkSync(p)}`);
-      else out.set(p, createHash('sha256').update(fs.readFileSync(p)).digest('hex'));
-    }
-  };
-  walk(root);
-  return out;
-}
+const snapshot = snapshotTree;
 
 /** One line on stderr, `vhdkit: … [CODE]`, no stack, no "internal error". */
 function expectOneCodedLine(r: ProcessRun, code: string): string {
