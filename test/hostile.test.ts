@@ -137,6 +137,38 @@ describe('merge', () => {
     expect(fs.readdirSync(dir).filter((n) => n.includes('vhdkit-'))).toEqual([]);
   });
 
+  it.runIf(root)('a reader that cannot make its read marks (a read-only mount of the folder) still never reports a mixture: LOCKED when a merge wrote meanwhile', async (ctx) => {
+    const { hash } = await import('../src/ops/hash.js');
+    const { convert } = await import('../src/ops/convert.js');
+    const out = tmpDir('vhdkit-hostile-ro-out-');
+    const readers: Array<[string, (file: string, onProgress: () => void) => Promise<unknown>]> = [
+      ['hash', (file, onProgress) => hash(file, { workers: 0, onProgress })],
+      ['convert', (file, onProgress) => convert(file, path.join(out, 'c1.raw'), { to: 'raw', onProgress })],
+    ];
+    for (const [what, read] of readers) {
+      const dir = await chain(`readers-ro-${what}`);
+      const ro = tmpDir('vhdkit-hostile-ro-');
+      if (spawnSync('mount', ['--bind', dir, ro]).status !== 0) return ctx.skip();
+      try {
+        if (spawnSync('mount', ['-o', 'remount,ro,bind', ro]).status !== 0) return ctx.skip();
+        // A merge into c1 (through the writable path) in the middle of the read, by another process.
+        let merged: number | null = null;
+        const e = await rejection(
+          read(path.join(ro, 'c1.vhd'), () => {
+            if (merged !== null) return;
+            merged = spawnSync(process.execPath, [CLI, 'merge', 'c2.vhd', '--force', '-q'], { cwd: dir }).status;
+          }),
+        );
+        expect(merged, what).toBe(0);
+        expect(e.code, `${what}: ${e.message}`).toBe(ErrorCodes.LOCKED);
+        expect(e.message, what).toContain('changed while this');
+        expect(fs.existsSync(path.join(out, 'c1.raw')), what).toBe(false);
+      } finally {
+        spawnSync('umount', [ro]);
+      }
+    }
+  });
+
   it("the journal's temporary name taken by a symlink to the child, or by a disk of the chain: USAGE, nothing written", async () => {
     const dir = await chain('journal-tmp');
     fs.symlinkSync('c1.vhd', path.join(dir, 'base.vhd.vhdkit-merge.json.tmp'));

@@ -15,7 +15,7 @@ import type { ByteSink } from '../io/types.js';
 import { throwIfAborted, type OperationOptions } from './common.js';
 import { VhdImage } from '../disk/image.js';
 import { guardOutputs } from '../io/paths.js';
-import { holdReading, inputRoles, openAny, type OpenDiskOptions, type SourceFormat } from './open.js';
+import { holdReading, inputRoles, openAny, type OpenDiskOptions, type ReadHold, type SourceFormat } from './open.js';
 import { newUuid } from './create.js';
 
 export type TargetFormat = 'raw' | 'fixed' | 'dynamic';
@@ -82,10 +82,11 @@ async function convertDisk(src: string, dst: string, options: ConvertOptions): P
       options.onFinding?.(f);
     },
   });
-  let release = () => {};
+  let hold: ReadHold | undefined;
   try {
     guardOutputs([{ path: dst, role: 'output' }], inputRoles(disk, src));
-    release = holdReading(disk, src, 'convert');
+    hold = holdReading(disk, src, 'convert');
+    const held = hold;
     let virtualSize = disk.virtualSize;
     if (options.azure) {
       virtualSize = azureSize(virtualSize);
@@ -111,6 +112,7 @@ async function convertDisk(src: string, dst: string, options: ConvertOptions): P
       async (sink) => {
         if (to === 'dynamic') counters.blocks = await toDynamic(disk, sink, virtualSize, blockSize, options, counters);
         else await toFlat(disk, sink, virtualSize, to, options, counters);
+        held.verify(); // what was read is what the source held throughout, or the output is not placed
       },
       { overwrite: options.force },
     );
@@ -127,7 +129,7 @@ async function convertDisk(src: string, dst: string, options: ConvertOptions): P
       warnings,
     };
   } finally {
-    release();
+    hold?.release();
     await disk.close();
   }
 }

@@ -22,7 +22,7 @@ import { throwIfAborted, type OperationOptions } from './common.js';
 import { newUuid, parentLinkFor } from './create.js';
 import { orderedWindow, packTasks, TASK_BYTES } from '../pool/schedule.js';
 import { guardOutputs } from '../io/paths.js';
-import { holdReading, inputRoles, openAny, type OpenDiskOptions } from './open.js';
+import { holdReading, inputRoles, openAny, type OpenDiskOptions, type ReadHold } from './open.js';
 
 export interface DiffOptions extends OperationOptions, OpenDiskOptions {
   workers?: number;
@@ -91,11 +91,14 @@ async function diffDisks(oldFile: string, newFile: string, options: DiffOptions)
     await a.disk.close();
     throw e;
   }
-  const releases: Array<() => void> = [];
+  const holds: ReadHold[] = [];
+  const verify = () => {
+    for (const h of holds) h.verify();
+  };
   try {
     if (options.out !== undefined) guardOutputs(outRole, [...inputRoles(a.disk, oldFile, 'old disk'), ...inputRoles(b.disk, newFile, 'new disk')]);
-    releases.push(holdReading(a.disk, oldFile, 'diff'));
-    releases.push(holdReading(b.disk, newFile, 'diff'));
+    holds.push(holdReading(a.disk, oldFile, 'diff'));
+    holds.push(holdReading(b.disk, newFile, 'diff'));
     const virtualSize = Math.max(a.disk.virtualSize, b.disk.virtualSize);
     const { ranges: cand, method } = await candidates(a.disk, b.disk);
     // Sector alignment: candidates from block ranges are aligned already; clip to the larger disk.
@@ -126,6 +129,7 @@ async function diffDisks(oldFile: string, newFile: string, options: DiffOptions)
       options.signal,
     );
     throwIfAborted(options.signal);
+    verify();
     const changedBytes = totalLength(changed);
     let out: DiffResult['out'] = null;
     if (options.out) {
@@ -139,7 +143,7 @@ async function diffDisks(oldFile: string, newFile: string, options: DiffOptions)
           { file: newFile },
         );
       }
-      out = await writeChild(a.disk as VhdImage, b.disk, oldFile, options.out, changed, b.disk.virtualSize, options);
+      out = await writeChild(a.disk as VhdImage, b.disk, oldFile, options.out, changed, b.disk.virtualSize, options, verify);
     }
     return {
       old: oldFile,
@@ -156,7 +160,7 @@ async function diffDisks(oldFile: string, newFile: string, options: DiffOptions)
       warnings,
     };
   } finally {
-    for (const r of releases) r();
+    for (const h of holds) h.release();
     await a.disk.close();
     await b.disk.close();
   }
@@ -171,6 +175,7 @@ async function writeChild(
   changed: Range[],
   virtualSize: number,
   options: DiffOptions,
+  verify: () => void,
 ): Promise<{ file: string; blocks: number; fileSize: number }> {
   const blockSize = options.blockSize ?? blockSizeLike(parent);
   const link = parentLinkFor(outFile, parentFile, parent.footer.uniqueId, parent.footer.timestamp);
@@ -205,6 +210,7 @@ async function writeChild(
       }
       await w.finish();
       fileSize = sink.size;
+      verify(); // what was read is what the disks held throughout, or the child is not placed
     },
     { overwrite: options.force },
   );

@@ -15,7 +15,7 @@ import { type DiskRef, type HashTask, type HashTaskResult, READ_UNIT } from '../
 import { orderedWindow, packTasks, TASK_BYTES } from '../pool/schedule.js';
 import { throwIfAborted, type OperationOptions } from './common.js';
 import { guardOutputs } from '../io/paths.js';
-import { holdReading, inputRoles, openAny, type OpenDiskOptions, type SourceFormat } from './open.js';
+import { holdReading, inputRoles, openAny, type OpenDiskOptions, type ReadHold, type SourceFormat } from './open.js';
 
 export const DEFAULT_CHUNK_SIZE = 64 * 1024;
 /** The largest chunk: 4 MiB, Azure's largest page write (and at most one read buffer). */
@@ -66,26 +66,26 @@ async function hashDisk(file: string, options: HashOptions): Promise<HashResult>
   let virtualSize: number;
   let ranges: Range[];
   // The workers read the files themselves: the read marks stay until the last task is done.
-  let release: () => void;
+  let hold: ReadHold;
   try {
     if (options.manifest !== undefined) guardOutputs([manifestRole], inputRoles(disk, file));
-    release = holdReading(disk, file, 'hash');
+    hold = holdReading(disk, file, 'hash');
     virtualSize = disk.virtualSize;
     ranges = alignRanges(disk.dataRanges(), chunkSize, virtualSize);
   } finally {
     await disk.close();
   }
   try {
-    return await hashRanges(file, options, { format, virtualSize, ranges, chunkSize, warnings, started });
+    return await hashRanges(file, options, { format, virtualSize, ranges, chunkSize, warnings, started, verify: () => hold.verify() });
   } finally {
-    release();
+    hold.release();
   }
 }
 
 async function hashRanges(
   file: string,
   options: HashOptions,
-  o: { format: 'vhd' | 'raw'; virtualSize: number; ranges: Range[]; chunkSize: number; warnings: Finding[]; started: number },
+  o: { format: 'vhd' | 'raw'; virtualSize: number; ranges: Range[]; chunkSize: number; warnings: Finding[]; started: number; verify: () => void },
 ): Promise<HashResult> {
   const { format, virtualSize, ranges, chunkSize, warnings, started } = o;
   const ref: DiskRef = { file, format, allowedDirs: options.allowedDirs, sizeFrom: options.sizeFrom };
@@ -145,6 +145,7 @@ async function hashRanges(
     await orderedWindow(tasks, pool.concurrency, (t) => pool.hash(t, options.signal), (t, r) => fold(t, r, sink), options.signal);
     const value = digest.digest();
     throwIfAborted(options.signal);
+    o.verify(); // what was hashed is what the disk held throughout, or no digest (and no manifest)
     if (sink) {
       await sink.write(zeroFlags, 64 + chunks * 8);
       await sink.write(encodeManifestHeader({ chunkSize, virtualSize, chunks, digest: value, zeroChunks }), 0);

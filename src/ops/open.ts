@@ -88,29 +88,42 @@ export function filesRead(disk: VirtualDisk, file: string): string[] {
   return disk instanceof VhdImage ? disk.chain.map((d) => d.source.name) : [file];
 }
 
+/** What holdReading holds: `verify` before a result is given, `release` when done. */
+export interface ReadHold {
+  /** Throws LOCKED or MERGE_PENDING when a file read has changed since the open (a merge wrote it). */
+  verify(): void;
+  release(): void;
+}
+
 /**
- * Shared read marks on every file `disk` reads, held until the returned function is called: a merge
- * into any of them is LOCKED meanwhile instead of changing what is being read. Called right after
- * the open: a merge that began (or ended) in between shows as a pending journal (MERGE_PENDING) or a
- * changed file (LOCKED). Where a mark cannot be made (a folder this user may not write, where a merge
- * of this user could not write its journal either), `warnings` is told; readers that pass none
- * accept that silently.
+ * Shared read marks on every file `disk` reads, held until released: a merge into any of them is
+ * LOCKED meanwhile instead of changing what is being read. Called right after the open: a merge that
+ * began (or ended) in between shows as a pending journal (MERGE_PENDING) or a changed file (LOCKED).
+ * Where a mark cannot be made (a folder this user may not write, while another user may merge
+ * there), a merge running now is LOCKED all the same, and `verify` (called before any result is
+ * given or output placed) catches one that started later: the file's identity (size, mtime, inode)
+ * changed. `warnings` is told of marks that could not be made; readers that pass none accept that.
  */
-export function holdReading(disk: VirtualDisk, file: string, what: string, warnings: Finding[] = []): () => void {
+export function holdReading(disk: VirtualDisk, file: string, what: string, warnings: Finding[] = []): ReadHold {
   const files = filesRead(disk, file);
   const opened = files.map(fileStamp);
   const releases = holdLocks(files, { shared: what, during: `the ${what}` }, warnings);
   const release = () => {
     for (const r of releases) r();
   };
-  try {
+  const verify = () => {
     for (const [i, f] of files.entries()) {
-      if (hasPendingMerge(f)) throw new VhdError(ErrorCodes.MERGE_PENDING, `a merge into it began while this ${what} opened it; complete it (vhdkit merge --resume), then run the ${what} again`, { file: f });
-      if (fileStamp(f) !== opened[i]) throw new VhdError(ErrorCodes.LOCKED, `it changed while this ${what} opened it (a merge?); run the ${what} again`, { file: f });
+      if (hasPendingMerge(f)) throw new VhdError(ErrorCodes.MERGE_PENDING, `a merge into it began while this ${what} read it; complete it (vhdkit merge --resume), then run the ${what} again`, { file: f });
+      const running = liveLockHolder(f);
+      if (running) throw new VhdError(ErrorCodes.LOCKED, `a merge into it is running: ${running}; run the ${what} again when it has ended`, { file: f });
+      if (fileStamp(f) !== opened[i]) throw new VhdError(ErrorCodes.LOCKED, `it changed while this ${what} read it (a merge?); run the ${what} again`, { file: f });
     }
+  };
+  try {
+    verify();
   } catch (e) {
     release();
     throw e;
   }
-  return release;
+  return { verify, release };
 }

@@ -43,7 +43,7 @@ import type { RetryOptions } from '../azure/retry.js';
 import { throwIfAborted, type OperationOptions } from './common.js';
 import { azureSize } from './convert.js';
 import { ManifestFile } from './manifest-file.js';
-import { holdReading, inputRoles, openAny, type OpenDiskOptions, type SourceFormat } from './open.js';
+import { holdReading, inputRoles, openAny, type OpenDiskOptions, type ReadHold, type SourceFormat } from './open.js';
 import { type BaseInfo, baseInfo, checkGivenBase, recordedBase } from './upload/base.js';
 import { type Content, planContent, stampOfChain, type UploadMethod } from './upload/content.js';
 import { defaultJournalDir, UploadJournal, uploadJournalPath } from './upload/journal.js';
@@ -149,6 +149,8 @@ interface Upload {
   concurrency: number;
   warnings: Finding[];
   started: number;
+  /** The read marks on the source's files. */
+  hold: ReadHold;
 }
 
 async function uploadDisk(file: string, destination: string, options: UploadOptions): Promise<UploadResult> {
@@ -189,8 +191,9 @@ async function uploadDisk(file: string, destination: string, options: UploadOpti
   try {
     // A merge into any disk of the chain would change what is being sent: hold their shared locks
     // (other uploads of the same files may run at the same time; a merge may not).
-    releases.push(holdReading(disk, file, 'upload', warnings));
-    return await run({ file, options, connect, loc, blob, counters, retry, pool, disk, format, journalDir, tmp, concurrency, warnings, started });
+    const hold = holdReading(disk, file, 'upload', warnings);
+    releases.push(() => hold.release());
+    return await run({ file, options, connect, loc, blob, counters, retry, pool, disk, format, journalDir, tmp, concurrency, warnings, started, hold });
   } finally {
     await blob.releaseLease();
     for (const r of releases) r();
@@ -475,6 +478,7 @@ async function finish(
   const { totals, md5: contentMd5 } = f.totals;
   options.onPhase?.('finish');
   throwIfAborted(options.signal);
+  u.hold.verify(); // what was sent is what the source held throughout, or the blob is not marked complete
   await blob.setContentMd5(contentMd5 ?? undefined);
   let manifest: string | null = f.record.manifest!;
   try {
