@@ -814,7 +814,17 @@ describe('interrupted conversion', { timeout: 60_000 }, () => {
 describe('usage errors from the argument parser', () => {
   it('are one line ending in [USAGE], exit 2, whatever yargs makes of them', async () => {
     const d = tmpDir('vhdkit-cli-usage-');
-    for (const args of [['convert', 'a.raw', 'x.vhd', '--to', 'bogus'], ['info'], ['frobnicate'], ['hash', 'a.vhd', '--no-such-flag'], []]) {
+    for (const args of [
+      ['convert', 'a.raw', 'x.vhd', '--to', 'bogus'],
+      ['info'],
+      ['frobnicate'],
+      ['hash', 'a.vhd', '--no-such-flag'],
+      [],
+      // One value given twice: never an array that passes a choices check (a raw image written as "dynamic").
+      ['convert', 'a.raw', 'x.vhd', '--to', 'dynamic', '--to', 'dynamic'],
+      ['merge', 'c.vhd', '--into-copy', 'a.vhd', '--into-copy', 'b.vhd'],
+      ['diff', 'a.vhd', 'b.vhd', '--out', 'o1.vhd', '--out', 'o2.vhd'],
+    ]) {
       const r = await vhdkit(args, d);
       expectExit(r, 2);
       const lines = r.stderr.trimEnd().split('\n');

@@ -160,6 +160,15 @@ describe('merge --into-copy: a finished copy, a copy that is stale, and --delete
     const real = fs.realpathSync(child);
     const r = await merge(child, { intoCopy: out, deleteChild: true, workers: 0 });
     expect(r).toMatchObject({ resumed: true, sectorsMerged: 0, deleted: [real] });
+    // Killed inside the rename itself (the copy linked at its name, the work name not yet removed).
+    const d2 = fresh('delete-mid-rename');
+    await merge(path.join(d2, 'child.vhd'), { intoCopy: path.join(d2, 'merged.vhd'), workers: 0 });
+    fs.linkSync(path.join(d2, 'merged.vhd'), path.join(d2, '.merged.vhd.vhdkit-copy'));
+    const r2 = await merge(path.join(d2, 'child.vhd'), { intoCopy: path.join(d2, 'merged.vhd'), deleteChild: true, workers: 0 });
+    expect(r2).toMatchObject({ resumed: true, sectorsMerged: 0 });
+    expect(r2.deleted).toHaveLength(1);
+    expect(fs.readdirSync(d2).sort()).toEqual(['base.vhd', 'merged.vhd', 'sibling.vhd']);
+    expect((await hash(path.join(d2, 'merged.vhd'), { workers: 0 })).digest).toBe(pristine.digest);
     expect(fs.existsSync(child)).toBe(false);
     expect((await hash(out, { workers: 0 })).digest).toBe(pristine.digest);
     expect(fs.readdirSync(d).sort()).toEqual(['base.vhd', 'merged.vhd', 'sibling.vhd']);

@@ -1,7 +1,7 @@
 /**
- * Parent resolution keeps looking past candidates that are refused, not VHDs or other disks, and
- * only reports them when no candidate is the parent; a candidate that is a VHD but does not open
- * stops it (it may be the parent, damaged or mid-merge).
+ * Parent resolution: the first candidate that exists is the parent (it must open and carry the
+ * child's parent UUID); only missing candidates and ones outside the allowed directories pass the
+ * search on.
  */
 import fs from 'node:fs';
 import os from 'node:os';
@@ -30,20 +30,47 @@ async function childWithLocators(file: string, parent: string, locators: Array<{
 }
 
 describe('parent resolution', () => {
-  it('skips a candidate that is not a VHD and finds the parent through a later locator', async () => {
+  it('the first candidate that exists is the parent: one that is not a VHD, or another disk, stops the search even when a later locator names the parent', async () => {
     const d = path.join(dir, 'a');
     fs.mkdirSync(path.join(d, 'real'), { recursive: true });
     const base = path.join(d, 'real', 'base.vhd');
     await create(base, { size: 4 * 1024 * 1024 });
-    fs.writeFileSync(path.join(d, 'decoy.vhd'), 'this is not a disk\n'.repeat(100));
     const child = path.join(d, 'child.vhd');
     await childWithLocators(child, base, [
       { code: 'W2ru', path: '.\\decoy.vhd' },
       { code: 'W2ku', path: base },
     ]);
+    // Missing: passed on to the next locator.
     const img = await openDisk(child);
     expect(img.chain.map((c) => c.id)).toEqual([fs.realpathSync(child), fs.realpathSync(base)]);
     await img.close();
+    for (const [what, bytes, code] of [
+      ['a text file', Buffer.from('this is not a disk\n'.repeat(100)), ErrorCodes.NOT_VHD],
+      ['an empty file (a copy just begun)', Buffer.alloc(0), ErrorCodes.FILE_TOO_SMALL],
+      ['a fixed disk cut short (a copy not finished)', Buffer.alloc(3 * 1024 * 1024), ErrorCodes.NOT_VHD],
+    ] as const) {
+      fs.writeFileSync(path.join(d, 'decoy.vhd'), bytes);
+      const e = await openDisk(child).then(
+        () => undefined,
+        (x: unknown) => x as VhdError,
+      );
+      expect(e?.code, what).toBe(code);
+      expect(e?.file, what).toBe(path.join(d, 'decoy.vhd'));
+    }
+    // Another disk there: its UUID is not the one the child names.
+    fs.rmSync(path.join(d, 'decoy.vhd'));
+    await create(path.join(d, 'decoy.vhd'), { size: 4 * 1024 * 1024 });
+    const m = await openDisk(child).then(
+      () => undefined,
+      (x: unknown) => x as VhdError,
+    );
+    expect(m?.code).toBe(ErrorCodes.PARENT_UUID_MISMATCH);
+    expect(m?.message).toContain('decoy.vhd');
+    // info still describes the child, the broken link under its findings.
+    const { info } = await import('../src/ops/info.js');
+    fs.writeFileSync(path.join(d, 'decoy.vhd'), Buffer.alloc(0));
+    const i = await info(child);
+    expect(i.findings.map((f) => f.code)).toContain(ErrorCodes.FILE_TOO_SMALL);
   });
 
   it('reports the unusable candidate when nothing else is the parent', async () => {

@@ -175,7 +175,8 @@ export class VhdImage {
         try {
           await image.resolveChain(options.resolver, options, [image.id], options.maxDepth ?? DEFAULT_MAX_DEPTH);
         } catch (e) {
-          if (!(options.tolerateBrokenChain && e instanceof VhdError && CHAIN_ERRORS.has(e.code))) throw e;
+          // Every error here is the chain's (a parent missing, refused or damaged), not this disk's.
+          if (!(options.tolerateBrokenChain && e instanceof VhdError)) throw e;
           // Keep the part of the chain that opened; record the break on the disk that has it.
           let last = image;
           while (last.parent) last = last.parent;
@@ -308,11 +309,11 @@ export class VhdImage {
     const want = this.header!.parentUniqueId;
     const candidates = this.parentCandidates();
     const mismatched: string[] = [];
-    // A candidate outside the allowed directories, a file that is no VHD at all, or a VHD with
-    // another UUID does not stop the search: a later candidate may be the parent. Remembered in case
-    // none is. A VHD that fails to open does stop it: it may be the parent, damaged or caught
-    // mid-write by a merge, and reading through another copy of it (an absolute locator still naming
-    // the folder a chain was copied from) would read the wrong file, and a merge write into it.
+    // The first candidate that exists is the parent: it must open and carry the UUID this child
+    // names, or the chain is broken there. Only candidates that do not exist, or lie outside the
+    // allowed directories, pass the search on. A later candidate is never taken in its place: an
+    // absolute locator still naming the folder a chain was copied from would make every reader read,
+    // and a merge write, the original while the copy's parent is damaged, half copied or mid-merge.
     const refused: VhdError[] = [];
     for (const candidate of candidates) {
       let found: Awaited<ReturnType<SourceResolver['open']>>;
@@ -338,15 +339,13 @@ export class VhdImage {
         parent = await VhdImage.openOne(found.source, options);
       } catch (e) {
         await found.source.close();
-        if (!(e instanceof VhdError) || e.code !== ErrorCodes.NOT_VHD) throw e;
-        refused.push(e);
-        continue;
+        throw e;
       }
       parent.id = found.id;
       if (!equalBytes(parent.footer.uniqueId, want)) {
         mismatched.push(`${found.source.name} (UUID ${parent.uuid})`);
         await parent.close();
-        continue;
+        break;
       }
       this.parent = parent;
       if (parent.virtualSize !== this.virtualSize) {

@@ -51,7 +51,7 @@ import { orderedWindow } from '../pool/schedule.js';
 import { throwIfAborted, type OperationOptions } from './common.js';
 import { acquireLock, fsyncDir, holdLocks, lockTempPath, hasPendingMerge, journalPath, lockPath, type MergeJournal, readJournal, removeJournal, writeJournal } from './journal.js';
 import { openDisk } from './open.js';
-import { copyTarget, copyWorkPath, deleteSources, isFinishedCopy } from './merge/copy.js';
+import { copyTarget, copyWorkPath, deleteSources, isFinishedCopy, settleInterruptedRename } from './merge/copy.js';
 import { plan, planOf } from './merge/plan.js';
 import { openChain, openTarget } from './merge/restore.js';
 
@@ -191,6 +191,7 @@ async function mergeChild(childPath: string, options: MergeOptions): Promise<Mer
       }
     }
     const target = chain[depth];
+    if (options.intoCopy !== undefined) settleInterruptedRename(options.intoCopy);
     refuseOverlap(mergeOutputs(target.id, options.intoCopy), chainRoles(chain, 'child'));
     // A --search folder must be one: a typo would silently skip the sibling check.
     for (const dir of options.search ?? []) checkInputFolder(dir, 'folder to search for other children (--search)');
@@ -258,6 +259,8 @@ async function mergeChild(childPath: string, options: MergeOptions): Promise<Mer
       fs.rmSync(work, { force: true });
       await copyTarget(target, work, copyUuid, options.intoCopy);
     }
+    // A resumed merge deletes what its journal says it would (as in place), and what this run asks.
+    const deleteChild = !!options.deleteChild || readJournal(work)?.deleteChild === true;
     const result = await mergeInto(child, childPath, work, depth, options, await copier, warnings, started, true);
     // The copy takes its name (never over a file made there meanwhile), and only then are the
     // children deleted: until the rename, running the merge again completes it.
@@ -265,7 +268,7 @@ async function mergeChild(childPath: string, options: MergeOptions): Promise<Mer
       throw new VhdError(ErrorCodes.OUTPUT_EXISTS, `the copy already exists: another process made it while this merge ran (the merged copy is kept as ${path.basename(work)})`, { file: options.intoCopy });
     }
     fsyncDir(path.dirname(final));
-    return { ...result, target: final, deleted: options.deleteChild ? deleteSources(sources) : [] };
+    return { ...result, target: final, deleted: deleteChild ? deleteSources(sources) : [] };
   } finally {
     for (const r of releases) r();
     await child.close();

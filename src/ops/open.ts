@@ -1,5 +1,5 @@
 /** Opening disks from files: the bridge from paths to the disk layer. */
-import { ErrorCodes, type Finding, VhdError } from '../errors.js';
+import { type ErrorCode, ErrorCodes, type Finding, findingFrom, VhdError } from '../errors.js';
 import { fileStamp } from '../io/file.js';
 import { noteFinding } from '../disk/policy.js';
 import { hasPendingMerge, holdLocks, journalPath, liveLockHolder, lockPath } from './journal.js';
@@ -28,6 +28,15 @@ export async function openDisk(file: string, options: OpenDiskOptions = {}): Pro
     const broken = e instanceof VhdError ? (e.file ?? file) : undefined;
     if (broken !== undefined && e instanceof VhdError && !NOT_STRUCTURE.has(e.code) && hasPendingMerge(broken)) throw mergeState(broken, e);
     throw e;
+  }
+  // A parent that did not open (a chain described despite it, for info and check) because a merge
+  // into it was interrupted, or runs: that is what its finding says.
+  for (const d of image.chain) {
+    for (const [i, f] of d.findings.entries()) {
+      if (f.file !== undefined && f.file !== d.name && !CHAIN_ERRORS.has(f.code) && f.code !== ErrorCodes.IO && hasPendingMerge(f.file)) {
+        d.findings[i] = findingFrom(mergeState(f.file, new VhdError(f.code as ErrorCode, f.message.replace(/^.*?: /, ''), { file: f.file, offset: f.offset })), 'error');
+      }
+    }
   }
   for (const d of image.chain) {
     if (!hasPendingMerge(d.name)) continue;

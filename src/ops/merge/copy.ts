@@ -60,3 +60,19 @@ export async function copyTarget(target: VhdImage, dest: string, uuid: Uint8Arra
   }
 }
 
+
+/**
+ * A run killed inside the copy's final rename (renameNoReplace: link made, work name not yet
+ * removed) leaves the work name as a second link to the finished copy: the rename is done, only its
+ * last step is left. Removes the work name then, so the run goes on as after the rename.
+ */
+export function settleInterruptedRename(intoCopy: string): void {
+  const work = copyWorkPath(intoCopy);
+  try {
+    const a = fs.lstatSync(work);
+    const b = fs.lstatSync(intoCopy);
+    if (a.isFile() && b.isFile() && a.dev === b.dev && a.ino === b.ino) fs.rmSync(work);
+  } catch {
+    // one of them is missing: nothing was left half done
+  }
+}
