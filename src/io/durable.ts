@@ -30,7 +30,7 @@ export function durableTemp(file: string): string {
  * Runs `body`, naming `file` in the system errors it throws that name no path (write and fsync
  * errors carry none), so that every IO error says where.
  */
-export function atPath<T>(file: string, body: () => T): T {
+function atPath<T>(file: string, body: () => T): T {
   try {
     return body();
   } catch (e) {
@@ -88,6 +88,11 @@ export function writeJsonDurably(file: string, value: unknown): void {
   fsyncDir(path.dirname(path.resolve(file)));
 }
 
+/** The errors of link(2) on a file system without hard links (FAT, some network and FUSE mounts). */
+export function noHardLinks(code: string | undefined): boolean {
+  return code === 'EPERM' || code === 'ENOTSUP' || code === 'EOPNOTSUPP' || code === 'ENOSYS';
+}
+
 /**
  * Moves `from` to `to`, which must not exist: a hard link made at `to` (which fails when anything is
  * there, even a file made a moment ago by another process), then `from` removed. False when `to`
@@ -99,7 +104,7 @@ export function renameNoReplace(from: string, to: string): boolean {
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === 'EEXIST') return false;
-    if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EOPNOTSUPP' && code !== 'ENOSYS' && code !== 'EXDEV') throw e;
+    if (!noHardLinks(code) && code !== 'EXDEV') throw e;
     try {
       fs.lstatSync(to);
       return false;

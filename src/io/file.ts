@@ -9,7 +9,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ErrorCodes, systemReason, VhdError } from '../errors.js';
 import { checkOutputPath } from './paths.js';
-import { renameNoReplace } from './durable.js';
+import { fsyncDir, renameNoReplace } from './durable.js';
 import type { ByteSink, ByteSource, SourceResolver } from './types.js';
 
 function readInto(fd: number, into: Uint8Array, position: number): Promise<number> {
@@ -384,13 +384,7 @@ export async function writeAtomically<T>(
     }
     if (!placed) throw new VhdError(ErrorCodes.OUTPUT_EXISTS, 'output already exists: another process made it while this one was writing (use --force to replace it)', { file: target });
     ok = true;
-    try {
-      const dfd = fs.openSync(dir, 'r');
-      fs.fsyncSync(dfd);
-      fs.closeSync(dfd);
-    } catch {
-      // directories cannot be fsynced on every platform; the rename itself is done
-    }
+    fsyncDir(dir);
     return result;
   } catch (e) {
     throw named(e);

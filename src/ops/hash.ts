@@ -8,6 +8,7 @@
 import xxhash from 'xxhash-wasm';
 import { ErrorCodes, type Finding, VhdError, withCodedErrors } from '../errors.js';
 import { alignRanges, totalLength, type Range } from '../disk/ranges.js';
+import type { VirtualDisk } from '../disk/source.js';
 import { encodeManifestHeader, manifestSize } from '../format/manifest.js';
 import { writeAtomically, type FileSink } from '../io/file.js';
 import { checkWorkers, poolFor } from '../pool/pool.js';
@@ -52,12 +53,32 @@ export function hash(file: string, options: HashOptions = {}): Promise<HashResul
   return withCodedErrors(() => hashDisk(file, options));
 }
 
-async function hashDisk(file: string, options: HashOptions): Promise<HashResult> {
-  const started = performance.now();
-  const chunkSize = options.chunkSize ?? DEFAULT_CHUNK_SIZE;
+/**
+ * `hash` of a disk the caller has open and holds read marks on (`verify` is its hold's): the same
+ * result, without opening the chain again (upload hashes the disk it sends).
+ */
+export function hashOpen(disk: VirtualDisk, file: string, format: 'vhd' | 'raw', options: HashOptions, verify: () => void): Promise<HashResult> {
+  return withCodedErrors(async () => {
+    const started = performance.now();
+    const chunkSize = checkChunkSize(options.chunkSize);
+    checkWorkers(options.workers);
+    if (options.manifest !== undefined) guardOutputs([{ path: options.manifest, role: 'manifest' }], inputRoles(disk, file));
+    const ranges = alignRanges(disk.dataRanges(), chunkSize, disk.virtualSize);
+    return hashRanges(file, options, { format, virtualSize: disk.virtualSize, ranges, chunkSize, warnings: [], started, verify });
+  });
+}
+
+function checkChunkSize(size: number | undefined): number {
+  const chunkSize = size ?? DEFAULT_CHUNK_SIZE;
   if (!Number.isInteger(Math.log2(chunkSize)) || chunkSize < 512 || chunkSize > MAX_CHUNK_SIZE) {
     throw new VhdError(ErrorCodes.USAGE, `chunk size ${chunkSize} must be a power of two from 512 bytes to 4 MiB`);
   }
+  return chunkSize;
+}
+
+async function hashDisk(file: string, options: HashOptions): Promise<HashResult> {
+  const started = performance.now();
+  const chunkSize = checkChunkSize(options.chunkSize);
   const warnings: Finding[] = [];
   checkWorkers(options.workers);
   const manifestRole = { path: options.manifest ?? '', role: 'manifest' };

@@ -14,7 +14,7 @@
  * A reader creates its mark, then looks for the exclusive lock; a merge creates the lock, then looks
  * for marks. Whichever comes second sees the first and backs off (both may, never neither).
  */
-import { fsyncDir, viaTemp, writeJsonDurably, writeNewFile } from '../io/durable.js';
+import { durableTemp, fsyncDir, noHardLinks, viaTemp, writeJsonDurably, writeNewFile } from '../io/durable.js';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -102,7 +102,7 @@ export function readJournal(target: string): MergeJournal | undefined {
 
 export function removeJournal(target: string): void {
   fs.rmSync(journalPath(target), { force: true });
-  fs.rmSync(`${journalPath(target)}.tmp`, { force: true });
+  fs.rmSync(durableTemp(journalPath(target)), { force: true });
   fsyncDir(path.dirname(path.resolve(target)));
 }
 
@@ -120,18 +120,20 @@ export function alive(pid: number): boolean {
   }
 }
 
-/**
- * Creates the lock file with its content in one step: written to a private temporary name, then
- * hard-linked into place (link fails if the lock exists), so a process killed at any instant never
- * leaves an empty lock. Where the file system has no hard links, an exclusive create and a write.
- */
 /** The temporary name this process writes a lock under before linking it into place. */
 export function lockTempPath(target: string): string {
   return `${lockPath(target)}.${process.pid}.tmp`;
 }
 
-function createLockFile(file: string, content: string): void {
-  const tmp = `${file}.${process.pid}.tmp`;
+/**
+ * Creates the lock file of `target` with its content in one step: written to a private temporary
+ * name, then hard-linked into place (link fails if the lock exists), so a process killed at any
+ * instant never leaves an empty lock. Where the file system has no hard links, an exclusive create
+ * and a write.
+ */
+function createLockFile(target: string, content: string): void {
+  const file = lockPath(target);
+  const tmp = lockTempPath(target);
   viaTemp(file, tmp, () => {
     fs.rmSync(tmp, { force: true });
     writeNewFile(tmp, content);
@@ -142,7 +144,7 @@ function createLockFile(file: string, content: string): void {
     const code = (e as NodeJS.ErrnoException).code;
     // EEXIST: the lock is held (the caller's case); no hard links here: the fallback below.
     if (code === 'EEXIST') throw e;
-    if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EOPNOTSUPP' && code !== 'ENOSYS') {
+    if (!noHardLinks(code)) {
       viaTemp(file, tmp, () => {
         throw e;
       });
@@ -208,7 +210,7 @@ export function acquireLock(target: string, what: string): () => void {
   const me = holderRecord(what);
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
-      createLockFile(file, me);
+      createLockFile(target, me);
       removeStaleLockTemps(file);
       const reader = liveReaders(target)[0];
       if (reader) {

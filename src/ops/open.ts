@@ -33,7 +33,7 @@ export async function openDisk(file: string, options: OpenDiskOptions = {}): Pro
   // into it was interrupted, or runs: that is what its finding says.
   for (const d of image.chain) {
     for (const [i, f] of d.findings.entries()) {
-      if (f.file !== undefined && f.file !== d.name && !CHAIN_ERRORS.has(f.code) && f.code !== ErrorCodes.IO && hasPendingMerge(f.file)) {
+      if (f.file !== undefined && f.file !== d.name && !NOT_STRUCTURE.has(f.code) && hasPendingMerge(f.file)) {
         d.findings[i] = findingFrom(mergeState(f.file, new VhdError(f.code as ErrorCode, f.message.replace(/^.*?: /, ''), { file: f.file, offset: f.offset })), 'error');
       }
     }
@@ -93,7 +93,7 @@ export function inputRoles(disk: VirtualDisk, file: string, what = 'input'): Rol
 
 
 /** The files an opened disk reads: its chain's, or the raw file. */
-export function filesRead(disk: VirtualDisk, file: string): string[] {
+function filesRead(disk: VirtualDisk, file: string): string[] {
   return disk instanceof VhdImage ? disk.chain.map((d) => d.source.name) : [file];
 }
 

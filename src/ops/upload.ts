@@ -24,7 +24,6 @@
  *      manifest sidecar, then metadata "complete". A blob without that last step is never taken
  *      for a complete one (not as a base, not by `generations`).
  */
-import { heldSectors } from '../disk/chain.js';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -52,7 +51,7 @@ import { chunkPlan, type Op, planTotals, sectorPlan, withTail } from './upload/p
 import { send, verifyBlob } from './upload/send.js';
 import { type BaseChoice, type BlobState, chooseBase, classifyBlob } from './upload/state.js';
 
-export { isCompleteUpload, Meta } from './upload/metadata.js';
+export { isCompleteUpload } from './upload/metadata.js';
 
 export const DEFAULT_CONCURRENCY = 8;
 
@@ -124,8 +123,6 @@ export interface UploadResult {
 }
 
 
-/** The union of the sectors `levels` hold, clipped to `size`, a window at a time (disk/chain). */
-export const chainSectorRanges = heldSectors;
 
 export function upload(file: string, destination: string, options: UploadOptions = {}): Promise<UploadResult> {
   return withCodedErrors(() => uploadDisk(file, destination, options));
@@ -265,7 +262,7 @@ async function run(u: Upload): Promise<UploadResult> {
   if (choice.kind === 'refuse') throw new VhdError(ErrorCodes.BLOB_EXISTS, `${blob.name} ${choice.message}`);
   const base = await resolveBase(u, choice, current);
   options.onPhase?.('hash');
-  const content = await planContent(u, base);
+  const content = await planContent({ ...u, verify: () => u.hold.verify() }, base);
   try {
     const { method, chunkSize, digest } = content;
     // Everything that decides the plan: a rerun with the same identity continues it.

@@ -14,7 +14,7 @@ import type { Range } from '../../disk/ranges.js';
 import type { VirtualDisk } from '../../disk/source.js';
 import { alignedBuffer, isZero } from '../../io/aligned.js';
 import { throwIfAborted } from '../common.js';
-import { DEFAULT_CHUNK_SIZE, hash } from '../hash.js';
+import { DEFAULT_CHUNK_SIZE, hash, hashOpen } from '../hash.js';
 import { type ChunkSource, emptyManifest, ManifestFile, manifestDigestHex } from '../manifest-file.js';
 import type { BaseInfo } from './base.js';
 import { collectRanges } from './plan.js';
@@ -29,6 +29,8 @@ export interface ContentInput {
   options: { chunkSize?: number; workers?: number; allowedDirs?: string[]; sizeFrom?: 'footer' | 'file'; signal?: AbortSignal; onProgress?: (p: { done: number; total: number }) => void };
   /** A private folder for the manifests. */
   tmp: string;
+  /** The caller's read hold on the disk's files (ops/open holdReading). */
+  verify: () => void;
   warnings: Finding[];
 }
 
@@ -81,7 +83,7 @@ export async function planContent(u: ContentInput, base: BaseInfo | undefined): 
       sectors = await collectRanges(heldSectors(levels, disk.virtualSize));
       await deriveManifest(disk, basePath, sectors, newPath, signal);
     } else {
-      await hash(file, { ...hashOptions, from: u.format, manifest: newPath, force: true, onProgress: options.onProgress });
+      await hashOpen(disk, file, u.format, { ...hashOptions, manifest: newPath, force: true, onProgress: options.onProgress }, u.verify);
     }
     const next = await ManifestFile.open(newPath);
     return { method: sectors ? 'sectors' : base ? 'chunks' : 'full', chunkSize, digest: manifestDigestHex(next.header), baseManifest, next, newPath, sectors };
