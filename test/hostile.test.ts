@@ -300,6 +300,21 @@ describe('merge, second review', () => {
     expect((await vhdkit(['merge', 'G.vhd', '--to', 'P.vhd', '--into-copy', 'flat.vhd'], dir)).code).toBe(0);
   });
 
+  it('--to in place without --delete-child would leave the disks between reading wrong: SIBLINGS naming them, nothing written; --force merges and names them', async () => {
+    const dir = await chain('between');
+    const before = snapshot(dir);
+    const line = expectRefused(await vhdkit(['merge', 'c2.vhd', '--to', 'base.vhd'], dir), 2, 'SIBLINGS');
+    expect(line).toContain('the disks between the child and the target would read wrong after the merge');
+    expect(line).toContain('c1.vhd');
+    expect(line).toContain('--delete-child');
+    expect(snapshot(dir)).toEqual(before);
+    const want = JSON.parse((await vhdkit(['hash', 'c2.vhd', '--json'], dir)).stdout).digest;
+    const forced = await vhdkit(['merge', 'c2.vhd', '--to', 'base.vhd', '--force'], dir);
+    expect(forced.code, show(forced)).toBe(0);
+    expect(forced.stdout).toMatch(/note: .*c1\.vhd no longer read as before/);
+    expect(JSON.parse((await vhdkit(['hash', 'base.vhd', '--json'], dir)).stdout).digest).toBe(want);
+  });
+
   it('--delete-child while another process reads the child (an upload\'s shared lock): LOCKED, nothing deleted', async () => {
     const dir = await chain('delete-read');
     const { acquireSharedLock } = await import('../src/ops/journal.js');
@@ -486,7 +501,7 @@ describe('a merge that grows its target reads as the chain did past the old size
     }
     setCurrentSize(path.join(dir, 'A.vhd'), MiB + 512);
     const before = JSON.parse((await vhdkit(['hash', 'B.vhd', '--json'], dir)).stdout).digest;
-    const r = await vhdkit(['merge', 'B.vhd', '--to', 'T.vhd'], dir);
+    const r = await vhdkit(['merge', 'B.vhd', '--to', 'T.vhd', '--delete-child'], dir);
     expect(r.code, show(r)).toBe(0);
     expect(JSON.parse((await vhdkit(['hash', 'T.vhd', '--json'], dir)).stdout).digest, 'T reads as B did').toBe(before);
     expect((await vhdkit(['check', 'T.vhd', '--strict'], dir)).code).toBe(0);

@@ -520,11 +520,23 @@ FileSink.prototype.writeBlocking = function (...args) {
   if (mine && !isMainThread) workerWrote();
   return r;
 };
+// VHDKIT_CRASH_ON_JOURNAL_RENAME=N: killed instead of the N-th rename of a journal into place.
 if (process.env.VHDKIT_CRASH_ON_JOURNAL_RENAME) {
   const orig = fs.renameSync;
+  let left = Number(process.env.VHDKIT_CRASH_ON_JOURNAL_RENAME);
   fs.renameSync = function (from, to) {
-    if (String(to).endsWith('.vhdkit-merge.json')) die();
+    if (String(to).endsWith('.vhdkit-merge.json') && --left === 0) die();
     return orig.call(this, from, to);
+  };
+}
+// VHDKIT_CRASH_AFTER_DELETE_AT=N: killed right after the N-th .vhd file is removed.
+if (process.env.VHDKIT_CRASH_AFTER_DELETE_AT) {
+  const orig = fs.rmSync;
+  let left = Number(process.env.VHDKIT_CRASH_AFTER_DELETE_AT);
+  fs.rmSync = function (p, o) {
+    const r = orig.call(this, p, o);
+    if (/\.vhd$/.test(String(p)) && --left === 0) die();
+    return r;
   };
 }
 `;
@@ -645,6 +657,97 @@ describe('real processes killed at exact points', () => {
     expect(fs.readFileSync(run.child).equals(c.childBytes)).toBe(true);
     // The journal's temporary file of the killed run must not stay next to the disk forever.
     expect(leftovers(run.dir)).toEqual([]);
+  });
+});
+
+describe('--delete-child of a chain killed while it deletes (--to, in place and into a copy)', () => {
+  let hookArgs: string[];
+  let top: string;
+  /** base <- c1 <- c2, 8 MiB, each child 1 MiB of its own; `want`: the chain's content. */
+  let want: Buffer;
+
+  beforeAll(async () => {
+    hookArgs = hookNodeArgs('vhdkit-crash-delete-hook-');
+    top = tmpDir('vhdkit-crash-delete-');
+    const g = Buffer.alloc(8 * MiB);
+    for (let i = 0; i < 4 * MiB; i++) g[i] = (i * 7) & 0xff;
+    fs.writeFileSync(path.join(top, 'g1.raw'), g);
+    g.fill(0x22, 5 * MiB, 6 * MiB);
+    fs.writeFileSync(path.join(top, 'g2.raw'), g);
+    g.fill(0x33, 6 * MiB, 7 * MiB);
+    g.fill(0x44, 0, 4096);
+    fs.writeFileSync(path.join(top, 'g3.raw'), g);
+    want = g;
+    for (const args of [
+      ['convert', 'g1.raw', 'base.vhd', '--to', 'dynamic'],
+      ['diff', 'base.vhd', 'g2.raw', '--out', 'c1.vhd'],
+      ['diff', 'c1.vhd', 'g3.raw', '--out', 'c2.vhd'],
+    ]) {
+      const r = await runCli(args, top);
+      expect(r.code, r.stderr).toBe(0);
+    }
+  });
+
+  function fresh(name: string): string {
+    const d = path.join(top, name);
+    fs.mkdirSync(d);
+    for (const f of ['base.vhd', 'c1.vhd', 'c2.vhd']) fs.copyFileSync(path.join(top, f), path.join(d, f));
+    return d;
+  }
+
+  const kills = [
+    ['after the child is deleted', { VHDKIT_CRASH_AFTER_DELETE_AT: '1' }],
+    ['after both are deleted, before the journal goes', { VHDKIT_CRASH_AFTER_DELETE_AT: '2' }],
+    ['while the journal is marked for deleting (nothing deleted yet)', { VHDKIT_CRASH_ON_JOURNAL_RENAME: '2' }],
+  ] as const;
+  for (const intoCopy of [false, true]) {
+    for (const [when, env] of kills) {
+      it(`${intoCopy ? 'into a copy' : 'in place'}, killed ${when}: the same command run again finishes, the target reads as the chain did, nothing is left`, async () => {
+        const d = fresh(`${intoCopy ? 'copy' : 'place'}-${env.VHDKIT_CRASH_AFTER_DELETE_AT ?? 'j'}`);
+        const cmd = ['merge', 'c2.vhd', '--to', 'base.vhd', '--delete-child', ...(intoCopy ? ['--into-copy', 'flat.vhd'] : [])];
+        const target = path.join(d, intoCopy ? 'flat.vhd' : 'base.vhd');
+        const r1 = await runCli(cmd, d, { env, nodeArgs: hookArgs });
+        expect(r1.signal, r1.stderr).toBe('SIGKILL');
+        if (env.VHDKIT_CRASH_AFTER_DELETE_AT !== undefined) {
+          // The merge is complete; the journal says what is left, and readers say so.
+          expect(fs.existsSync(path.join(d, 'c2.vhd'))).toBe(false);
+          const chk = await runCli(['check', path.basename(target)], d);
+          expect(chk.code).toBe(1);
+          expect(chk.stdout + chk.stderr).toMatch(/deleting the disks it merged \(--delete-child\) was interrupted.*\[MERGE_PENDING\]/);
+        }
+        const r2 = await runCli([...cmd, '--json'], d);
+        expect(r2.stderr).toBe('');
+        expect(r2.code).toBe(0);
+        const out = JSON.parse(r2.stdout);
+        expect(out.resumed).toBe(true);
+        expect(out.target).toBe(fs.realpathSync(target));
+        for (const f of ['c1.vhd', 'c2.vhd']) expect(fs.existsSync(path.join(d, f)), f).toBe(false);
+        expect(firstDifference(await readVirtual(target), want)).toBeUndefined();
+        if (intoCopy) expect(fs.readFileSync(path.join(d, 'base.vhd')).equals(fs.readFileSync(path.join(top, 'base.vhd')))).toBe(true);
+        expect((await runCli(['check', '--strict', path.basename(target)], d)).code).toBe(0);
+        expect(leftovers(d)).toEqual([]);
+        // And once more: nothing left to finish; the child is simply missing.
+        const r3 = await runCli(cmd, d);
+        expect(r3.code).toBe(2);
+        expect(r3.stderr).toMatch(/c2\.vhd.*\[IO\]/);
+      });
+    }
+  }
+
+  it('a journal at its deleting step never deletes a disk put in place of one it merged (another UUID)', async () => {
+    const d = fresh('replaced');
+    const cmd = ['merge', 'c2.vhd', '--to', 'base.vhd', '--delete-child'];
+    const r1 = await runCli(cmd, d, { env: { VHDKIT_CRASH_AFTER_DELETE_AT: '1' }, nodeArgs: hookArgs });
+    expect(r1.signal).toBe('SIGKILL');
+    // c1.vhd replaced by another disk before the rerun.
+    fs.rmSync(path.join(d, 'c1.vhd'));
+    fs.copyFileSync(path.join(top, 'g1.raw'), path.join(d, 'g1.raw'));
+    expect((await runCli(['convert', 'g1.raw', 'c1.vhd', '--to', 'dynamic'], d)).code).toBe(0);
+    const r2 = await runCli([...cmd, '--json'], d);
+    expect(r2.code, r2.stderr).toBe(0);
+    expect(JSON.parse(r2.stdout).deleted).toEqual([]);
+    expect(fs.existsSync(path.join(d, 'c1.vhd'))).toBe(true);
+    expect(leftovers(d)).toEqual([]);
   });
 });
 

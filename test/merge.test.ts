@@ -225,9 +225,9 @@ describe.skipIf(!corpusPresent)('blktap corpus chains merge to the MANIFEST hash
 
   // Sectors from the MANIFEST's write lists: child (4,8) (8202,20) (4150,10) (40950,10) = 48;
   // grandchild (6,1) (30000,3), sector 6 already in the child = 48 + 3; c5 (1,1) (2048,1) (8191,2) (10239,1) = 5.
-  const cases: Array<{ name: string; child: string; parent: string; to?: boolean; want: string; sectors: number; delete?: boolean; between?: string[] }> = [
+  const cases: Array<{ name: string; child: string; parent: string; to?: boolean; want: string; sectors: number; delete?: boolean; between?: string[]; force?: boolean }> = [
     { name: 'child into base', child: 'child.vhd', parent: 'base.vhd', want: CHILD, sectors: 48 },
-    { name: 'grandchild --to base', child: 'grandchild.vhd', parent: 'base.vhd', to: true, want: GRAND, sectors: 51, between: ['child.vhd'] },
+    { name: 'grandchild --to base --force (the disk between kept)', child: 'grandchild.vhd', parent: 'base.vhd', to: true, want: GRAND, sectors: 51, between: ['child.vhd'], force: true },
     { name: 'c5 into p5', child: 'c5.vhd', parent: 'p5.vhd', want: C5, sectors: 5 },
     { name: 'c5 into p5 --delete-child', child: 'c5.vhd', parent: 'p5.vhd', want: C5, sectors: 5, delete: true },
     { name: 'grandchild --to base --delete-child', child: 'grandchild.vhd', parent: 'base.vhd', to: true, want: GRAND, sectors: 51, delete: true, between: ['child.vhd'] },
@@ -241,7 +241,7 @@ describe.skipIf(!corpusPresent)('blktap corpus chains merge to the MANIFEST hash
     expect(before).toBe(c.want); // the chain already reads as the MANIFEST says
     const childBytes = fileSha(child);
 
-    const args = ['merge', c.child, '--json', ...(c.to ? ['--to', c.parent] : []), ...(c.delete ? ['--delete-child'] : [])];
+    const args = ['merge', c.child, '--json', ...(c.to ? ['--to', c.parent] : []), ...(c.delete ? ['--delete-child'] : []), ...(c.force ? ['--force'] : [])];
     const r = cli(args, dir);
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
@@ -387,7 +387,7 @@ describe('merge against a model (property)', () => {
               expect(c.ok).toBe(true);
             } else {
               const src = p.mode === 'to' ? grandF : childF;
-              const r = await merge(src, { ...(p.mode === 'to' ? { to: parent } : {}), workers: p.workers });
+              const r = await merge(src, { ...(p.mode === 'to' ? { to: parent, force: true } : {}), workers: p.workers });
               expect(r.workers).toBe(p.workers);
               expect(r.target).toBe(fs.realpathSync(parent));
               // Sector exact: exactly the sectors the sources hold are copied, each once.

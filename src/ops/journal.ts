@@ -38,13 +38,21 @@ export interface JournalSource {
   size: number;
 }
 
-export interface MergeJournal {
+/** Which merge a journal is of, whatever its step. */
+interface JournalOf {
   version: 1;
   kind: 'vhdkit-merge';
   target: string;
   targetUuid: string;
   /** Newest first: the child, then the disks between it and the target. */
   sources: JournalSource[];
+  deleteChild: boolean;
+  started: string;
+}
+
+/** The journal of a merge in progress: its plan, from which every run completes it. */
+export interface MergeJournal extends JournalOf {
+  deleting?: undefined;
   /** Data end of the target before the merge (its old trailing footer's offset). */
   oldEnd: number;
   /** File size after the merge (new trailing footer included). */
@@ -70,17 +78,31 @@ export interface MergeJournal {
   /** A grown target: bytes zeroed past its old size (file offset, length), stale BAT entries cleared. */
   zeros?: Array<[number, number]>;
   clearBlocks?: number[];
-  deleteChild: boolean;
-  started: string;
+}
+
+/**
+ * The journal of a merge that is complete while the disks it merged (--delete-child of a chain) are
+ * being deleted: a run killed between two deletions leaves it, and running the same merge again
+ * finishes them (the child may be gone already: it is found through --to or --into-copy).
+ */
+export interface DeletingJournal extends JournalOf {
+  deleting: true;
+}
+
+export type AnyJournal = MergeJournal | DeletingJournal;
+
+/** The deleting step of the merge a journal (of any step) is of: what it merged, no plan. */
+export function deletingJournal(j: Pick<JournalOf, 'target' | 'targetUuid' | 'sources' | 'started'>): DeletingJournal {
+  return { version: 1, kind: 'vhdkit-merge', target: j.target, targetUuid: j.targetUuid, sources: j.sources, deleteChild: true, started: j.started, deleting: true };
 }
 
 export { fsyncDir };
 
-export function writeJournal(target: string, journal: MergeJournal): void {
+export function writeJournal(target: string, journal: AnyJournal): void {
   writeJsonDurably(journalPath(target), journal);
 }
 
-export function readJournal(target: string): MergeJournal | undefined {
+export function readJournal(target: string): AnyJournal | undefined {
   const file = journalPath(target);
   let text: string;
   try {
@@ -89,7 +111,7 @@ export function readJournal(target: string): MergeJournal | undefined {
     return undefined;
   }
   try {
-    const j = JSON.parse(text) as MergeJournal;
+    const j = JSON.parse(text) as AnyJournal;
     if (j.kind !== 'vhdkit-merge' || j.version !== 1) throw new Error('not a vhdkit merge journal');
     return j;
   } catch (e) {

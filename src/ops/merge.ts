@@ -40,7 +40,7 @@ import { codedError, ErrorCodes, type Finding, VhdError, withCodedErrors } from 
 import type { VhdImage } from '../disk/image.js';
 import { totalLength, type Range } from '../disk/ranges.js';
 import { footerVirtualSize, HEAD_BYTES, parentOfHead, VhdEditor } from '../disk/editor.js';
-import { uuidV4 } from '../format/uuid.js';
+import { uuidToString, uuidV4 } from '../format/uuid.js';
 import { durableTemp, renameNoReplace } from '../io/durable.js';
 import { FileSink, fileStamp, realPathOf } from '../io/file.js';
 import { chainRoles, checkInputFolder, checkOutputPath, refuseOverlap, type RolePath } from '../io/paths.js';
@@ -49,9 +49,9 @@ import { overlay, type Segment } from './merge/overlay.js';
 import { type PlannedTask, TaskPlan, type TargetLayout } from './merge/tasks.js';
 import { orderedWindow } from '../pool/schedule.js';
 import { throwIfAborted, type OperationOptions } from './common.js';
-import { acquireLock, fsyncDir, holdLocks, lockTempPath, hasPendingMerge, journalPath, lockPath, type MergeJournal, readJournal, removeJournal, writeJournal } from './journal.js';
+import { acquireLock, type AnyJournal, deletingJournal, fsyncDir, holdLocks, lockTempPath, hasPendingMerge, journalPath, lockPath, type MergeJournal, readJournal, removeJournal, writeJournal } from './journal.js';
 import { openDisk } from './open.js';
-import { copyTarget, copyWorkPath, deleteSources, isFinishedCopy, settleInterruptedRename } from './merge/copy.js';
+import { copyTarget, copyWorkPath, deleteMerged, finishDeleting, isFinishedCopy, settleInterruptedRename } from './merge/copy.js';
 import { plan, planOf } from './merge/plan.js';
 import { openChain, openTarget } from './merge/restore.js';
 
@@ -168,6 +168,9 @@ function mergeOutputs(targetFile: string, intoCopy: string | undefined): RolePat
 async function mergeChild(childPath: string, options: MergeOptions): Promise<MergeResult> {
   const started = performance.now();
   const warnings: Finding[] = [];
+  // A rerun after a run killed while it deleted a merged chain (the child gone already).
+  const finished = await finishDeleting(childPath, options.to, options.intoCopy);
+  if (finished) return { child: childPath, ...finished, resumed: true, ...NOTHING_COPIED, invalidated: [], workers: 0, seconds: (performance.now() - started) / 1000, warnings };
   // The pool's threads (when it is used) start loading now, while the chain is opened and the merge
   // planned; a bad `workers` is reported where the copier is awaited, before the target is touched.
   const copier = copierFor(childPath, options);
@@ -220,7 +223,7 @@ async function mergeChild(childPath: string, options: MergeOptions): Promise<Mer
     // The disks it deletes afterwards (--delete-child) are locked exclusively: not while an upload reads them.
     const reading = (options.intoCopy === undefined ? chain.slice(0, depth) : chain.slice(0, depth + 1)).map((d) => d.id);
     releases.push(...holdLocks(reading, { shared: 'merge (reading)', exclusive: 'merge (deleting it when done)', exclusiveFirst: options.deleteChild ? depth : 0, during: 'this merge' }, warnings));
-    if (options.intoCopy === undefined) return await mergeInto(child, childPath, target.id, depth, options, await copier, warnings, started, false);
+    if (options.intoCopy === undefined) return (await mergeInto(child, childPath, target.id, depth, options, await copier, warnings, started, false)).result;
     // Into a copy. The copy is made and merged under a fixed temporary name beside the final one,
     // which it takes only once the merge is complete. The original is never written, so a run
     // interrupted before the merge's journal exists simply starts over; one with a journal resumes.
@@ -247,11 +250,16 @@ async function mergeChild(childPath: string, options: MergeOptions): Promise<Mer
       if (!(c instanceof VhdError) || c.code !== ErrorCodes.IO) throw c;
       throw new VhdError(ErrorCodes.IO, `cannot make the copy's lock: ${c.message}`, { file: options.intoCopy, cause: c.cause ?? e });
     }
+    const paths = sources.map((s) => s.id);
     if (fs.existsSync(final)) {
-      if (!fs.existsSync(work) && (await isFinishedCopy(final, copyUuid))) {
-        // Killed after the rename: only the deletions (--delete-child) may be left to do.
-        const deleted = options.deleteChild ? deleteSources(sources) : [];
-        return { child: childPath, target: final, sources: sources.map((s) => s.id), resumed: true, sectorsMerged: 0, blocksAllocated: 0, blocksUpdated: 0, bytesWritten: 0, deleted, invalidated: [], workers: 0, seconds: (performance.now() - started) / 1000, warnings };
+      // Killed after the rename: only the deletions (--delete-child) may be left to do (begun, when
+      // the copy's journal says so).
+      const left = readJournal(final);
+      const deleting = left?.deleting === true && left.sources[0]?.path === child.id;
+      if (!fs.existsSync(work) && (deleting || (left === undefined && (await isFinishedCopy(final, copyUuid))))) {
+        const record = left ?? deletingJournal({ target: final, targetUuid: uuidToString(copyUuid), sources: sources.map((s) => ({ path: s.id, uuid: s.uuid, size: s.source.size })), started: new Date().toISOString() });
+        const deleted = options.deleteChild || deleting ? deleteMerged(final, record, paths) : [];
+        return { child: childPath, target: final, sources: paths, resumed: true, ...NOTHING_COPIED, deleted, invalidated: [], workers: 0, seconds: (performance.now() - started) / 1000, warnings };
       }
       throw new VhdError(ErrorCodes.OUTPUT_EXISTS, 'the copy already exists', { file: options.intoCopy });
     }
@@ -259,16 +267,14 @@ async function mergeChild(childPath: string, options: MergeOptions): Promise<Mer
       fs.rmSync(work, { force: true });
       await copyTarget(target, work, copyUuid, options.intoCopy);
     }
-    // A resumed merge deletes what its journal says it would (as in place), and what this run asks.
-    const deleteChild = !!options.deleteChild || readJournal(work)?.deleteChild === true;
-    const result = await mergeInto(child, childPath, work, depth, options, await copier, warnings, started, true);
+    const { result, journal } = await mergeInto(child, childPath, work, depth, options, await copier, warnings, started, true);
     // The copy takes its name (never over a file made there meanwhile), and only then are the
-    // children deleted: until the rename, running the merge again completes it.
+    // children deleted (what its journal says, as in place): until the rename, running the merge again completes it.
     if (!renameNoReplace(work, final)) {
       throw new VhdError(ErrorCodes.OUTPUT_EXISTS, `the copy already exists: another process made it while this merge ran (the merged copy is kept as ${path.basename(work)})`, { file: options.intoCopy });
     }
     fsyncDir(path.dirname(final));
-    return { ...result, target: final, deleted: deleteChild ? deleteSources(sources) : [] };
+    return { ...result, target: final, deleted: journal.deleteChild ? deleteMerged(final, { ...journal, target: final }, paths) : [] };
   } finally {
     for (const r of releases) r();
     await child.close();
@@ -289,7 +295,7 @@ async function mergeInto(
   warnings: Finding[],
   started: number,
   intoCopy: boolean,
-): Promise<MergeResult> {
+): Promise<{ result: MergeResult; journal: AnyJournal }> {
   const release = intoCopy ? () => {} : acquireLock(targetFile, 'merge');
   try {
     const chain = child.chain;
@@ -326,12 +332,14 @@ async function mergeInto(
         await (await FileSink.open(targetFile, 'r+')).close();
         writeJournal(targetFile, journal);
       }
-      const stats = await execute(targetFile, target, sources, journal, options, copier, planned);
-      removeJournal(targetFile);
+      // A journal at its deleting step: the merge is complete, only the deletions are left.
+      const stats = journal.deleting ? NOTHING_COPIED : await execute(targetFile, target, sources, journal, options, copier, planned);
       // Into a copy, the children go once the copy has its name (the caller).
-      const deleted = journal.deleteChild && !intoCopy ? deleteSources(sources) : [];
+      let deleted: string[] = [];
+      if (journal.deleteChild && !intoCopy) deleted = deleteMerged(targetFile, journal, sources.map((s) => s.id));
+      else removeJournal(targetFile);
       const between = sources.slice(1).map((s) => s.id);
-      return {
+      const result: MergeResult = {
         child: childPath,
         target: targetFile,
         sources: sources.map((s) => s.id),
@@ -343,6 +351,7 @@ async function mergeInto(
         seconds: (performance.now() - started) / 1000,
         warnings,
       };
+      return { result, journal };
     } finally {
       if (intoCopy) await target.close();
     }
@@ -353,7 +362,8 @@ async function mergeInto(
 
 /**
  * Other disks that read through what the merge changes or deletes are broken by it: children of the
- * target and of every disk between it and the child (a merge changes what they read), and with
+ * target and of every disk between it and the child (a merge changes what they read), those disks
+ * themselves in place without --delete-child, and with
  * --delete-child children of the disks it deletes. SIBLINGS naming them (unless --force).
  */
 function refuseDependents(chain: VhdImage[], depth: number, intoCopy: boolean, deleteChild: boolean, search: string[], targetFile: string): void {
@@ -361,7 +371,11 @@ function refuseDependents(chain: VhdImage[], depth: number, intoCopy: boolean, d
   const childrenOf = (d: VhdImage) => findSiblings(d.footer.uniqueId, [path.dirname(d.id), ...search], exclude);
   const changed = intoCopy ? [] : chain.slice(1, depth + 1).flatMap(childrenOf);
   const orphaned = deleteChild ? chain.slice(0, depth).flatMap(childrenOf) : [];
+  // With --to in place, the disks between the child and the target are children of what changes:
+  // kept, they read wrong (and a later merge of one of them writes its old sectors back over the child's).
+  const between = intoCopy || deleteChild ? [] : chain.slice(1, depth).map((d) => d.id);
   const parts = [
+    ...(between.length > 0 ? [`the disks between the child and the target would read wrong after the merge: ${between.join(', ')} (add --delete-child to delete them with the child)`] : []),
     ...(changed.length > 0 ? [`other children read through this disk and would be broken by the merge: ${[...new Set(changed)].join(', ')} (use --into-copy PATH to merge into a copy)`] : []),
     ...(orphaned.length > 0 ? [`--delete-child would delete the parent of ${[...new Set(orphaned)].join(', ')}`] : []),
   ];
@@ -423,6 +437,8 @@ interface Stats {
   blocksUpdated: number;
   bytesWritten: number;
 }
+
+const NOTHING_COPIED: Stats = { sectorsMerged: 0, blocksAllocated: 0, blocksUpdated: 0, bytesWritten: 0 };
 
 async function execute(
   targetFile: string,

@@ -2,7 +2,7 @@
 import { type ErrorCode, ErrorCodes, type Finding, findingFrom, VhdError } from '../errors.js';
 import { fileStamp } from '../io/file.js';
 import { noteFinding } from '../disk/policy.js';
-import { hasPendingMerge, holdLocks, journalPath, liveLockHolder, lockPath } from './journal.js';
+import { hasPendingMerge, holdLocks, journalPath, liveLockHolder, lockPath, readJournal } from './journal.js';
 import { CHAIN_ERRORS, VhdImage } from '../disk/image.js';
 import { type FileOpenOptions, openFileAs, openVhdFile, type SourceFormat } from '../disk/files.js';
 import type { VirtualDisk } from '../disk/source.js';
@@ -59,8 +59,20 @@ function mergeState(file: string, broken?: VhdError): VhdError {
   const found = broken ? ` (${broken.detail} [${broken.code}])` : '';
   const context = { file, structure: broken?.structure, offset: broken?.offset, cause: broken };
   if (running) return new VhdError(ErrorCodes.LOCKED, `a merge into this disk is running: ${running}; its content changes until it ends${found}`, context);
+  if (deletingStep(file)) {
+    return new VhdError(ErrorCodes.MERGE_PENDING, `a merge into this disk is complete, but deleting the disks it merged (--delete-child) was interrupted; run the same "vhdkit merge" again to finish it (journal ${journalPath(file)})`, context);
+  }
   const state = broken ? 'was interrupted and left it unopenable until that merge is completed' : 'was interrupted';
   return new VhdError(ErrorCodes.MERGE_PENDING, `a merge into this disk ${state}${found}; run the same "vhdkit merge" again to complete it (journal ${journalPath(file)})`, context);
+}
+
+/** True when the journal beside `file` is a complete merge's, deleting what it merged. */
+function deletingStep(file: string): boolean {
+  try {
+    return readJournal(file)?.deleting === true;
+  } catch {
+    return false; // unreadable: the journal's own error says that when the merge is run again
+  }
 }
 
 /**

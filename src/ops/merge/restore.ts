@@ -23,7 +23,9 @@ function restoreLayout(sink: FileSink, journal: MergeJournal): Promise<void> {
 
 /** restoreLayout for a disk found unopenable, under the lock (never beside a live merge). */
 async function restoreOriginalLayout(file: string): Promise<boolean> {
-  if (!readJournal(file)?.originalHeader) return false;
+  const journal = readJournal(file);
+  // A merge that is complete (deleting what it merged) is never put back.
+  if (journal === undefined || journal.deleting || !journal.originalHeader) return false;
   const release = acquireLock(file, 'merge');
   try {
     return await restoreLayoutOf(file);
@@ -35,7 +37,7 @@ async function restoreOriginalLayout(file: string): Promise<boolean> {
 /** restoreLayout of `file` by its journal, for a caller that holds the lock. */
 async function restoreLayoutOf(file: string): Promise<boolean> {
   const journal = readJournal(file);
-  if (!journal?.originalHeader) return false;
+  if (journal === undefined || journal.deleting || !journal.originalHeader) return false;
   const sink = await FileSink.open(file, 'r+');
   try {
     await restoreLayout(sink, journal);
