@@ -315,6 +315,21 @@ describe('merge, second review', () => {
     expect(JSON.parse((await vhdkit(['hash', 'base.vhd', '--json'], dir)).stdout).digest).toBe(want);
   });
 
+  it('a merge that begins and ends between a reader\'s open and its read marks: the reader is LOCKED naming the disk (identity taken at the open)', async () => {
+    const dir = await chain('open-then-merge');
+    const { holdReading, openAny } = await import('../src/ops/open.js');
+    const { disk } = await openAny(path.join(dir, 'c2.vhd'));
+    try {
+      expect((await merge(path.join(dir, 'c1.vhd'), { force: true })).sectorsMerged).toBeGreaterThan(0);
+      const e = await rejection(Promise.resolve().then(() => holdReading(disk, path.join(dir, 'c2.vhd'), 'hash')));
+      expect(e.code).toBe(ErrorCodes.LOCKED);
+      expect(e.file).toBe(path.join(dir, 'base.vhd'));
+      expect(e.message).toContain('it changed while this hash read it');
+    } finally {
+      await disk.close();
+    }
+  });
+
   it('--delete-child while another process reads the child (an upload\'s shared lock): LOCKED, nothing deleted', async () => {
     const dir = await chain('delete-read');
     const { acquireSharedLock } = await import('../src/ops/journal.js');

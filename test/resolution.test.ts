@@ -165,6 +165,46 @@ describe('parent resolution', () => {
   });
 });
 
+describe('a first candidate that exists but cannot be read is the broken link (IO), never skipped (as nobody)', () => {
+  const CLI = path.join(path.dirname(new URL(import.meta.url).pathname), '..', 'dist', 'cli', 'main.js');
+  for (const [what, setup, named] of [
+    ['an unreadable file (mode 000)', (d: string) => fs.chmodSync(path.join(d, 'decoy.vhd'), 0o000), 'decoy.vhd'],
+    ['a file in a folder that cannot be searched (mode 000)', (d: string) => fs.chmodSync(path.join(d, 'shut'), 0o000), 'shut'],
+  ] as const) {
+    it(`${what}: hash and check say IO EACCES naming it, and do not read the parent a later locator names`, async (ctx) => {
+      if (process.getuid?.() !== 0) return ctx.skip(); // needs root to run the CLI as nobody (root ignores permissions)
+      const d = path.join(dir, `eacces-${named}`);
+      fs.mkdirSync(path.join(d, 'shut'), { recursive: true });
+      const base = path.join(d, 'base.vhd');
+      await create(base, { size: 4 * 1024 * 1024 });
+      fs.copyFileSync(base, path.join(d, 'decoy.vhd')); // the parent, copied: its UUID matches
+      fs.copyFileSync(base, path.join(d, 'shut', 'base.vhd'));
+      const child = path.join(d, 'child.vhd');
+      const first = named === 'shut' ? '.\\shut\\base.vhd' : '.\\decoy.vhd';
+      await childWithLocators(child, base, [
+        { code: 'W2ru', path: first },
+        { code: 'W2ku', path: base },
+      ]);
+      for (let p = d; p !== path.dirname(dir); p = path.dirname(p)) fs.chmodSync(p, 0o755);
+      for (const f of ['base.vhd', 'decoy.vhd', 'child.vhd', 'shut/base.vhd']) fs.chmodSync(path.join(d, f), 0o644);
+      setup(d);
+      try {
+        for (const cmd of [['hash', 'child.vhd'], ['check', 'child.vhd']]) {
+          const { runProcess } = await import('./helpers.js');
+          const r = await runProcess(process.execPath, [CLI, ...cmd], { cwd: d, uid: 65534, gid: 65534 });
+          const out = (r.stdout + r.stderr).trim();
+          expect(r.code, out).not.toBe(0);
+          expect(out).toContain('EACCES');
+          expect(out).toContain(named);
+          expect(out).toContain('[IO]');
+        }
+      } finally {
+        fs.chmodSync(path.join(d, 'shut'), 0o755);
+      }
+    });
+  }
+});
+
 describe('messages stay on one line', () => {
   it('a parent name and locator with line breaks and escapes are shown escaped', async () => {
     const d = path.join(dir, 'nl');

@@ -308,7 +308,6 @@ export class VhdImage {
     }
     const want = this.header!.parentUniqueId;
     const candidates = this.parentCandidates();
-    const mismatched: string[] = [];
     // The first candidate that exists is the parent: it must open and carry the UUID this child
     // names, or the chain is broken there. Only candidates that do not exist, or lie outside the
     // allowed directories, pass the search on. A later candidate is never taken in its place: an
@@ -320,7 +319,7 @@ export class VhdImage {
       try {
         found = await resolver.open(this.name, candidate);
       } catch (e) {
-        if (e instanceof VhdError) {
+        if (e instanceof VhdError && e.code === ErrorCodes.PARENT_NOT_ALLOWED) {
           refused.push(e);
           continue;
         }
@@ -343,9 +342,16 @@ export class VhdImage {
       }
       parent.id = found.id;
       if (!equalBytes(parent.footer.uniqueId, want)) {
-        mismatched.push(`${found.source.name} (UUID ${parent.uuid})`);
+        const expected = uuidToString(want);
+        const actual = parent.uuid;
         await parent.close();
-        break;
+        throw new VhdError(ErrorCodes.PARENT_UUID_MISMATCH, `parent UUID ${expected} does not match ${found.source.name} (UUID ${actual})`, {
+          file: this.name,
+          structure: 'dynamic header',
+          offset: this.headerOffset! + 40,
+          expected,
+          actual,
+        });
       }
       this.parent = parent;
       if (parent.virtualSize !== this.virtualSize) {
@@ -360,14 +366,7 @@ export class VhdImage {
       return;
     }
     const expected = uuidToString(want);
-    if (refused.length > 0 && mismatched.length === 0) throw refused[0];
-    if (mismatched.length > 0) {
-      throw new VhdError(
-        ErrorCodes.PARENT_UUID_MISMATCH,
-        `parent UUID ${expected} does not match ${mismatched.join(', ')}`,
-        { file: this.name, structure: 'dynamic header', offset: this.headerOffset! + 40, expected, actual: mismatched },
-      );
-    }
+    if (refused.length > 0) throw refused[0];
     throw new VhdError(
       ErrorCodes.PARENT_MISSING,
       `parent ${expected} not found (tried ${candidates.length > 0 ? candidates.join(', ') : 'no names: no locators and no parent name'})`,

@@ -42,11 +42,14 @@ export function useBlockingReads(on = true): void {
  */
 export function fileStamp(file: string): string {
   try {
-    const st = fs.statSync(file);
-    return `${st.size}:${st.mtimeMs}:${st.ino}`;
+    return stampOf(fs.statSync(file));
   } catch {
     return 'missing';
   }
+}
+
+function stampOf(st: fs.Stats): string {
+  return `${st.size}:${st.mtimeMs}:${st.ino}`;
 }
 
 /**
@@ -101,6 +104,8 @@ export class FileSink implements ByteSink {
     private readonly fd: number,
     private length: number,
     readonly writable: boolean,
+    /** The file's identity when it was opened (fileStamp's form): a change since shows against fileStamp(name). */
+    readonly stamp: string,
   ) {}
 
   static async open(file: string, mode: 'r' | 'r+' | 'wx' = 'r'): Promise<FileSink> {
@@ -115,16 +120,18 @@ export class FileSink implements ByteSink {
       throw ioError(e, file, 'open');
     }
     let size: number;
+    let stamp: string;
     try {
       const st = fs.fstatSync(fd);
       if (st.isDirectory()) throw Object.assign(new Error('is a directory'), { code: 'EISDIR' });
       size = st.isBlockDevice() ? blockDeviceSize(fd) : st.size;
+      stamp = stampOf(st);
     } catch (e) {
       fs.closeSync(fd);
       if ((e as NodeJS.ErrnoException).code === 'EISDIR') throw new VhdError(ErrorCodes.IO, 'is a directory, not a disk image (EISDIR)', { file, cause: e });
       throw ioError(e, file, 'stat');
     }
-    return new FileSink(file, fd, size, mode !== 'r');
+    return new FileSink(file, fd, size, mode !== 'r', stamp);
   }
 
   get size(): number {
@@ -329,8 +336,12 @@ export class FileResolver implements SourceResolver {
       real = await fsp.realpath(full);
       const st = await fsp.stat(real);
       if (!st.isFile() && !st.isBlockDevice()) return undefined;
-    } catch {
-      return undefined;
+    } catch (e) {
+      // Only a name that leads nowhere is "no such file": one that cannot be looked at (EACCES,
+      // ELOOP, EIO...) may well be the parent, and no other candidate is taken in its place.
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
+      throw new VhdError(ErrorCodes.IO, `cannot look at the parent candidate ${full} (${code ?? (e as Error).message})`, { file: from, cause: e });
     }
     if (this.allowed && !this.allowed.some((dir) => real === dir || real.startsWith(dir + path.sep))) {
       throw new VhdError(

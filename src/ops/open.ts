@@ -1,11 +1,12 @@
 /** Opening disks from files: the bridge from paths to the disk layer. */
 import { type ErrorCode, ErrorCodes, type Finding, findingFrom, VhdError } from '../errors.js';
-import { fileStamp } from '../io/file.js';
+import { FileSink, fileStamp } from '../io/file.js';
+import type { ByteSource } from '../io/types.js';
 import { noteFinding } from '../disk/policy.js';
 import { hasPendingMerge, holdLocks, journalPath, liveLockHolder, lockPath, readJournal } from './journal.js';
 import { CHAIN_ERRORS, VhdImage } from '../disk/image.js';
 import { type FileOpenOptions, openFileAs, openVhdFile, type SourceFormat } from '../disk/files.js';
-import type { VirtualDisk } from '../disk/source.js';
+import { RawDisk, type VirtualDisk } from '../disk/source.js';
 import { chainRoles, type RolePath } from '../io/paths.js';
 
 export type OpenDiskOptions = FileOpenOptions;
@@ -104,9 +105,11 @@ export function inputRoles(disk: VirtualDisk, file: string, what = 'input'): Rol
 }
 
 
-/** The files an opened disk reads: its chain's, or the raw file. */
-function filesRead(disk: VirtualDisk, file: string): string[] {
-  return disk instanceof VhdImage ? disk.chain.map((d) => d.source.name) : [file];
+/** The files an opened disk reads (its chain's, or the raw file), each with its identity when it was opened. */
+function filesRead(disk: VirtualDisk, file: string): Array<{ name: string; opened: string }> {
+  const sources: ByteSource[] = disk instanceof VhdImage ? disk.chain.map((d) => d.source) : disk instanceof RawDisk ? [disk.source] : [];
+  if (sources.length === 0) return [{ name: file, opened: fileStamp(file) }];
+  return sources.map((s) => ({ name: s.name, opened: s instanceof FileSink ? s.stamp : fileStamp(s.name) }));
 }
 
 /** What holdReading holds: `verify` before a result is given, `release` when done. */
@@ -119,15 +122,17 @@ export interface ReadHold {
 /**
  * Shared read marks on every file `disk` reads, held until released: a merge into any of them is
  * LOCKED meanwhile instead of changing what is being read. Called right after the open: a merge that
- * began (or ended) in between shows as a pending journal (MERGE_PENDING) or a changed file (LOCKED).
+ * began in between shows as a pending journal (MERGE_PENDING), one that began and ended as a file
+ * changed since it was opened (LOCKED: each file's identity is taken from its open descriptor).
  * Where a mark cannot be made (a folder this user may not write, while another user may merge
  * there), a merge running now is LOCKED all the same, and `verify` (called before any result is
  * given or output placed) catches one that started later: the file's identity (size, mtime, inode)
  * changed. `warnings` is told of marks that could not be made; readers that pass none accept that.
  */
 export function holdReading(disk: VirtualDisk, file: string, what: string, warnings: Finding[] = []): ReadHold {
-  const files = filesRead(disk, file);
-  const opened = files.map(fileStamp);
+  const read = filesRead(disk, file);
+  const files = read.map((f) => f.name);
+  const opened = read.map((f) => f.opened);
   const releases = holdLocks(files, { shared: what, during: `the ${what}` }, warnings);
   const release = () => {
     for (const r of releases) r();
