@@ -520,13 +520,18 @@ FileSink.prototype.writeBlocking = function (...args) {
   if (mine && !isMainThread) workerWrote();
   return r;
 };
-// VHDKIT_CRASH_ON_JOURNAL_RENAME=N: killed instead of the N-th rename of a journal into place.
-if (process.env.VHDKIT_CRASH_ON_JOURNAL_RENAME) {
+// VHDKIT_CRASH_ON_JOURNAL_RENAME=N: killed instead of the N-th rename of a journal into place;
+// VHDKIT_CRASH_AFTER_JOURNAL_RENAME=N: right after it.
+if (process.env.VHDKIT_CRASH_ON_JOURNAL_RENAME || process.env.VHDKIT_CRASH_AFTER_JOURNAL_RENAME) {
   const orig = fs.renameSync;
-  let left = Number(process.env.VHDKIT_CRASH_ON_JOURNAL_RENAME);
+  let on = Number(process.env.VHDKIT_CRASH_ON_JOURNAL_RENAME ?? 0);
+  let after = Number(process.env.VHDKIT_CRASH_AFTER_JOURNAL_RENAME ?? 0);
   fs.renameSync = function (from, to) {
-    if (String(to).endsWith('.vhdkit-merge.json') && --left === 0) die();
-    return orig.call(this, from, to);
+    const journal = String(to).endsWith('.vhdkit-merge.json');
+    if (journal && --on === 0) die();
+    const r = orig.call(this, from, to);
+    if (journal && --after === 0) die();
+    return r;
   };
 }
 // VHDKIT_CRASH_AFTER_DELETE_AT=N: killed right after the N-th .vhd file is removed.
@@ -631,7 +636,8 @@ describe('real processes killed at exact points', () => {
     const j = JSON.parse(fs.readFileSync(journalPath(run.parent), 'utf8')) as MergeJournal;
     expect(j.header).toBeDefined(); // this chain does move the BAT
     expect(metadataStarted(fs.readFileSync(run.parent), j, c)).toBe(true);
-    // 2nd run: killed before its 4th target operation (after cutting and re-extending the file).
+    // 2nd run: killed before its 4th target operation (the data was durable, the journal says so:
+    // it writes only the metadata again, and is killed inside it).
     const r2 = await runCli(['merge', 'child.vhd'], run.dir, { env: { VHDKIT_CRASH_FILE: target, VHDKIT_CRASH_AT: '3' }, nodeArgs: hookArgs });
     expect(r2.signal).toBe('SIGKILL');
     // 3rd run: must complete the merge and leave the model.
@@ -644,6 +650,43 @@ describe('real processes killed at exact points', () => {
     expect(chk.code).toBe(0);
     expect(leftovers(run.dir)).toEqual([]);
   });
+
+  for (const [when, env, headerLost] of [
+    ['while the journal is marked copied', { VHDKIT_CRASH_ON_JOURNAL_RENAME: '2' }, false],
+    ['right after the journal says the data is copied', { VHDKIT_CRASH_AFTER_JOURNAL_RENAME: '2' }, false],
+    ['right after the journal says the data is copied, the header then lost', { VHDKIT_CRASH_AFTER_JOURNAL_RENAME: '2' }, true],
+  ] as const) {
+    it(`killed ${when}: the rerun completes; it copies the data again only when the journal did not say so`, async () => {
+      const run = freshCopy(c);
+      const r1 = await runCli(['merge', 'child.vhd'], run.dir, { env, nodeArgs: hookArgs });
+      expect(r1.signal).toBe('SIGKILL');
+      const j = JSON.parse(fs.readFileSync(journalPath(run.parent), 'utf8')) as MergeJournal;
+      const copied = 'VHDKIT_CRASH_AFTER_JOURNAL_RENAME' in env;
+      expect(j.step).toBe(copied ? 'copied' : undefined);
+      // Nothing of the metadata yet, the data durable: the BAT and footer are still the parent's.
+      expect(metadataStarted(fs.readFileSync(run.parent), j, c)).toBe(false);
+      if (headerLost) {
+        // Unopenable now: the rerun completes the metadata forward (the new header with the moved BAT).
+        expect(j.header).toBeDefined();
+        const fd = fs.openSync(run.parent, 'r+');
+        fs.writeSync(fd, Buffer.alloc(512), 0, 512, j.headerOffset!);
+        fs.closeSync(fd);
+        const chk = await runCli(['check', 'parent.vhd'], run.dir);
+        expect(chk.stdout + chk.stderr).toContain('MERGE_PENDING');
+      }
+      const r2 = await runCli(['merge', 'child.vhd', '--json'], run.dir);
+      expect(r2.stderr).toBe('');
+      expect(r2.code).toBe(0);
+      const out = JSON.parse(r2.stdout);
+      expect(out.resumed).toBe(true);
+      if (copied) expect(out.bytesWritten, 'the data is not copied again').toBe(0);
+      else expect(out.bytesWritten).toBeGreaterThan(0);
+      expect(firstDifference(await readVirtual(run.parent), c.model)).toBeUndefined();
+      expect((await runCli(['check', '--strict', 'parent.vhd'], run.dir)).code).toBe(0);
+      expect(fs.readFileSync(run.child).equals(c.childBytes)).toBe(true);
+      expect(leftovers(run.dir)).toEqual([]);
+    });
+  }
 
   it('killed while the journal is being put in place: the parent is pristine, the rerun completes, nothing is left behind', async () => {
     const run = freshCopy(c);
@@ -698,7 +741,8 @@ describe('--delete-child of a chain killed while it deletes (--to, in place and 
   const kills = [
     ['after the child is deleted', { VHDKIT_CRASH_AFTER_DELETE_AT: '1' }],
     ['after both are deleted, before the journal goes', { VHDKIT_CRASH_AFTER_DELETE_AT: '2' }],
-    ['while the journal is marked for deleting (nothing deleted yet)', { VHDKIT_CRASH_ON_JOURNAL_RENAME: '2' }],
+    // Journal renames: the plan (1), the data copied (2), the deleting step (3).
+    ['while the journal is marked for deleting (nothing deleted yet)', { VHDKIT_CRASH_ON_JOURNAL_RENAME: '3' }],
   ] as const;
   for (const intoCopy of [false, true]) {
     for (const [when, env] of kills) {

@@ -160,9 +160,9 @@ const BAT_WRITES_IN_FLIGHT = 16;
 /**
  * Applies a plan's structures to the disk open for writing in `sink`, in the steps a crash-safe edit
  * takes: `restore` (the layout before the edit, whatever an interrupted run left), `cut` (new blocks
- * start as zeros), the caller's data and bitmaps, `syncData`, then `writeMetadata` (BAT entries or the
- * grown BAT and its header, the footers, the final size) and `syncData` again. Every step can be
- * repeated.
+ * start as zeros), the caller's data and bitmaps, `syncData`, then `finish` (BAT entries or the grown
+ * BAT and its header, the footers, the final size, durably). Every step can be repeated, and `finish`
+ * needs nothing but the plan and durable data.
  */
 export class VhdEditor {
   constructor(
@@ -227,12 +227,14 @@ export class VhdEditor {
 
   /**
    * The metadata, once the data is durable: the new blocks' BAT entries (or the grown BAT, holding
-   * `bat` and them, and its header), then the trailing footer (and the copy at 0 when the size grew),
-   * then the final size; durably.
+   * the original entries and them, and its header), then the trailing footer (and the copy at 0 when
+   * the size grew), then the final size; durably. A fixed disk has only its footer.
    */
-  async writeMetadata(bat: Uint32Array | undefined, fixed: boolean): Promise<void> {
+  async finish(): Promise<void> {
+    const fixed = this.plan.original === undefined;
     const grown = this.plan.grownBat;
-    if (grown && bat) {
+    if (grown) {
+      const bat = await this.originalBat();
       const table = new Uint32Array(grown.entries).fill(BAT_UNUSED);
       table.set(bat.subarray(0, Math.min(bat.length, table.length)));
       for (const [b, s] of this.newBlocks()) table[b] = s;

@@ -50,9 +50,13 @@ interface JournalOf {
   started: string;
 }
 
-/** The journal of a merge in progress: its plan, from which every run completes it. */
+/**
+ * The journal of a merge in progress: its plan, from which every run completes it, and the step it
+ * has reached. Absent step: planned (a run starts from the target's original layout and copies the
+ * data); `copied`: the data is durable, a run writes only the metadata.
+ */
 export interface MergeJournal extends JournalOf {
-  deleting?: undefined;
+  step?: 'copied';
   /** Data end of the target before the merge (its old trailing footer's offset). */
   oldEnd: number;
   /** File size after the merge (new trailing footer included). */
@@ -86,14 +90,14 @@ export interface MergeJournal extends JournalOf {
  * finishes them (the child may be gone already: it is found through --to or --into-copy).
  */
 export interface DeletingJournal extends JournalOf {
-  deleting: true;
+  step: 'deleting';
 }
 
 export type AnyJournal = MergeJournal | DeletingJournal;
 
 /** The deleting step of the merge a journal (of any step) is of: what it merged, no plan. */
 export function deletingJournal(j: Pick<JournalOf, 'target' | 'targetUuid' | 'sources' | 'started'>): DeletingJournal {
-  return { version: 1, kind: 'vhdkit-merge', target: j.target, targetUuid: j.targetUuid, sources: j.sources, deleteChild: true, started: j.started, deleting: true };
+  return { version: 1, kind: 'vhdkit-merge', target: j.target, targetUuid: j.targetUuid, sources: j.sources, deleteChild: true, started: j.started, step: 'deleting' };
 }
 
 export { fsyncDir };

@@ -11,13 +11,17 @@
  *      the journal durably. Until then the target is untouched.
  *   2. data: cut the file at its old data end (the old trailing footer is in the journal) and extend
  *      it to its new end, so new blocks start as zeros; then the copy tasks write the merged sectors
- *      and the bitmap of every block they touch, new or existing; once every task has settled, fsync.
+ *      and the bitmap of every block they touch, new or existing; once every task has settled, fsync;
+ *      then the journal's step says `copied`.
  *   3. metadata: the BAT entries of new blocks (or the moved BAT and the new header), the footer at
  *      the new end (and its copy at 0 when it changed); fsync.
- *   4. remove the journal.
+ *   4. remove the journal (--delete-child of a chain: its step says `deleting`, the disks go, then it).
  * Every step only copies from the sources, which a merge never changes, to positions fixed by the
- * journal: repeating any prefix of it is harmless. So a merge killed at any instant is completed by
- * running it again; the target is its old self only until step 2 starts.
+ * journal: repeating any prefix of it is harmless. A run does what the journal's step says is left:
+ * before `copied` it starts again from the original layout and copies the data, from `copied` on it
+ * writes only the metadata (a target left unopenable there is completed forward, never put back).
+ * So a merge killed at any instant is completed by running it again; the target is its old self
+ * only until step 2 starts.
  *
  * Who writes what. The main thread plans and keeps everything that orders writes: the journal, the
  * cut and extension of the file (before the first task starts), the BAT, header and footer, and every
@@ -255,7 +259,7 @@ async function mergeChild(childPath: string, options: MergeOptions): Promise<Mer
       // Killed after the rename: only the deletions (--delete-child) may be left to do (begun, when
       // the copy's journal says so).
       const left = readJournal(final);
-      const deleting = left?.deleting === true && left.sources[0]?.path === child.id;
+      const deleting = left?.step === 'deleting' && left.sources[0]?.path === child.id;
       if (!fs.existsSync(work) && (deleting || (left === undefined && (await isFinishedCopy(final, copyUuid))))) {
         const record = left ?? deletingJournal({ target: final, targetUuid: uuidToString(copyUuid), sources: sources.map((s) => ({ path: s.id, uuid: s.uuid, size: s.source.size })), started: new Date().toISOString() });
         const deleted = options.deleteChild || deleting ? deleteMerged(final, record, paths) : [];
@@ -333,7 +337,7 @@ async function mergeInto(
         writeJournal(targetFile, journal);
       }
       // A journal at its deleting step: the merge is complete, only the deletions are left.
-      const stats = journal.deleting ? NOTHING_COPIED : await execute(targetFile, target, sources, journal, options, copier, planned);
+      const stats = journal.step === 'deleting' ? NOTHING_COPIED : await execute(targetFile, target, sources, journal, options, copier, planned);
       // Into a copy, the children go once the copy has its name (the caller).
       let deleted: string[] = [];
       if (journal.deleteChild && !intoCopy) deleted = deleteMerged(targetFile, journal, sources.map((s) => s.id));
@@ -449,68 +453,84 @@ async function execute(
   copier: Copier,
   planned?: Segment[],
 ): Promise<Stats> {
-  const stats: Stats = { sectorsMerged: 0, blocksAllocated: 0, blocksUpdated: 0, bytesWritten: 0 };
+  const stats: Stats = { ...NOTHING_COPIED };
   const edit = planOf(journal);
-  const newSize = footerVirtualSize(edit.footer);
   // The file opened and locked, never the path the journal recorded: a folder copied or moved with
   // its pending merge completes where it is now, and writes nothing at its old place.
   const sink = await FileSink.open(targetFile, 'r+');
   const editor = new VhdEditor(sink, edit);
   try {
-    const segments = planned ?? (await overlay(sources, newSize));
-    const total = totalLength(segments.map((s) => [s.start, s.end] as Range));
-    const plan = new TaskPlan(targetFile, sources, taskBytesFor(total, copier));
-
-    if (target.type === 'fixed') {
-      // A fixed target holds every virtual byte at its own offset: no blocks, no bitmaps. What a
-      // smaller disk of the chain hides reads as zeros (every run zeros it again before the copies).
-      await editor.zeroStale();
-      await copyAll(sink, copier, plan.fixed(segments), total, stats, options);
-    } else {
-      const bs = target.blockSize;
-      const newAt = editor.newBlocks();
-      // Start from the layout before the merge, whatever an interrupted run left: the original
-      // header and footer copy back in place (durably, before the cut below removes a moved BAT),
-      // the original BAT read from its original place.
-      // (A fresh merge, planned just now on an untouched target, skips this: nothing to undo.)
-      let bat: Uint32Array;
-      if (planned) {
-        bat = target.bat!;
-      } else {
-        await editor.restore();
-        bat = await editor.originalBat();
-      }
-      // Step 2: new blocks start as zeros (the old trailing footer is cut away), then every block's
-      // sectors and bitmap, by the tasks (their writes land only in data areas and bitmaps).
-      await editor.cut();
-      await editor.zeroStale();
-      const byBlock = new Map<number, Segment[]>();
-      for (const seg of segments) {
-        for (let b = Math.floor(seg.start / bs); b * bs < seg.end; b++) {
-          const piece = { start: Math.max(seg.start, b * bs), end: Math.min(seg.end, (b + 1) * bs), source: seg.source };
-          if (!byBlock.has(b)) byBlock.set(b, []);
-          byBlock.get(b)!.push(piece);
-        }
-      }
-      const blocks = [...byBlock.keys()].sort((x, y) => x - y);
-      for (const b of blocks) {
-        if (newAt.has(b)) stats.blocksAllocated++;
-        else stats.blocksUpdated++;
-      }
-      const layout: TargetLayout = { blockSize: bs, bitmapSize: target.bitmapSize, dynamic: target.type === 'dynamic', newAt, bat };
-      await copyAll(sink, copier, plan.blocks(blocks, byBlock, layout), total, stats, options);
-      // Every task has settled (copyAll returns or throws only then): one fsync of the target covers
-      // the writes of every thread, and it comes before any metadata that points at them.
-      await editor.syncData();
-      // Step 3: metadata.
-      await editor.writeMetadata(bat, false);
+    // Step 2, data (unless a run before made it durable): every run from the plan, durably, and the
+    // journal then says so.
+    if (journal.step !== 'copied') {
+      await copyData({ targetFile, target, sources, editor, sink, copier, stats, options }, planned ?? (await overlay(sources, footerVirtualSize(edit.footer))), !planned);
+      throwIfAborted(options.signal);
+      writeJournal(targetFile, { ...journal, step: 'copied' });
     }
-    if (target.type === 'fixed') await editor.writeMetadata(undefined, true);
+    // Step 3: metadata, from the plan alone.
+    await editor.finish();
     throwIfAborted(options.signal);
     return stats;
   } finally {
     await sink.close();
   }
+}
+
+/** What the data step works with: the target open for writing, its editor, the sources, the copier. */
+interface DataStep {
+  targetFile: string;
+  target: VhdImage;
+  sources: VhdImage[];
+  editor: VhdEditor;
+  sink: FileSink;
+  copier: Copier;
+  stats: Stats;
+  options: MergeOptions;
+}
+
+/**
+ * The data step: the merged sectors (`segments`) and the bitmaps of their blocks written into the
+ * target, then made durable (one fsync after every task has settled covers the writes of every
+ * thread). A rerun (`rerun`) first puts back the layout before the merge, whatever an interrupted run
+ * left; a fresh merge, planned just now on the untouched target, has nothing to undo.
+ */
+async function copyData({ targetFile, target, sources, editor, sink, copier, stats, options }: DataStep, segments: Segment[], rerun: boolean): Promise<void> {
+  const total = totalLength(segments.map((s) => [s.start, s.end] as Range));
+  const plan = new TaskPlan(targetFile, sources, taskBytesFor(total, copier));
+  if (target.type === 'fixed') {
+    // A fixed target holds every virtual byte at its own offset: no blocks, no bitmaps. What a
+    // smaller disk of the chain hides reads as zeros (every run zeros it again before the copies).
+    await editor.zeroStale();
+    await copyAll(sink, copier, plan.fixed(segments), total, stats, options);
+  } else {
+    const bs = target.blockSize;
+    const newAt = editor.newBlocks();
+    // The original header and footer copy back in place (durably, before the cut below removes a
+    // moved BAT), the original BAT read from its original place.
+    if (rerun) await editor.restore();
+    const bat = rerun ? await editor.originalBat() : target.bat!;
+    // New blocks start as zeros (the old trailing footer is cut away), then every block's sectors
+    // and bitmap, by the tasks (their writes land only in data areas and bitmaps).
+    await editor.cut();
+    await editor.zeroStale();
+    const byBlock = new Map<number, Segment[]>();
+    for (const seg of segments) {
+      for (let b = Math.floor(seg.start / bs); b * bs < seg.end; b++) {
+        const piece = { start: Math.max(seg.start, b * bs), end: Math.min(seg.end, (b + 1) * bs), source: seg.source };
+        if (!byBlock.has(b)) byBlock.set(b, []);
+        byBlock.get(b)!.push(piece);
+      }
+    }
+    const blocks = [...byBlock.keys()].sort((x, y) => x - y);
+    for (const b of blocks) {
+      if (newAt.has(b)) stats.blocksAllocated++;
+      else stats.blocksUpdated++;
+    }
+    const layout: TargetLayout = { blockSize: bs, bitmapSize: target.bitmapSize, dynamic: target.type === 'dynamic', newAt, bat };
+    await copyAll(sink, copier, plan.blocks(blocks, byBlock, layout), total, stats, options);
+  }
+  // Every task has settled (copyAll returns or throws only then): before any metadata points at them.
+  await editor.syncData();
 }
 
 /** Tasks of at most this much source data, at least the minimum; several per worker when the merge is small. */

@@ -70,7 +70,7 @@ function mergeState(file: string, broken?: VhdError): VhdError {
 /** True when the journal beside `file` is a complete merge's, deleting what it merged. */
 function deletingStep(file: string): boolean {
   try {
-    return readJournal(file)?.deleting === true;
+    return readJournal(file)?.step === 'deleting';
   } catch {
     return false; // unreadable: the journal's own error says that when the merge is run again
   }

@@ -31,7 +31,7 @@ export function deleteMerged(file: string, journal: AnyJournal, sources: string[
     fs.rmSync(sources[0], { force: true });
     return sources;
   }
-  if (!journal.deleting) writeJournal(file, deletingJournal(journal));
+  if (journal.step !== 'deleting') writeJournal(file, deletingJournal(journal));
   for (const s of sources) fs.rmSync(s, { force: true });
   fsyncDir(path.dirname(sources[0]));
   removeJournal(file);
@@ -49,7 +49,7 @@ export async function finishDeleting(childPath: string, to: string | undefined, 
   if (fs.existsSync(childPath) || (to === undefined && intoCopy === undefined)) return undefined;
   const file = intoCopy !== undefined ? path.resolve(intoCopy) : realPathOf(to!);
   const child = path.join(realPathOf(path.dirname(path.resolve(childPath))), path.basename(childPath));
-  const names = (j: AnyJournal | undefined) => j?.deleting === true && j.sources[0]?.path === child;
+  const names = (j: AnyJournal | undefined) => j?.step === 'deleting' && j.sources[0]?.path === child;
   if (!names(readJournal(file))) return undefined;
   // The lock a merge into this target holds (into a copy: the work file's; a killed run's is taken over).
   const release = acquireLock(intoCopy !== undefined ? copyWorkPath(intoCopy) : file, 'merge');
