@@ -41,7 +41,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { resultFile, writeResult } from './out.mjs';
+import { claimScratch, resultFile, writeResult } from './out.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const cli = path.join(root, 'dist', 'cli', 'main.js');
@@ -620,6 +620,7 @@ export async function runMergeBench({ quick = false, work = path.join(os.tmpdir(
     workers: workers === undefined ? undefined : Number(workers),
     log,
   };
+  claimScratch(work);
   fs.mkdirSync(ctx.dataDir, { recursive: true });
   ctx.generator = fs.existsSync(path.join(ctx.harnessSrc, 'mkchain.mjs')) ? 'mkchain' : 'vhdkit';
   let canDrop = false;

@@ -45,6 +45,38 @@ export function resultFile(given, fallback, work) {
   return file;
 }
 
+/** The mark a benchmark leaves in a scratch folder it made: only such a folder's files are ever removed. */
+export const SCRATCH_MARK = '.vhdkit-bench-scratch';
+
+/**
+ * Takes `work` as the benchmark's scratch folder, where it makes and removes files: a new or empty
+ * folder, or one a benchmark made before (its mark). Any other folder is refused (exit 2, one line)
+ * before anything in it is touched: a mistyped --work never loses what it names.
+ */
+export function claimScratch(work) {
+  let names;
+  try {
+    names = fs.readdirSync(work);
+  } catch (e) {
+    if (e.code !== 'ENOENT') {
+      console.error(`bench: --work ${work}: cannot use it as the scratch folder (${e.code ?? e.message})`);
+      process.exit(2);
+    }
+    names = [];
+  }
+  if (names.length > 0 && !names.includes(SCRATCH_MARK)) {
+    console.error(`bench: --work ${work}: not empty and not a scratch folder a vhdkit benchmark made (no ${SCRATCH_MARK}); give a new or empty folder`);
+    process.exit(2);
+  }
+  try {
+    fs.mkdirSync(work, { recursive: true });
+    fs.writeFileSync(path.join(work, SCRATCH_MARK), 'made by a vhdkit benchmark: its files are made and removed here\n');
+  } catch (e) {
+    console.error(`bench: --work ${work}: cannot use it as the scratch folder (${e.code ?? e.message})`);
+    process.exit(2);
+  }
+}
+
 export function writeResult(file, results) {
   const tmp = `${file}.${process.pid}.tmp`;
   try {

@@ -21,7 +21,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { runMicro } from './micro.mjs';
-import { resultFile, writeResult } from './out.mjs';
+import { claimScratch, resultFile, writeResult } from './out.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const cli = path.join(root, 'dist', 'cli', 'main.js');
@@ -60,7 +60,7 @@ const dropCaches = () => {
   fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
 };
 
-fs.mkdirSync(work, { recursive: true });
+claimScratch(work);
 
 function lcgFill(data, seed) {
   let x = seed >>> 0;

@@ -25,7 +25,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { resultFile, writeResult } from './out.mjs';
+import { claimScratch, resultFile, writeResult } from './out.mjs';
 import { BlobServiceClient } from '@azure/storage-blob';
 import { startAzurite } from '../fixtures/azurite.mjs';
 
@@ -45,6 +45,7 @@ const runs = Number(arg('--runs', quick ? 2 : 3));
 const concurrency = Number(arg('--concurrency', 8));
 const size = (quick ? 256 : 1024) * MiB;
 const outFile = resultFile(arg('--out'), path.join(root, 'bench', 'results', `upload-${Date.now()}.json`), work);
+claimScratch(work);
 
 function sh(cmd, args, opts = {}) {
   const r = spawnSync(cmd, args, { encoding: 'utf8', maxBuffer: 1 << 28, ...opts });
@@ -68,8 +69,8 @@ function prng(seed) {
 function makeData() {
   const stamp = path.join(work, `data-v2-${size}.ok`);
   if (fs.existsSync(stamp)) return JSON.parse(fs.readFileSync(stamp, 'utf8'));
-  fs.rmSync(work, { recursive: true, force: true });
-  fs.mkdirSync(work, { recursive: true });
+  fs.rmSync(work, { recursive: true, force: true }); // a scratch folder a benchmark made (claimScratch)
+  claimScratch(work);
   const rand = prng(42);
   const raw = Buffer.alloc(size);
   const pages = size / PAGE;

@@ -315,6 +315,42 @@ describe('merge, second review', () => {
     expect(JSON.parse((await vhdkit(['hash', 'base.vhd', '--json'], dir)).stdout).digest).toBe(want);
   });
 
+  it.runIf(spawnSync('qemu-io', ['--version']).status === 0)('an interrupted merge whose child was written since (a new block): the rerun merges it as it is now, with a warning, and deletes it only then', async () => {
+    const dir = await chain('written-since');
+    fs.rmSync(path.join(dir, 'c2.vhd'));
+    const ac = new AbortController();
+    const e = await rejection(merge(path.join(dir, 'c1.vhd'), { deleteChild: true, signal: ac.signal, onProgress: () => ac.abort(new Error('test interruption')) }));
+    expect(e.code).toBe(ErrorCodes.ABORTED);
+    // Written while the merge was stopped: block 3 (7 MiB on), which neither c1 nor base held.
+    const q = spawnSync('qemu-io', ['-f', 'vpc', path.join(dir, 'c1.vhd'), '-c', 'write -P 0xab 7340032 262144']);
+    expect(q.status, q.stderr?.toString()).toBe(0);
+    const want = Buffer.alloc(8 * MiB);
+    for (let i = 0; i < 4 * MiB; i++) want[i] = (i * 13) & 0xff;
+    want.fill(0x22, 5 * MiB, 6 * MiB);
+    want.fill(0xab, 7 * MiB, 7 * MiB + 262144);
+    const r = await merge(path.join(dir, 'c1.vhd'), { deleteChild: true });
+    expect(r.resumed).toBe(true);
+    expect(r.warnings.map((w) => w.message).join('\n')).toMatch(/c1\.vhd.*changed since the interrupted merge into .*base\.vhd began; merged again/);
+    expect(fs.existsSync(path.join(dir, 'c1.vhd'))).toBe(false);
+    fs.writeFileSync(path.join(dir, 'want.raw'), want);
+    const digest = async (f: string) => JSON.parse((await vhdkit(['hash', f, '--json'], dir)).stdout).digest;
+    expect(await digest('base.vhd'), 'base reads as c1 did when merged').toBe(await digest('want.raw'));
+    expect((await vhdkit(['check', 'base.vhd', '--strict'], dir)).code).toBe(0);
+  });
+
+  it('a disk with a merge pending, named through a symlink: MERGE_PENDING all the same (the journal is beside the real file)', async () => {
+    const dir = await chain('pending-alias');
+    fs.rmSync(path.join(dir, 'c2.vhd'));
+    fs.symlinkSync('base.vhd', path.join(dir, 'alias.vhd'));
+    const ac = new AbortController();
+    expect((await rejection(merge(path.join(dir, 'c1.vhd'), { signal: ac.signal, onProgress: () => ac.abort(new Error('test interruption')) }))).code).toBe(ErrorCodes.ABORTED);
+    for (const args of [['hash', 'alias.vhd'], ['convert', 'alias.vhd', 'out.raw', '--to', 'raw']]) expectRefused(await vhdkit(args, dir), 2, 'MERGE_PENDING');
+    expect(fs.existsSync(path.join(dir, 'out.raw'))).toBe(false);
+    const chk = await vhdkit(['check', 'alias.vhd'], dir);
+    expect(chk.stdout + chk.stderr).toContain('MERGE_PENDING');
+    expect(chk.code).toBe(1);
+  });
+
   it('a merge that begins and ends between a reader\'s open and its read marks: the reader is LOCKED naming the disk (identity taken at the open)', async () => {
     const dir = await chain('open-then-merge');
     const { holdReading, openAny } = await import('../src/ops/open.js');

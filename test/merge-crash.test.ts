@@ -33,6 +33,7 @@ import { randomFillSync } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { spawnSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { DynamicWriter } from '../src/disk/writer.js';
 import { bitmapByteSize, setBits } from '../src/format/bitmap.js';
@@ -48,6 +49,7 @@ import { mulberry32, type ProcessRun, readVirtual, repoRoot, runAndInterrupt, tm
 vi.setConfig({ testTimeout: 180_000, hookTimeout: 180_000 });
 
 const CLI = path.join(repoRoot, 'dist/cli/main.js');
+const hasQemuIo = spawnSync('qemu-io', ['--version']).status === 0;
 const KiB = 1024;
 const MiB = 1024 * 1024;
 const SECTOR = 512;
@@ -777,6 +779,43 @@ describe('--delete-child of a chain killed while it deletes (--to, in place and 
       });
     }
   }
+
+  it('killed after the child is deleted, the folder then moved: the same command finishes there', async () => {
+    const d = fresh('moved');
+    const cmd = ['merge', 'c2.vhd', '--to', 'base.vhd', '--delete-child'];
+    expect((await runCli(cmd, d, { env: { VHDKIT_CRASH_AFTER_DELETE_AT: '1' }, nodeArgs: hookArgs })).signal).toBe('SIGKILL');
+    const moved = path.join(top, 'moved-here');
+    fs.renameSync(d, moved);
+    const r = await runCli([...cmd, '--json'], moved);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout).deleted).toEqual([path.join(fs.realpathSync(moved), 'c1.vhd')]);
+    expect(fs.readdirSync(moved).sort()).toEqual(['base.vhd']);
+    expect(firstDifference(await readVirtual(path.join(moved, 'base.vhd')), want)).toBeUndefined();
+  });
+
+  it('the child named through a symlink, killed after it is deleted: the same command (through the link) finishes', async () => {
+    const d = fresh('linked');
+    fs.symlinkSync('c2.vhd', path.join(d, 'top.vhd'));
+    const cmd = ['merge', 'top.vhd', '--to', 'base.vhd', '--delete-child'];
+    expect((await runCli(cmd, d, { env: { VHDKIT_CRASH_AFTER_DELETE_AT: '1' }, nodeArgs: hookArgs })).signal).toBe('SIGKILL');
+    const r = await runCli(cmd, d);
+    expect(r.code, r.stderr).toBe(0);
+    expect(fs.existsSync(path.join(d, 'c1.vhd'))).toBe(false);
+    expect(leftovers(d)).toEqual([]);
+  });
+
+  it.runIf(hasQemuIo)('a disk written after it was merged (killed before its deletion) is kept, with a warning naming it', async () => {
+    const d = fresh('written');
+    const cmd = ['merge', 'c2.vhd', '--to', 'base.vhd', '--delete-child'];
+    expect((await runCli(cmd, d, { env: { VHDKIT_CRASH_AFTER_DELETE_AT: '1' }, nodeArgs: hookArgs })).signal).toBe('SIGKILL');
+    const q = spawnSync('qemu-io', ['-f', 'vpc', path.join(d, 'c1.vhd'), '-c', 'write -P 0xab 7340032 65536']);
+    expect(q.status, q.stderr?.toString()).toBe(0);
+    const r = await runCli(cmd, d);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/c1\.vhd: not deleted: it changed after it was merged into .*base\.vhd/);
+    expect(fs.existsSync(path.join(d, 'c1.vhd'))).toBe(true);
+    expect(leftovers(d)).toEqual([]);
+  });
 
   it('a journal at its deleting step never deletes a disk put in place of one it merged (another UUID)', async () => {
     const d = fresh('replaced');

@@ -433,6 +433,18 @@ describe('benchmark results (--out) are checked before a benchmark runs', () => 
       }
       expect(fs.existsSync(work)).toBe(false);
     });
+
+    it(`bench/${script}: a --work folder that holds other files and no benchmark made: exit 2 at once, nothing in it touched`, async () => {
+      const work = path.join(dir, `precious-${script}`);
+      fs.mkdirSync(work);
+      fs.writeFileSync(path.join(work, 'important.vhd'), 'keep me');
+      const before = snapshot(work);
+      const r = await runProcess(process.execPath, [path.join(repoRoot, 'bench', script), '--quick', '--work', work, '--out', path.join(dir, `r-${script}.json`)], { cwd: dir, timeoutMs: 30_000 });
+      expect(r.code, describeRun(r)).toBe(2);
+      expect(r.stderr.trim().split('\n'), describeRun(r)).toHaveLength(1);
+      expect(r.stderr).toContain(`--work ${work}: not empty and not a scratch folder`);
+      expect(snapshot(work)).toEqual(before);
+    });
   }
 });
 

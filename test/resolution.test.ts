@@ -73,6 +73,45 @@ describe('parent resolution', () => {
     expect(i.findings.map((f) => f.code)).toContain(ErrorCodes.FILE_TOO_SMALL);
   });
 
+  it('a folder where the first candidate names the parent is the broken link (NOT_VHD naming it), not skipped', async () => {
+    const d = path.join(dir, 'folder-candidate');
+    fs.mkdirSync(path.join(d, 'decoy.vhd'), { recursive: true });
+    const base = path.join(d, 'base.vhd');
+    await create(base, { size: 4 * 1024 * 1024 });
+    const child = path.join(d, 'child.vhd');
+    await childWithLocators(child, base, [
+      { code: 'W2ru', path: '.\\decoy.vhd' },
+      { code: 'W2ku', path: base },
+    ]);
+    const e = await openDisk(child).then(
+      () => undefined,
+      (x: unknown) => x as VhdError,
+    );
+    expect(e?.code).toBe(ErrorCodes.NOT_VHD);
+    expect(e?.message).toContain(path.join(d, 'decoy.vhd'));
+    expect(e?.message).toContain('a folder');
+  });
+
+  it('a disk opened, then written before its lock is taken: refuseChangedSinceOpened says LOCKED naming it', async () => {
+    const { refuseChangedSinceOpened } = await import('../src/ops/open.js');
+    const f = path.join(dir, 'changed.vhd');
+    await create(f, { size: 4 * 1024 * 1024 });
+    const img = await openDisk(f);
+    try {
+      expect(() => refuseChangedSinceOpened([img], 'this merge')).not.toThrow();
+      fs.utimesSync(f, new Date(), new Date(Date.now() + 5000));
+      let caught: unknown;
+      try {
+        refuseChangedSinceOpened([img], 'this merge');
+      } catch (x) {
+        caught = x;
+      }
+      expect(caught).toMatchObject({ code: ErrorCodes.LOCKED, file: fs.realpathSync(f) });
+    } finally {
+      await img.close();
+    }
+  });
+
   it('reports the unusable candidate when nothing else is the parent', async () => {
     const d = path.join(dir, 'b');
     fs.mkdirSync(d, { recursive: true });

@@ -927,7 +927,7 @@ describe('safety', () => {
       const runs = await Promise.all(cases.flatMap((c) => modes.map(async (mode) => ({ c, mode, run: await cli([...c.args.map((a) => (a === '{disk}' ? disk : a)), ...mode]) }))));
       for (const { c, mode, run } of runs) {
         const what = `${c.name} ${mode.join(' ')}`;
-        expect(run.code, `${what}: ${run.stderr}`).toBe(c.code);
+        expect(run.code, `${what}: ${run.signal ? `killed by ${run.signal}; ` : ''}${run.stderr}`).toBe(c.code);
         expect(run.stderr).toMatch(/^vhdkit: /);
         if (c.message) expect(run.stderr, what).toMatch(c.message);
         expectNoSecret(run, c.secrets, what);

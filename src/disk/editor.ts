@@ -206,6 +206,12 @@ export class VhdEditor {
     return bat;
   }
 
+  /** Of `blocks` (to be written), those with no place: neither new in the plan nor allocated in `bat`. */
+  unplaced(blocks: number[], bat: Uint32Array): number[] {
+    const at = this.newBlocks();
+    return blocks.filter((b) => !at.has(b) && (b >= bat.length || bat[b] === BAT_UNUSED));
+  }
+
   /** Cuts away the old trailing footer and extends the file to its new size: new blocks read as zeros. */
   async cut(): Promise<void> {
     await this.sink.truncate(this.plan.oldEnd);

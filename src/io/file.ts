@@ -332,16 +332,20 @@ export class FileResolver implements SourceResolver {
     if (/^[A-Za-z]:\//.test(candidate) || candidate.startsWith('//')) return undefined; // a Windows drive or share: not here
     const full = path.resolve(path.dirname(from), candidate);
     let real: string;
+    let st: fs.Stats;
     try {
       real = await fsp.realpath(full);
-      const st = await fsp.stat(real);
-      if (!st.isFile() && !st.isBlockDevice()) return undefined;
+      st = await fsp.stat(real);
     } catch (e) {
       // Only a name that leads nowhere is "no such file": one that cannot be looked at (EACCES,
       // ELOOP, EIO...) may well be the parent, and no other candidate is taken in its place.
       const code = (e as NodeJS.ErrnoException).code;
       if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
       throw new VhdError(ErrorCodes.IO, `cannot look at the parent candidate ${full} (${code ?? (e as Error).message})`, { file: from, cause: e });
+    }
+    // Something else by that name (a folder, a pipe) is where the parent should be: the chain is broken there.
+    if (!st.isFile() && !st.isBlockDevice()) {
+      throw new VhdError(ErrorCodes.NOT_VHD, `the parent candidate ${full} is ${st.isDirectory() ? 'a folder' : 'not a file'}, not a disk image`, { file: from });
     }
     if (this.allowed && !this.allowed.some((dir) => real === dir || real.startsWith(dir + path.sep))) {
       throw new VhdError(

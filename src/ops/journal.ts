@@ -36,6 +36,8 @@ export interface JournalSource {
   path: string;
   uuid: string;
   size: number;
+  /** The file's identity (size, mtime, inode) when the merge was planned: a change since is seen. */
+  stamp?: string;
 }
 
 /** Which merge a journal is of, whatever its step. */

@@ -49,13 +49,13 @@ import { durableTemp, renameNoReplace } from '../io/durable.js';
 import { FileSink, fileStamp, realPathOf } from '../io/file.js';
 import { chainRoles, checkInputFolder, checkOutputPath, refuseOverlap, type RolePath } from '../io/paths.js';
 import { type MergeCopyResult, type MergeCopyTask, runMergeCopyInline } from '../pool/merge-task.js';
-import { overlay, type Segment } from './merge/overlay.js';
+import { byBlock, overlay, type Segment } from './merge/overlay.js';
 import { type PlannedTask, TaskPlan, type TargetLayout } from './merge/tasks.js';
 import { orderedWindow } from '../pool/schedule.js';
 import { throwIfAborted, type OperationOptions } from './common.js';
 import { acquireLock, type AnyJournal, deletingJournal, fsyncDir, holdLocks, lockTempPath, hasPendingMerge, journalPath, lockPath, type MergeJournal, readJournal, removeJournal, writeJournal } from './journal.js';
-import { openDisk } from './open.js';
-import { copyTarget, copyWorkPath, deleteMerged, finishDeleting, isFinishedCopy, settleInterruptedRename } from './merge/copy.js';
+import { openDisk, openedStamp, refuseChangedSinceOpened } from './open.js';
+import { copyTarget, copyWorkPath, deleteMerged, finishDeleting, isFinishedCopy, keptFinding, settleInterruptedRename } from './merge/copy.js';
 import { plan, planOf } from './merge/plan.js';
 import { openChain, openTarget } from './merge/restore.js';
 
@@ -174,7 +174,11 @@ async function mergeChild(childPath: string, options: MergeOptions): Promise<Mer
   const warnings: Finding[] = [];
   // A rerun after a run killed while it deleted a merged chain (the child gone already).
   const finished = await finishDeleting(childPath, options.to, options.intoCopy);
-  if (finished) return { child: childPath, ...finished, resumed: true, ...NOTHING_COPIED, invalidated: [], workers: 0, seconds: (performance.now() - started) / 1000, warnings };
+  if (finished) {
+    const { kept, ...done } = finished;
+    for (const k of kept) warnings.push(keptFinding(k, done.target));
+    return { child: childPath, ...done, resumed: true, ...NOTHING_COPIED, invalidated: [], workers: 0, seconds: (performance.now() - started) / 1000, warnings };
+  }
   // The pool's threads (when it is used) start loading now, while the chain is opened and the merge
   // planned; a bad `workers` is reported where the copier is awaited, before the target is touched.
   const copier = copierFor(childPath, options);
@@ -261,8 +265,8 @@ async function mergeChild(childPath: string, options: MergeOptions): Promise<Mer
       const left = readJournal(final);
       const deleting = left?.step === 'deleting' && left.sources[0]?.path === child.id;
       if (!fs.existsSync(work) && (deleting || (left === undefined && (await isFinishedCopy(final, copyUuid))))) {
-        const record = left ?? deletingJournal({ target: final, targetUuid: uuidToString(copyUuid), sources: sources.map((s) => ({ path: s.id, uuid: s.uuid, size: s.source.size })), started: new Date().toISOString() });
-        const deleted = options.deleteChild || deleting ? deleteMerged(final, record, paths) : [];
+        const record = left ?? deletingJournal({ target: final, targetUuid: uuidToString(copyUuid), sources: sources.map((s) => ({ path: s.id, uuid: s.uuid, size: s.source.size, stamp: openedStamp(s) })), started: new Date().toISOString() });
+        const deleted = options.deleteChild || deleting ? deleteMerged(final, record, sources, warnings) : [];
         return { child: childPath, target: final, sources: paths, resumed: true, ...NOTHING_COPIED, deleted, invalidated: [], workers: 0, seconds: (performance.now() - started) / 1000, warnings };
       }
       throw new VhdError(ErrorCodes.OUTPUT_EXISTS, 'the copy already exists', { file: options.intoCopy });
@@ -278,7 +282,7 @@ async function mergeChild(childPath: string, options: MergeOptions): Promise<Mer
       throw new VhdError(ErrorCodes.OUTPUT_EXISTS, `the copy already exists: another process made it while this merge ran (the merged copy is kept as ${path.basename(work)})`, { file: options.intoCopy });
     }
     fsyncDir(path.dirname(final));
-    return { ...result, target: final, deleted: journal.deleteChild ? deleteMerged(final, { ...journal, target: final }, paths) : [] };
+    return { ...result, target: final, deleted: journal.deleteChild ? deleteMerged(final, { ...journal, target: final }, sources, warnings) : [] };
   } finally {
     for (const r of releases) r();
     await child.close();
@@ -304,43 +308,31 @@ async function mergeInto(
   try {
     const chain = child.chain;
     const sources = chain.slice(0, depth);
-    const targetInChain = chain[depth];
-    let journal = readJournal(targetFile);
-    const resumed = journal !== undefined;
-    let planned: Segment[] | undefined;
+    // Everything opened before the locks were taken must be as it was then.
+    refuseChangedSinceOpened(chain.slice(0, depth + 1), 'this merge');
+    const resumed = hasPendingMerge(targetFile);
     // The target itself, opened on its own (its footer may be gone mid-merge: the copy at 0 serves).
-    const target = intoCopy ? await openTarget(targetFile) : targetInChain;
+    let target = intoCopy ? await openTarget(targetFile) : chain[depth];
+    const opened = [target];
     try {
-      if (journal) {
-        const want = sources.map((s) => s.uuid).join(',');
-        const have = journal.sources.map((s) => s.uuid).join(',');
-        if (want !== have || journal.targetUuid !== target.uuid) {
-          throw new VhdError(
-            ErrorCodes.MERGE_PENDING,
-            `a different merge is pending on this disk (of ${journal.sources.map((s) => s.path).join(', ')}); run it again to complete it first`,
-            { file: targetFile },
-          );
-        }
-        // The journal decides what happens after the merge: a --delete-child it lacks is not done silently.
-        if (options.deleteChild && !journal.deleteChild) {
-          throw new VhdError(ErrorCodes.USAGE, 'the interrupted merge into this disk was started without --delete-child: run it again without it to complete it, then delete the child', { file: targetFile });
-        }
-      } else {
-        if (options.resume) throw new VhdError(ErrorCodes.USAGE, 'no merge is pending on this disk: nothing to resume', { file: targetFile });
-        if (!intoCopy) await refuseChanged(target);
-        const made = await plan(target, sources, targetFile, !!options.deleteChild, chain[depth + 1]?.virtualSize);
-        journal = made.journal;
-        planned = made.segments;
-        // A target that cannot be written (read-only, no permission) is refused before a journal
-        // says a merge into it is pending.
-        await (await FileSink.open(targetFile, 'r+')).close();
-        writeJournal(targetFile, journal);
+      let { journal, planned } = await journalOf(targetFile, target, sources, options, chain[depth + 1]?.virtualSize);
+      if (journal.step !== 'deleting' && changedSources(journal, sources).length > 0) {
+        // Written since the interrupted merge began (a program still using the child, another merge
+        // into it): that merge is settled (completed or undone by its step), and the merge planned
+        // again from the sources as they are now. A differencing disk only gains sectors, so that
+        // covers whatever the interrupted one wrote.
+        const names = changedSources(journal, sources).map((s) => s.id);
+        warnings.push({ code: ErrorCodes.MERGE_PENDING, severity: 'warning', message: `${names.join(', ')}: changed since the interrupted merge into ${targetFile} began; merged again as ${names.length > 1 ? 'they are' : 'it is'} now` });
+        await settle(targetFile, journal);
+        target = await openDisk(targetFile, { resolveParents: false });
+        opened.push(target);
+        ({ journal, planned } = await freshPlan(targetFile, target, sources, options, chain[depth + 1]?.virtualSize));
       }
       // A journal at its deleting step: the merge is complete, only the deletions are left.
       const stats = journal.step === 'deleting' ? NOTHING_COPIED : await execute(targetFile, target, sources, journal, options, copier, planned);
       // Into a copy, the children go once the copy has its name (the caller).
       let deleted: string[] = [];
-      if (journal.deleteChild && !intoCopy) deleted = deleteMerged(targetFile, journal, sources.map((s) => s.id));
+      if (journal.deleteChild && !intoCopy) deleted = deleteMerged(targetFile, journal, sources, warnings);
       else removeJournal(targetFile);
       const between = sources.slice(1).map((s) => s.id);
       const result: MergeResult = {
@@ -357,10 +349,61 @@ async function mergeInto(
       };
       return { result, journal };
     } finally {
-      if (intoCopy) await target.close();
+      for (const d of opened) if (d !== chain[depth]) await d.close();
     }
   } finally {
     release();
+  }
+}
+
+/**
+ * The journal of the merge into `targetFile`: the pending one (the same merge, or MERGE_PENDING),
+ * or a fresh plan written durably.
+ */
+async function journalOf(targetFile: string, target: VhdImage, sources: VhdImage[], options: MergeOptions, parentSize: number | undefined): Promise<{ journal: AnyJournal; planned?: Segment[] }> {
+  const journal = readJournal(targetFile);
+  if (journal === undefined) {
+    if (options.resume) throw new VhdError(ErrorCodes.USAGE, 'no merge is pending on this disk: nothing to resume', { file: targetFile });
+    return freshPlan(targetFile, target, sources, options, parentSize);
+  }
+  const want = sources.map((s) => s.uuid).join(',');
+  const have = journal.sources.map((s) => s.uuid).join(',');
+  if (want !== have || journal.targetUuid !== target.uuid) {
+    throw new VhdError(ErrorCodes.MERGE_PENDING, `a different merge is pending on this disk (of ${journal.sources.map((s) => s.path).join(', ')}); run it again to complete it first`, { file: targetFile });
+  }
+  // The journal decides what happens after the merge: a --delete-child it lacks is not done silently.
+  if (options.deleteChild && !journal.deleteChild) {
+    throw new VhdError(ErrorCodes.USAGE, 'the interrupted merge into this disk was started without --delete-child: run it again without it to complete it, then delete the child', { file: targetFile });
+  }
+  return { journal };
+}
+
+/** A fresh plan of the merge, its journal written durably once the target is known to be writable. */
+async function freshPlan(targetFile: string, target: VhdImage, sources: VhdImage[], options: MergeOptions, parentSize: number | undefined): Promise<{ journal: MergeJournal; planned?: Segment[] }> {
+  const made = await plan(target, sources, targetFile, !!options.deleteChild, parentSize);
+  // A target that cannot be written (read-only, no permission) is refused before a journal says a
+  // merge into it is pending.
+  await (await FileSink.open(targetFile, 'r+')).close();
+  writeJournal(targetFile, made.journal);
+  return { journal: made.journal, planned: made.segments };
+}
+
+/** The sources whose file is no longer what the journal planned from (identity changed, or not recorded). */
+function changedSources(journal: AnyJournal, sources: VhdImage[]): VhdImage[] {
+  return sources.filter((s, i) => journal.sources[i]?.stamp !== openedStamp(s));
+}
+
+/**
+ * An interrupted merge that will not be completed from its plan, settled by its step: planned (the
+ * data not durable), the target's layout before it put back; copied, its metadata written (complete).
+ */
+async function settle(targetFile: string, journal: MergeJournal): Promise<void> {
+  const sink = await FileSink.open(targetFile, 'r+');
+  try {
+    const editor = new VhdEditor(sink, planOf(journal));
+    await (journal.step === 'copied' ? editor.finish() : editor.restore());
+  } finally {
+    await sink.close();
   }
 }
 
@@ -384,25 +427,6 @@ function refuseDependents(chain: VhdImage[], depth: number, intoCopy: boolean, d
     ...(orphaned.length > 0 ? [`--delete-child would delete the parent of ${[...new Set(orphaned)].join(', ')}`] : []),
   ];
   if (parts.length > 0) throw new VhdError(ErrorCodes.SIBLINGS, `${parts.join('; ')} (or --force)`, { file: targetFile });
-}
-
-/**
- * The target as read when the chain was opened must be the target now that the merge holds its lock:
- * a merge into it that ended in between (its lock released, its journal removed) changed it, and a
- * plan from the old view would write over that merge's blocks. LOCKED: run the merge again.
- */
-async function refuseChanged(target: VhdImage): Promise<void> {
-  const now = await openDisk(target.id, { resolveParents: false });
-  try {
-    const same =
-      now.dataEnd === target.dataEnd &&
-      now.footerOffset === target.footerOffset &&
-      now.virtualSize === target.virtualSize &&
-      (target.bat === undefined || (now.bat !== undefined && Buffer.compare(Buffer.from(now.bat.buffer, now.bat.byteOffset, now.bat.byteLength), Buffer.from(target.bat.buffer, target.bat.byteOffset, target.bat.byteLength)) === 0));
-    if (!same) throw new VhdError(ErrorCodes.LOCKED, 'it changed while this merge was opening it (another merge into it ended meanwhile); run the merge again', { file: target.id });
-  } finally {
-    await now.close();
-  }
 }
 
 /** Where the copy tasks run, and how many at once. */
@@ -509,25 +533,23 @@ async function copyData({ targetFile, target, sources, editor, sink, copier, sta
     // moved BAT), the original BAT read from its original place.
     if (rerun) await editor.restore();
     const bat = rerun ? await editor.originalBat() : target.bat!;
-    // New blocks start as zeros (the old trailing footer is cut away), then every block's sectors
-    // and bitmap, by the tasks (their writes land only in data areas and bitmaps).
-    await editor.cut();
-    await editor.zeroStale();
-    const byBlock = new Map<number, Segment[]>();
-    for (const seg of segments) {
-      for (let b = Math.floor(seg.start / bs); b * bs < seg.end; b++) {
-        const piece = { start: Math.max(seg.start, b * bs), end: Math.min(seg.end, (b + 1) * bs), source: seg.source };
-        if (!byBlock.has(b)) byBlock.set(b, []);
-        byBlock.get(b)!.push(piece);
-      }
+    const pieces = byBlock(segments, bs);
+    const blocks = [...pieces.keys()];
+    // Never a write at no place (an unused BAT entry read as an offset): the plan and the sources disagree.
+    const lost = editor.unplaced(blocks, bat);
+    if (lost.length > 0) {
+      throw new VhdError(ErrorCodes.MERGE_JOURNAL, `the merge's plan has no place for block ${lost[0]} (of ${lost.length}) that the sources hold now; nothing of it was written`, { file: targetFile });
     }
-    const blocks = [...byBlock.keys()].sort((x, y) => x - y);
     for (const b of blocks) {
       if (newAt.has(b)) stats.blocksAllocated++;
       else stats.blocksUpdated++;
     }
+    // New blocks start as zeros (the old trailing footer is cut away), then every block's sectors
+    // and bitmap, by the tasks (their writes land only in data areas and bitmaps).
+    await editor.cut();
+    await editor.zeroStale();
     const layout: TargetLayout = { blockSize: bs, bitmapSize: target.bitmapSize, dynamic: target.type === 'dynamic', newAt, bat };
-    await copyAll(sink, copier, plan.blocks(blocks, byBlock, layout), total, stats, options);
+    await copyAll(sink, copier, plan.blocks(blocks, pieces, layout), total, stats, options);
   }
   // Every task has settled (copyAll returns or throws only then): before any metadata points at them.
   await editor.syncData();

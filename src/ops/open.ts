@@ -1,6 +1,6 @@
 /** Opening disks from files: the bridge from paths to the disk layer. */
 import { type ErrorCode, ErrorCodes, type Finding, findingFrom, VhdError } from '../errors.js';
-import { FileSink, fileStamp } from '../io/file.js';
+import { FileSink, fileStamp, realPathOf } from '../io/file.js';
 import type { ByteSource } from '../io/types.js';
 import { noteFinding } from '../disk/policy.js';
 import { hasPendingMerge, holdLocks, journalPath, liveLockHolder, lockPath, readJournal } from './journal.js';
@@ -27,20 +27,20 @@ export async function openDisk(file: string, options: OpenDiskOptions = {}): Pro
     // file cut before its header is put back): say that, not only what is broken. Errors that are not
     // about the file's own structures (I/O, a parent) stay as they are.
     const broken = e instanceof VhdError ? (e.file ?? file) : undefined;
-    if (broken !== undefined && e instanceof VhdError && !NOT_STRUCTURE.has(e.code) && hasPendingMerge(broken)) throw mergeState(broken, e);
+    if (broken !== undefined && e instanceof VhdError && !NOT_STRUCTURE.has(e.code) && pendingAt(broken)) throw mergeState(broken, e);
     throw e;
   }
   // A parent that did not open (a chain described despite it, for info and check) because a merge
   // into it was interrupted, or runs: that is what its finding says.
   for (const d of image.chain) {
     for (const [i, f] of d.findings.entries()) {
-      if (f.file !== undefined && f.file !== d.name && !NOT_STRUCTURE.has(f.code) && hasPendingMerge(f.file)) {
+      if (f.file !== undefined && f.file !== d.name && !NOT_STRUCTURE.has(f.code) && pendingAt(f.file)) {
         d.findings[i] = findingFrom(mergeState(f.file, new VhdError(f.code as ErrorCode, f.message.replace(/^.*?: /, ''), { file: f.file, offset: f.offset })), 'error');
       }
     }
   }
   for (const d of image.chain) {
-    if (!hasPendingMerge(d.name)) continue;
+    if (!hasPendingMerge(d.id)) continue;
     try {
       noteFinding(mergeState(d.name), options, d.findings);
     } catch (e) {
@@ -54,17 +54,26 @@ export async function openDisk(file: string, options: OpenDiskOptions = {}): Pro
 /** Errors that say nothing about the file's own structures: never blamed on a pending merge. */
 const NOT_STRUCTURE: ReadonlySet<string> = new Set([ErrorCodes.IO, ErrorCodes.MERGE_PENDING, ErrorCodes.LOCKED, ...CHAIN_ERRORS]);
 
-/** The error for a disk with a merge journal beside it (`broken`: what opening it found, if it failed). */
+/**
+ * True when a merge into `file` is pending. A merge keeps its journal and lock beside the real path of
+ * its target: through a symlink to a disk, they are beside what it links to.
+ */
+function pendingAt(file: string): boolean {
+  return hasPendingMerge(realPathOf(file));
+}
+
+/** The error for a disk (`file`, as named) with a merge journal beside it (`broken`: what opening it found, if it failed). */
 function mergeState(file: string, broken?: VhdError): VhdError {
-  const running = liveLockHolder(file);
+  const real = realPathOf(file);
+  const running = liveLockHolder(real);
   const found = broken ? ` (${broken.detail} [${broken.code}])` : '';
   const context = { file, structure: broken?.structure, offset: broken?.offset, cause: broken };
   if (running) return new VhdError(ErrorCodes.LOCKED, `a merge into this disk is running: ${running}; its content changes until it ends${found}`, context);
-  if (deletingStep(file)) {
-    return new VhdError(ErrorCodes.MERGE_PENDING, `a merge into this disk is complete, but deleting the disks it merged (--delete-child) was interrupted; run the same "vhdkit merge" again to finish it (journal ${journalPath(file)})`, context);
+  if (deletingStep(real)) {
+    return new VhdError(ErrorCodes.MERGE_PENDING, `a merge into this disk is complete, but deleting the disks it merged (--delete-child) was interrupted; run the same "vhdkit merge" again to finish it (journal ${journalPath(real)})`, context);
   }
   const state = broken ? 'was interrupted and left it unopenable until that merge is completed' : 'was interrupted';
-  return new VhdError(ErrorCodes.MERGE_PENDING, `a merge into this disk ${state}${found}; run the same "vhdkit merge" again to complete it (journal ${journalPath(file)})`, context);
+  return new VhdError(ErrorCodes.MERGE_PENDING, `a merge into this disk ${state}${found}; run the same "vhdkit merge" again to complete it (journal ${journalPath(real)})`, context);
 }
 
 /** True when the journal beside `file` is a complete merge's, deleting what it merged. */
@@ -105,11 +114,27 @@ export function inputRoles(disk: VirtualDisk, file: string, what = 'input'): Rol
 }
 
 
+/** A disk's file identity when it was opened (fileStamp's form), from its open descriptor. */
+export function openedStamp(d: VhdImage): string {
+  return d.source instanceof FileSink ? d.source.stamp : fileStamp(d.id);
+}
+
+/**
+ * Throws LOCKED when a disk opened before its lock was taken has changed since (a merge into it
+ * ended in between): a plan from the old view would write over that merge, or read what moved.
+ */
+export function refuseChangedSinceOpened(disks: VhdImage[], during: string): void {
+  for (const d of disks) {
+    if (fileStamp(d.id) !== openedStamp(d)) throw new VhdError(ErrorCodes.LOCKED, `it changed while ${during} was opening it (another merge into it ended meanwhile?); run it again`, { file: d.id });
+  }
+}
+
 /** The files an opened disk reads (its chain's, or the raw file), each with its identity when it was opened. */
 function filesRead(disk: VirtualDisk, file: string): Array<{ name: string; opened: string }> {
-  const sources: ByteSource[] = disk instanceof VhdImage ? disk.chain.map((d) => d.source) : disk instanceof RawDisk ? [disk.source] : [];
-  if (sources.length === 0) return [{ name: file, opened: fileStamp(file) }];
-  return sources.map((s) => ({ name: s.name, opened: s instanceof FileSink ? s.stamp : fileStamp(s.name) }));
+  // The real paths: a merge keeps its journal and lock beside the real path of what it writes.
+  if (disk instanceof VhdImage) return disk.chain.map((d) => ({ name: d.id, opened: openedStamp(d) }));
+  const source: ByteSource | undefined = disk instanceof RawDisk ? disk.source : undefined;
+  return [{ name: realPathOf(file), opened: source instanceof FileSink ? source.stamp : fileStamp(file) }];
 }
 
 /** What holdReading holds: `verify` before a result is given, `release` when done. */

@@ -4,17 +4,22 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { codedError, ErrorCodes, VhdError } from '../../errors.js';
+import { codedError, ErrorCodes, type Finding, VhdError } from '../../errors.js';
 import { giveIdentity } from '../../disk/editor.js';
 import type { VhdImage } from '../../disk/image.js';
 import { FileSink, realPathOf } from '../../io/file.js';
 import { acquireLock, type AnyJournal, deletingJournal, fsyncDir, hasPendingMerge, holdLocks, readJournal, removeJournal, writeJournal } from '../journal.js';
-import { openDisk } from '../open.js';
+import { openDisk, openedStamp } from '../open.js';
 
 /** Where --into-copy makes and merges its copy before it takes the final name. */
 export function copyWorkPath(intoCopy: string): string {
   const final = path.resolve(intoCopy);
   return path.join(path.dirname(final), `.${path.basename(final)}.vhdkit-copy`);
+}
+
+/** The warning for a merged disk kept because it was written after the merge planned from it. */
+export function keptFinding(disk: string, target: string): Finding {
+  return { code: ErrorCodes.MERGE_PENDING, severity: 'warning', message: `${disk}: not deleted: it changed after it was merged into ${target} (merge it again)` };
 }
 
 /**
@@ -25,17 +30,22 @@ export function copyWorkPath(intoCopy: string): string {
  * then deletes it). A chain: the journal is marked `deleting` first and removed last, so a rerun that
  * finds the child gone finishes the rest through --to or --into-copy (finishDeleting). Returns the paths.
  */
-export function deleteMerged(file: string, journal: AnyJournal, sources: string[]): string[] {
+export function deleteMerged(file: string, journal: AnyJournal, sources: VhdImage[], warnings: Finding[]): string[] {
+  // A disk written since the merge planned from it holds what the target lacks: kept.
+  const kept = sources.filter((s, i) => journal.sources[i]?.stamp !== openedStamp(s));
+  for (const s of kept) warnings.push(keptFinding(s.id, file));
+  const doomed = sources.filter((s) => !kept.includes(s)).map((s) => s.id);
   if (sources.length === 1) {
     removeJournal(file);
-    fs.rmSync(sources[0], { force: true });
-    return sources;
+    for (const s of doomed) fs.rmSync(s, { force: true });
+    return doomed;
   }
-  if (journal.step !== 'deleting') writeJournal(file, deletingJournal(journal));
-  for (const s of sources) fs.rmSync(s, { force: true });
-  fsyncDir(path.dirname(sources[0]));
+  // The deleting step names the disks where they are now (a folder moved since the plan).
+  if (journal.step !== 'deleting') writeJournal(file, deletingJournal({ ...journal, target: file, sources: journal.sources.map((j, i) => ({ ...j, path: sources[i].id })) }));
+  for (const s of doomed) fs.rmSync(s, { force: true });
+  fsyncDir(path.dirname(sources[0].id));
   removeJournal(file);
-  return sources;
+  return doomed;
 }
 
 /**
@@ -45,11 +55,11 @@ export function deleteMerged(file: string, journal: AnyJournal, sources: string[
  * still that disk: its UUID as the journal has it) and removes the journal. Undefined when that is not
  * the case (the merge then goes on, and reports the missing child).
  */
-export async function finishDeleting(childPath: string, to: string | undefined, intoCopy: string | undefined): Promise<{ target: string; sources: string[]; deleted: string[] } | undefined> {
+export async function finishDeleting(childPath: string, to: string | undefined, intoCopy: string | undefined): Promise<{ target: string; sources: string[]; deleted: string[]; kept: string[] } | undefined> {
   if (fs.existsSync(childPath) || (to === undefined && intoCopy === undefined)) return undefined;
   const file = intoCopy !== undefined ? path.resolve(intoCopy) : realPathOf(to!);
-  const child = path.join(realPathOf(path.dirname(path.resolve(childPath))), path.basename(childPath));
-  const names = (j: AnyJournal | undefined) => j?.step === 'deleting' && j.sources[0]?.path === child;
+  const child = danglingRealPath(childPath);
+  const names = (j: AnyJournal | undefined) => j?.step === 'deleting' && relocated(j, file)[0] === child;
   if (!names(readJournal(file))) return undefined;
   // The lock a merge into this target holds (into a copy: the work file's; a killed run's is taken over).
   const release = acquireLock(intoCopy !== undefined ? copyWorkPath(intoCopy) : file, 'merge');
@@ -59,34 +69,70 @@ export async function finishDeleting(childPath: string, to: string | undefined, 
     if (!names(journal)) return undefined;
     // Every disk it merged locked (a killed run's locks taken over, and removed with these), deleted
     // while still that disk.
-    const all = journal!.sources.map((s) => s.path);
+    const all = relocated(journal!, file);
     const releases = holdLocks(all, { shared: 'merge (deleting it)', exclusive: 'merge (deleting it)', exclusiveFirst: all.length, during: 'this merge' }, []);
     const left: string[] = [];
+    const kept: string[] = [];
     try {
-      for (const s of journal!.sources) if (await isDisk(s.path, s.uuid)) left.push(s.path);
+      for (const [i, s] of journal!.sources.entries()) {
+        const now = await stateOf(all[i], s.uuid, s.stamp);
+        if (now === 'merged') left.push(all[i]);
+        if (now === 'changed') kept.push(all[i]);
+      }
       for (const s of left) fs.rmSync(s, { force: true });
       if (left.length > 0) fsyncDir(path.dirname(left[0]));
       removeJournal(file);
     } finally {
       for (const r of releases) r();
     }
-    return { target: file, sources: journal!.sources.map((s) => s.path), deleted: left };
+    return { target: file, sources: all, deleted: left, kept };
   } finally {
     release();
   }
 }
 
-/** True when `file` is the VHD with this UUID (a file put in its place since is not deleted). */
-async function isDisk(file: string, uuid: string): Promise<boolean> {
+/**
+ * The journal's sources where they are now: a folder moved (or copied) with its journal moved the
+ * disks that were in the target's folder (or below it) along; others stay where they were.
+ */
+function relocated(journal: AnyJournal, file: string): string[] {
+  const was = path.dirname(journal.target);
+  const now = path.dirname(file);
+  return journal.sources.map((s) => (was !== now && s.path.startsWith(was + path.sep) ? path.join(now, path.relative(was, s.path)) : s.path));
+}
+
+/** The real path `file` names, its symlinks followed even to a target that is gone (a child deleted through a link). */
+function danglingRealPath(file: string): string {
+  let p = path.resolve(file);
+  for (let hops = 0; hops < 40; hops++) {
+    let link: string;
+    try {
+      if (!fs.lstatSync(p).isSymbolicLink()) break;
+      link = fs.readlinkSync(p);
+    } catch {
+      break; // gone: p is where it was
+    }
+    p = path.resolve(path.dirname(p), link);
+  }
+  return path.join(realPathOf(path.dirname(p)), path.basename(p));
+}
+
+/**
+ * What `file` is now: the disk merged (its UUID, unchanged since the merge planned from it), that
+ * disk written since (`changed`: it holds what the target lacks), or something else (gone, or another
+ * file put in its place). Only the first is deleted.
+ */
+async function stateOf(file: string, uuid: string, stamp: string | undefined): Promise<'merged' | 'changed' | 'other'> {
   try {
     const d = await openDisk(file, { resolveParents: false });
     try {
-      return d.uuid === uuid;
+      if (d.uuid !== uuid) return 'other';
+      return openedStamp(d) === stamp ? 'merged' : 'changed';
     } finally {
       await d.close();
     }
   } catch {
-    return false;
+    return 'other';
   }
 }
 

@@ -27,3 +27,16 @@ export async function overlay(sources: VhdImage[], limit: number): Promise<Segme
   }
   return segments.sort((x, y) => x.start - y.start);
 }
+
+/** The segments cut at block boundaries, by block (`blockSize` bytes each), in block order. */
+export function byBlock(segments: Segment[], blockSize: number): Map<number, Segment[]> {
+  const out = new Map<number, Segment[]>();
+  for (const seg of segments) {
+    for (let b = Math.floor(seg.start / blockSize); b * blockSize < seg.end; b++) {
+      const piece = { start: Math.max(seg.start, b * blockSize), end: Math.min(seg.end, (b + 1) * blockSize), source: seg.source };
+      if (!out.has(b)) out.set(b, []);
+      out.get(b)!.push(piece);
+    }
+  }
+  return new Map([...out.entries()].sort((x, y) => x[0] - y[0]));
+}

@@ -5,7 +5,8 @@
 import type { VhdImage } from '../../disk/image.js';
 import { type EditPlan, planEdit } from '../../disk/editor.js';
 import type { MergeJournal } from '../journal.js';
-import { overlay, type Segment } from './overlay.js';
+import { byBlock, overlay, type Segment } from './overlay.js';
+import { openedStamp } from '../open.js';
 
 function b64(bytes: Uint8Array): string {
   return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('base64');
@@ -62,7 +63,7 @@ export async function plan(
     kind: 'vhdkit-merge' as const,
     target: targetFile,
     targetUuid: target.uuid,
-    sources: sources.map((s) => ({ path: s.id, uuid: s.uuid, size: s.source.size })),
+    sources: sources.map((s) => ({ path: s.id, uuid: s.uuid, size: s.source.size, stamp: openedStamp(s) })),
     deleteChild,
     started: new Date().toISOString(),
   };
@@ -71,9 +72,7 @@ export async function plan(
   if (target.type === 'fixed') return { journal: { ...base, ...journalFields(await planEdit(target, [], newSize, { zerosFrom, zerosTo: sources[0].virtualSize })) } };
   const bs = target.blockSize;
   const segments = await overlay(sources, newSize);
-  const touched = new Set<number>();
-  for (const seg of segments) for (let b = Math.floor(seg.start / bs); b * bs < seg.end; b++) touched.add(b);
-  const edit = await planEdit(target, [...touched].sort((x, y) => x - y), newSize, { parentSize, zerosFrom, zerosTo: sources[0].virtualSize });
+  const edit = await planEdit(target, [...byBlock(segments, bs).keys()], newSize, { parentSize, zerosFrom, zerosTo: sources[0].virtualSize });
   return { journal: { ...base, ...journalFields(edit) }, segments };
 }
 

@@ -5,7 +5,7 @@
 import { VhdError, type Finding } from '../../errors.js';
 import { VhdEditor } from '../../disk/editor.js';
 import type { VhdImage } from '../../disk/image.js';
-import { FileSink } from '../../io/file.js';
+import { FileSink, realPathOf } from '../../io/file.js';
 import { acquireLock, hasPendingMerge, readJournal } from '../journal.js';
 import { openDisk } from '../open.js';
 import type { MergeOptions } from '../merge.js';
@@ -53,7 +53,8 @@ async function openRestoring(open: () => Promise<VhdImage>, restore: (file: stri
   try {
     return await open();
   } catch (e) {
-    if (e instanceof VhdError && e.file !== undefined && hasPendingMerge(e.file) && (await restore(e.file))) return open();
+    // The journal is beside the real path of the disk (the name in the error may be a link to it).
+    if (e instanceof VhdError && e.file !== undefined && hasPendingMerge(realPathOf(e.file)) && (await restore(realPathOf(e.file)))) return open();
     throw e;
   }
 }
