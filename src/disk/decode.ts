@@ -7,7 +7,7 @@
 import { ErrorCodes, VhdError } from '../errors.js';
 import { batTable, BAT_UNUSED } from '../format/bat.js';
 import { decodeFooter, type Footer, FOOTER_SIZE } from '../format/footer.js';
-import { decodeHeader, type DynamicHeader, HEADER_SIZE, isUnusedLocator } from '../format/header.js';
+import { decodeHeader, type DynamicHeader, HEADER_SIZE, isUnusedLocator, locatorEntryOffset } from '../format/header.js';
 import { equalBytes, printableTag, toSafeNumber } from '../format/layout.js';
 import { baseName, decodeLocatorPath, KNOWN_PLATFORMS, locatorSpaceBytes } from '../format/locator.js';
 import type { ByteSource } from '../io/types.js';
@@ -216,7 +216,7 @@ export async function decodeLocators(source: ByteSource, header: DynamicHeader, 
   const locators: ParentLocatorInfo[] = [];
   header.parentLocators.forEach((entry, index) => {
     if (isUnusedLocator(entry)) return;
-    const entryOffset = headerOffset + 576 + index * 24;
+    const entryOffset = headerOffset + locatorEntryOffset(index);
     if (!KNOWN_PLATFORMS.includes(entry.platformCode)) {
       report(
         new VhdError(ErrorCodes.LOCATOR_UNKNOWN_PLATFORM, `unknown platform code "${printableTag(entry.platformCode)}"; ignored`, {
@@ -236,7 +236,7 @@ export async function decodeLocators(source: ByteSource, header: DynamicHeader, 
     });
   });
   for (const loc of locators) {
-    const entryOffset = headerOffset + 576 + loc.index * 24;
+    const entryOffset = headerOffset + locatorEntryOffset(loc.index);
     const structure = `parent locator ${loc.index} (${loc.platformCode})`;
     if (loc.dataLength === 0 || loc.dataLength > 65536) {
       report(new VhdError(ErrorCodes.LOCATOR_INVALID, `data length ${loc.dataLength} is not a plausible path length`, { structure, offset: entryOffset }));
@@ -285,7 +285,7 @@ export async function decodeLocators(source: ByteSource, header: DynamicHeader, 
     report(
       new VhdError(ErrorCodes.LOCATOR_NONE, `no parent locators; the parent can only be found by its name "${name}" next to the child`, {
         structure: 'parent locator table',
-        offset: headerOffset + 576,
+        offset: headerOffset + locatorEntryOffset(0),
       }),
     );
   }

@@ -8,7 +8,7 @@ import { ErrorCodes, findingFrom, type Finding, VhdError } from '../errors.js';
 import { batByteSize, BAT_UNUSED } from '../format/bat.js';
 import { bitmapByteSize, forEachBitRun } from '../format/bitmap.js';
 import { type DiskTypeName, diskTypeName, type Footer } from '../format/footer.js';
-import { decodeParentName, type DynamicHeader, HEADER_SIZE } from '../format/header.js';
+import { decodeParentName, type DynamicHeader, HEADER, HEADER_SIZE } from '../format/header.js';
 import { equalBytes } from '../format/layout.js';
 import { baseName, isAbsoluteSlashPath, isRelativeCode, toSlashPath } from '../format/locator.js';
 import { uuidToString } from '../format/uuid.js';
@@ -348,7 +348,7 @@ export class VhdImage {
         throw new VhdError(ErrorCodes.PARENT_UUID_MISMATCH, `parent UUID ${expected} does not match ${found.source.name} (UUID ${actual})`, {
           file: this.name,
           structure: 'dynamic header',
-          offset: this.headerOffset! + 40,
+          offset: this.headerOffset! + HEADER.parentUniqueId.offset,
           expected,
           actual,
         });
@@ -370,7 +370,7 @@ export class VhdImage {
     throw new VhdError(
       ErrorCodes.PARENT_MISSING,
       `parent ${expected} not found (tried ${candidates.length > 0 ? candidates.join(', ') : 'no names: no locators and no parent name'})`,
-      { file: this.name, structure: 'dynamic header', offset: this.headerOffset! + 40, expected },
+      { file: this.name, structure: 'dynamic header', offset: this.headerOffset! + HEADER.parentUniqueId.offset, expected },
     );
   }
 

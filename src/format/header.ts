@@ -82,6 +82,11 @@ export function isPowerOfTwo(n: number): boolean {
   return n > 0 && Number.isInteger(n) && (n & (n - 1)) === 0;
 }
 
+/** Offset of parent locator entry `index` from the start of the dynamic header. */
+export function locatorEntryOffset(index: number): number {
+  return HEADER.parentLocators.offset + index * LOCATOR_ENTRY_SIZE;
+}
+
 export const EMPTY_LOCATOR_CODE = '\0\0\0\0';
 
 export function isUnusedLocator(e: LocatorEntry): boolean {
@@ -109,7 +114,7 @@ export function decodeHeader(bytes: Uint8Array, offset = 0, report: Report = () 
   }
   const parentLocators: LocatorEntry[] = [];
   for (let i = 0; i < LOCATOR_COUNT; i++) {
-    const o = HEADER.parentLocators.offset + i * LOCATOR_ENTRY_SIZE;
+    const o = locatorEntryOffset(i);
     parentLocators.push({
       platformCode: ascii(bytes, o + LOCATOR_ENTRY.platformCode.offset, 4),
       platformDataSpace: readUint32BE(bytes, o + LOCATOR_ENTRY.platformDataSpace.offset),
@@ -188,7 +193,7 @@ export function encodeHeader(header: DynamicHeader, fixChecksum = true): Uint8Ar
   for (let i = 0; i < LOCATOR_COUNT; i++) {
     const e = header.parentLocators[i];
     if (!e) continue;
-    const o = HEADER.parentLocators.offset + i * LOCATOR_ENTRY_SIZE;
+    const o = locatorEntryOffset(i);
     writeAscii(bytes, o + LOCATOR_ENTRY.platformCode.offset, 4, e.platformCode);
     writeUint32BE(bytes, o + LOCATOR_ENTRY.platformDataSpace.offset, e.platformDataSpace);
     writeUint32BE(bytes, o + LOCATOR_ENTRY.platformDataLength.offset, e.platformDataLength);

@@ -6,6 +6,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { ErrorCodes, systemReason, VhdError } from '../errors.js';
+import { OWN_SUFFIX } from './paths.js';
 
 /** fsyncs a folder (the rename of a file in it); a no-op where folders cannot be fsynced. */
 export function fsyncDir(dir: string): void {
@@ -23,7 +24,7 @@ export function fsyncDir(dir: string): void {
 
 /** The temporary name writeJsonDurably uses for `file` (outputs are guarded against it too). */
 export function durableTemp(file: string): string {
-  return `${file}.tmp`;
+  return `${file}${OWN_SUFFIX.temp}`;
 }
 
 /**

@@ -35,8 +35,17 @@ export function fileIdentity(p: string): string {
   }
 }
 
-/** Names of vhdkit's own files beside a disk: merge journals and locks, read marks, copy work files. */
-const OWN_NAMES = /\.vhdkit-(merge\.json(\.tmp)?|lock(\.\d+\.tmp|\.takeover)?|read\.\d+\.[0-9a-f]+|copy)$/;
+/**
+ * The suffixes of vhdkit's own files beside a disk (merge journals and locks, read marks, copy work
+ * files), defined once here for the modules that make them (ops/journal, ops/merge/copy) and the guard below.
+ */
+export const OWN_SUFFIX = { journal: '.vhdkit-merge.json', lock: '.vhdkit-lock', read: '.vhdkit-read.', copy: '.vhdkit-copy', takeover: '.takeover', temp: '.tmp' } as const;
+
+const quote = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+/** Names of vhdkit's own files beside a disk, with the temporary names they are made under. */
+const OWN_NAMES = new RegExp(
+  `(${quote(OWN_SUFFIX.journal)}(${quote(OWN_SUFFIX.temp)})?|${quote(OWN_SUFFIX.lock)}(\\.\\d+${quote(OWN_SUFFIX.temp)}|${quote(OWN_SUFFIX.takeover)})?|${quote(OWN_SUFFIX.read)}\\d+\\.[0-9a-f]+|${quote(OWN_SUFFIX.copy)})$`,
+);
 
 /** An errno-like cause, so that an IO error built here gets the exit code of a system one. */
 function errno(code: string): Error {

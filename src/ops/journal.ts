@@ -20,9 +20,10 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { ErrorCodes, type Finding, VhdError } from '../errors.js';
+import { OWN_SUFFIX } from '../io/paths.js';
 
-export const JOURNAL_SUFFIX = '.vhdkit-merge.json';
-export const LOCK_SUFFIX = '.vhdkit-lock';
+export const JOURNAL_SUFFIX = OWN_SUFFIX.journal;
+export const LOCK_SUFFIX = OWN_SUFFIX.lock;
 
 export function journalPath(target: string): string {
   return `${target}${JOURNAL_SUFFIX}`;
@@ -150,7 +151,7 @@ export function alive(pid: number): boolean {
 
 /** The temporary name this process writes a lock under before linking it into place. */
 export function lockTempPath(target: string): string {
-  return `${lockPath(target)}.${process.pid}.tmp`;
+  return `${lockPath(target)}.${process.pid}${OWN_SUFFIX.temp}`;
 }
 
 /**
@@ -189,7 +190,7 @@ function createLockFile(target: string, content: string): void {
  * mark left by a killed process is stale after 5 s. False when another process holds the mark.
  */
 function takeOver(file: string): boolean {
-  const mark = `${file}.takeover`;
+  const mark = `${file}${OWN_SUFFIX.takeover}`;
   try {
     writeNewFile(mark, holderRecord('taking over a stale lock'));
   } catch (e) {
@@ -315,7 +316,7 @@ function lockIsStale(holder: Holder, file: string): boolean {
   return holder.host === os.hostname() && !alive(holder.pid);
 }
 
-const READ_INFIX = '.vhdkit-read.';
+const READ_INFIX = OWN_SUFFIX.read;
 /** This process's own marks: any other mark carrying its pid was left by an earlier process with the same pid. */
 const ownMarks = new Set<string>();
 

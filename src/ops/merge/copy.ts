@@ -8,13 +8,14 @@ import { codedError, ErrorCodes, type Finding, VhdError } from '../../errors.js'
 import { giveIdentity } from '../../disk/editor.js';
 import type { VhdImage } from '../../disk/image.js';
 import { FileSink, realPathOf } from '../../io/file.js';
+import { OWN_SUFFIX } from '../../io/paths.js';
 import { acquireLock, type AnyJournal, deletingJournal, fsyncDir, hasPendingMerge, holdLocks, readJournal, removeJournal, writeJournal } from '../journal.js';
 import { openDisk, openedStamp } from '../open.js';
 
 /** Where --into-copy makes and merges its copy before it takes the final name. */
 export function copyWorkPath(intoCopy: string): string {
   const final = path.resolve(intoCopy);
-  return path.join(path.dirname(final), `.${path.basename(final)}.vhdkit-copy`);
+  return path.join(path.dirname(final), `.${path.basename(final)}${OWN_SUFFIX.copy}`);
 }
 
 /** The warning for a merged disk kept because it was written after the merge planned from it. */
