@@ -1,6 +1,8 @@
 /**
- * Bounded concurrency, once: a window of tasks in flight whose results are taken in task order. Every
- * loop with a limit (pool tasks, BAT writes, page writes) goes through it.
+ * Bounded concurrency, once, in its two shapes: a window of tasks in flight whose results are taken
+ * in task order (orderedWindow: pool tasks, BAT writes), and lanes that each take the next item, in
+ * no order (forEachBounded: page writes and reads of an upload, merges of a batch). Every loop with a
+ * limit goes through one of them.
  */
 import { throwIfAborted } from '../errors.js';
 
@@ -41,3 +43,43 @@ export async function orderedWindow<T, R>(
   }
 }
 
+
+/**
+ * Runs `run` over `items` (taken lazily, in order) with at most `width` at once, in no order: the
+ * shape of lanes that each take the next item. Stops taking items once one has failed, `stop()`
+ * holds or `signal` is aborted; returns only once every started item has settled, then throws the
+ * first failure. Returns how many items were started.
+ */
+export async function forEachBounded<T>(
+  items: Iterable<T> | AsyncIterable<T>,
+  width: number,
+  run: (item: T) => Promise<void>,
+  o: { stop?: () => boolean; signal?: AbortSignal } = {},
+): Promise<number> {
+  const inFlight = new Set<Promise<void>>();
+  let failed = false;
+  let failure: unknown;
+  let started = 0;
+  const halted = () => failed || o.stop?.() === true || o.signal?.aborted === true;
+  try {
+    for await (const item of items) {
+      if (halted()) break;
+      while (inFlight.size >= width) await Promise.race(inFlight);
+      if (halted()) break;
+      started++;
+      const p: Promise<void> = run(item).then(
+        () => {},
+        (e) => {
+          if (!failed) failure = e;
+          failed = true;
+        },
+      );
+      inFlight.add(p);
+      void p.finally(() => inFlight.delete(p));
+    }
+  } finally {
+    await Promise.allSettled(inFlight);
+  }
+  if (failed) throw failure;
+  return started;
+}

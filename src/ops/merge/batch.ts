@@ -6,6 +6,7 @@ import { abortError, ErrorCodes, VhdError, withCodedErrors } from '../../errors.
 import type { Progress } from '../common.js';
 import { merge, type MergeOptions, type MergeResult } from '../merge.js';
 import { openDisk } from '../open.js';
+import { forEachBounded } from '../../io/window.js';
 
 export interface MergeBatchOptions extends Omit<MergeOptions, 'to' | 'intoCopy' | 'onProgress'> {
   /** Merges that run at once (default 2). They share the process's one pool. */
@@ -116,11 +117,10 @@ export async function mergeBatch(children: string[], options: MergeBatchOptions 
       callbackError ??= { error };
     }
   };
-  let next = 0;
-  const lane = async () => {
-    while (next < children.length && !options.signal?.aborted) {
-      const index = next++;
-      const child = children[index];
+  const started = await forEachBounded(
+    children.entries(),
+    concurrency,
+    async ([index, child]) => {
       const start = clock();
       let item: MergeBatchItem;
       try {
@@ -137,10 +137,10 @@ export async function mergeBatch(children: string[], options: MergeBatchOptions 
       ended++;
       finish(item);
       report();
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(concurrency, children.length) }, lane));
-  for (; next < children.length; next++) {
+    },
+    { signal: options.signal },
+  );
+  for (let next = started; next < children.length; next++) {
     const error = abortError(options.signal, 'not started: the batch was interrupted', { file: children[next] });
     finish({ child: children[next], ok: false, error, start: clock(), end: clock() });
   }

@@ -7,6 +7,7 @@ import { ErrorCodes, VhdError } from '../../errors.js';
 import { normalizeRanges, type Range } from '../../disk/ranges.js';
 import type { VirtualDisk } from '../../disk/source.js';
 import { alignedBuffer, isZero } from '../../io/aligned.js';
+import { forEachBounded } from '../../io/window.js';
 import { MAX_PAGE_WRITE, type PageBlob } from '../../azure/pageblob.js';
 import { throwIfAborted } from '../common.js';
 import { type ManifestFile, WINDOW_CHUNKS } from '../manifest-file.js';
@@ -35,7 +36,6 @@ export interface SendOptions {
  */
 export async function send(plan: AsyncGenerator<Op>, o: SendOptions): Promise<void> {
   const free: Uint8Array[] = [];
-  const inFlight = new Map<number, Promise<void>>();
   const starts = new Set<number>();
   let issuedEnd = -1;
   let done = 0;
@@ -84,32 +84,23 @@ export async function send(plan: AsyncGenerator<Op>, o: SendOptions): Promise<vo
     o.onProgress?.({ done, total: o.total });
   };
 
-  for await (const op of plan) {
-    if (failure) break;
-    if (o.signal?.aborted) break;
-    while (inFlight.size >= o.concurrency) await Promise.race(inFlight.values());
-    if (failure) break;
-    const id = op.start;
-    starts.add(id);
+  const issue = async (op: Op): Promise<void> => {
+    starts.add(op.start);
     issuedEnd = op.end;
-    const p = runOp(op)
-      .then(
-        () => {
-          starts.delete(id);
-        },
-        (e) => {
-          // A failed (or aborted) operation keeps its start in `starts`: the watermark saved from
-          // here on stays below it, so a rerun sends it again.
-          failure ??= e;
-        },
-      )
-      .finally(() => {
-        inFlight.delete(id);
-        maybeSave();
-      });
-    inFlight.set(id, p);
+    try {
+      await runOp(op);
+      // A failed (or aborted) operation keeps its start in `starts`: the watermark saved from here
+      // on stays below it, so a rerun sends it again.
+      starts.delete(op.start);
+    } finally {
+      maybeSave();
+    }
+  };
+  try {
+    await forEachBounded(plan, o.concurrency, issue, { stop: () => failure !== undefined, signal: o.signal });
+  } catch (e) {
+    failure ??= e;
   }
-  await Promise.all(inFlight.values());
   await savingMeta;
   if (failure) throw failure;
   throwIfAborted(o.signal);
@@ -160,12 +151,10 @@ export async function verifyBlob(
   return true;
 
   async function verifyPieces(pieces: Range[]): Promise<void> {
-    let next = 0;
-    const check = async () => {
-      const buf = new Uint8Array(MAX_PAGE_WRITE);
-      while (next < pieces.length && !mismatch) {
-        throwIfAborted(signal);
-        const [a, b] = pieces[next++];
+    const free: Uint8Array[] = [];
+    const check = async ([a, b]: Range) => {
+      const buf = free.pop() ?? new Uint8Array(MAX_PAGE_WRITE);
+      try {
         const view = buf.subarray(0, b - a);
         await blob.read(view, a);
         const firstChunk = Math.floor(a / cs);
@@ -185,9 +174,12 @@ export async function verifyBlob(
             return;
           }
         }
+      } finally {
+        free.push(buf);
       }
     };
-    await Promise.all(Array.from({ length: Math.max(1, Math.min(concurrency, 8)) }, check));
+    await forEachBounded(pieces, Math.max(1, Math.min(concurrency, 8)), check, { stop: () => mismatch !== undefined, signal });
+    throwIfAborted(signal);
   }
 }
 
