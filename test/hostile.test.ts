@@ -338,6 +338,43 @@ describe('merge, second review', () => {
     expect((await vhdkit(['check', 'base.vhd', '--strict'], dir)).code).toBe(0);
   });
 
+  const hasQemuIo = spawnSync('qemu-io', ['--version']).status === 0;
+  for (const to of [false, true]) {
+    it.runIf(hasQemuIo)(`--delete-child${to ? ' --to' : ''}: a child written by another program while the merge runs is kept (and what it reads through), with warnings`, async () => {
+      const dir = await chain(`written-during-${to}`);
+      if (!to) fs.rmSync(path.join(dir, 'c2.vhd'));
+      const child = path.join(dir, to ? 'c2.vhd' : 'c1.vhd');
+      let wrote = false;
+      const r = await merge(child, {
+        deleteChild: true,
+        ...(to ? { to: path.join(dir, 'base.vhd') } : {}),
+        onProgress: () => {
+          if (wrote) return;
+          wrote = true;
+          const q = spawnSync('qemu-io', ['-f', 'vpc', child, '-c', 'write -P 0xab 7340032 65536']);
+          expect(q.status, q.stderr?.toString()).toBe(0);
+        },
+      });
+      expect(wrote).toBe(true);
+      expect(r.deleted).toEqual([]);
+      const said = r.warnings.map((w) => w.message).join('\n');
+      expect(said).toMatch(new RegExp(`${path.basename(child)}: not deleted: it changed after it was merged`));
+      if (to) expect(said).toMatch(/c1\.vhd: not deleted: .*c2\.vhd reads through it/);
+      for (const f of to ? ['c1.vhd', 'c2.vhd'] : ['c1.vhd']) expect(fs.existsSync(path.join(dir, f)), f).toBe(true);
+      expect(fs.readdirSync(dir).filter((n) => n.includes('vhdkit-'))).toEqual([]);
+    });
+  }
+
+  it('--into-copy --resume with nothing pending: USAGE naming the copy, and no copy made; --to into a copy invalidates nothing', async () => {
+    const dir = await chain('copy-resume');
+    const r = await vhdkit(['merge', 'c2.vhd', '--to', 'base.vhd', '--into-copy', 'flat.vhd', '--resume'], dir);
+    expect(expectRefused(r, 2, 'USAGE')).toMatch(/flat\.vhd: no merge into this copy is pending/);
+    expect(fs.readdirSync(dir).filter((n) => n.includes('flat'))).toEqual([]);
+    const ok = await vhdkit(['merge', 'c2.vhd', '--to', 'base.vhd', '--into-copy', 'flat.vhd', '--json'], dir);
+    expect(ok.code, show(ok)).toBe(0);
+    expect(JSON.parse(ok.stdout).invalidated).toEqual([]);
+  });
+
   it('a disk with a merge pending, named through a symlink: MERGE_PENDING all the same (the journal is beside the real file)', async () => {
     const dir = await chain('pending-alias');
     fs.rmSync(path.join(dir, 'c2.vhd'));

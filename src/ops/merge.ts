@@ -55,7 +55,7 @@ import { orderedWindow } from '../pool/schedule.js';
 import { throwIfAborted, type OperationOptions } from './common.js';
 import { acquireLock, type AnyJournal, deletingJournal, fsyncDir, holdLocks, lockTempPath, hasPendingMerge, journalPath, lockPath, type MergeJournal, readJournal, removeJournal, writeJournal } from './journal.js';
 import { openDisk, openedStamp, refuseChangedSinceOpened } from './open.js';
-import { copyTarget, copyWorkPath, deleteMerged, finishDeleting, isFinishedCopy, keptFinding, settleInterruptedRename } from './merge/copy.js';
+import { copyTarget, copyWorkPath, deleteMerged, finishDeleting, isFinishedCopy, settleInterruptedRename } from './merge/copy.js';
 import { plan, planOf } from './merge/plan.js';
 import { openChain, openTarget } from './merge/restore.js';
 
@@ -176,7 +176,7 @@ async function mergeChild(childPath: string, options: MergeOptions): Promise<Mer
   const finished = await finishDeleting(childPath, options.to, options.intoCopy);
   if (finished) {
     const { kept, ...done } = finished;
-    for (const k of kept) warnings.push(keptFinding(k, done.target));
+    warnings.push(...kept);
     return { child: childPath, ...done, resumed: true, ...NOTHING_COPIED, invalidated: [], workers: 0, seconds: (performance.now() - started) / 1000, warnings };
   }
   // The pool's threads (when it is used) start loading now, while the chain is opened and the merge
@@ -272,10 +272,17 @@ async function mergeChild(childPath: string, options: MergeOptions): Promise<Mer
       throw new VhdError(ErrorCodes.OUTPUT_EXISTS, 'the copy already exists', { file: options.intoCopy });
     }
     if (!fs.existsSync(journalPath(work))) {
+      if (options.resume) throw new VhdError(ErrorCodes.USAGE, 'no merge into this copy is pending: nothing to resume', { file: options.intoCopy });
       fs.rmSync(work, { force: true });
       await copyTarget(target, work, copyUuid, options.intoCopy);
     }
-    const { result, journal } = await mergeInto(child, childPath, work, depth, options, await copier, warnings, started, true);
+    let done: Awaited<ReturnType<typeof mergeInto>>;
+    try {
+      done = await mergeInto(child, childPath, work, depth, options, await copier, warnings, started, true);
+    } catch (e) {
+      throw copyFailure(e, work, options.intoCopy);
+    }
+    const { result, journal } = done;
     // The copy takes its name (never over a file made there meanwhile), and only then are the
     // children deleted (what its journal says, as in place): until the rename, running the merge again completes it.
     if (!renameNoReplace(work, final)) {
@@ -342,7 +349,8 @@ async function mergeInto(
         resumed,
         ...stats,
         deleted,
-        invalidated: journal.deleteChild ? [] : between,
+        // Into a copy the disks between still read through the untouched original.
+        invalidated: journal.deleteChild || intoCopy ? [] : between,
         workers: copier.workers,
         seconds: (performance.now() - started) / 1000,
         warnings,
@@ -354,6 +362,19 @@ async function mergeInto(
   } finally {
     release();
   }
+}
+
+/**
+ * A merge into a copy that failed: named by the copy the user gave. Its work file is removed when no
+ * journal says a merge into it began (a rerun starts over anyway); otherwise kept, and the error says
+ * that running the same merge again completes it.
+ */
+function copyFailure(e: unknown, work: string, intoCopy: string): unknown {
+  const started = fs.existsSync(journalPath(work));
+  if (!started) fs.rmSync(work, { force: true });
+  if (!(e instanceof VhdError) || (e.file !== work && e.file !== journalPath(work))) return e;
+  const kept = started ? `; its work file ${path.basename(work)} is kept: run the same merge again to complete it` : '';
+  return new VhdError(e.code, `${e.detail} (in the copy's work file${kept})`, { file: intoCopy, structure: e.structure, offset: e.offset, cause: e.cause ?? e });
 }
 
 /**

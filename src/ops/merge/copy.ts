@@ -7,7 +7,7 @@ import path from 'node:path';
 import { codedError, ErrorCodes, type Finding, VhdError } from '../../errors.js';
 import { giveIdentity } from '../../disk/editor.js';
 import type { VhdImage } from '../../disk/image.js';
-import { FileSink, realPathOf } from '../../io/file.js';
+import { FileSink, fileStamp, realPathOf } from '../../io/file.js';
 import { OWN_SUFFIX } from '../../io/paths.js';
 import { acquireLock, type AnyJournal, deletingJournal, fsyncDir, hasPendingMerge, holdLocks, readJournal, removeJournal, writeJournal } from '../journal.js';
 import { openDisk, openedStamp } from '../open.js';
@@ -18,9 +18,21 @@ export function copyWorkPath(intoCopy: string): string {
   return path.join(path.dirname(final), `.${path.basename(final)}${OWN_SUFFIX.copy}`);
 }
 
-/** The warning for a merged disk kept because it was written after the merge planned from it. */
-export function keptFinding(disk: string, target: string): Finding {
-  return { code: ErrorCodes.MERGE_PENDING, severity: 'warning', message: `${disk}: not deleted: it changed after it was merged into ${target} (merge it again)` };
+type DiskState = 'merged' | 'changed' | 'other';
+
+/**
+ * Of the merged disks (newest first) in their states, those to delete: none from the newest one
+ * written since it was merged on (it holds what the target lacks, and it reads through the older
+ * ones), and only those still the disks merged. `warnings` is told of every disk kept.
+ */
+function keepFromChanged(paths: string[], states: DiskState[], target: string, warnings: Finding[]): string[] {
+  const first = states.indexOf('changed');
+  const warn = (message: string) => warnings.push({ code: ErrorCodes.MERGE_PENDING, severity: 'warning', message });
+  if (first >= 0) {
+    warn(`${paths[first]}: not deleted: it changed after it was merged into ${target} (merge it again)`);
+    for (const p of paths.slice(first + 1)) warn(`${p}: not deleted: ${paths[first]} reads through it`);
+  }
+  return paths.filter((p, i) => (first < 0 || i < first) && states[i] === 'merged');
 }
 
 /**
@@ -32,10 +44,10 @@ export function keptFinding(disk: string, target: string): Finding {
  * finds the child gone finishes the rest through --to or --into-copy (finishDeleting). Returns the paths.
  */
 export function deleteMerged(file: string, journal: AnyJournal, sources: VhdImage[], warnings: Finding[]): string[] {
-  // A disk written since the merge planned from it holds what the target lacks: kept.
-  const kept = sources.filter((s, i) => journal.sources[i]?.stamp !== openedStamp(s));
-  for (const s of kept) warnings.push(keptFinding(s.id, file));
-  const doomed = sources.filter((s) => !kept.includes(s)).map((s) => s.id);
+  // A disk written since the merge planned from it (its file now, under the exclusive lock) holds
+  // what the target lacks: kept, with every disk it reads through.
+  const paths = sources.map((s) => s.id);
+  const doomed = keepFromChanged(paths, paths.map((p, i) => (journal.sources[i]?.stamp === fileStamp(p) ? 'merged' : 'changed')), file, warnings);
   if (sources.length === 1) {
     removeJournal(file);
     for (const s of doomed) fs.rmSync(s, { force: true });
@@ -56,7 +68,7 @@ export function deleteMerged(file: string, journal: AnyJournal, sources: VhdImag
  * still that disk: its UUID as the journal has it) and removes the journal. Undefined when that is not
  * the case (the merge then goes on, and reports the missing child).
  */
-export async function finishDeleting(childPath: string, to: string | undefined, intoCopy: string | undefined): Promise<{ target: string; sources: string[]; deleted: string[]; kept: string[] } | undefined> {
+export async function finishDeleting(childPath: string, to: string | undefined, intoCopy: string | undefined): Promise<{ target: string; sources: string[]; deleted: string[]; kept: Finding[] } | undefined> {
   if (fs.existsSync(childPath) || (to === undefined && intoCopy === undefined)) return undefined;
   const file = intoCopy !== undefined ? path.resolve(intoCopy) : realPathOf(to!);
   const child = danglingRealPath(childPath);
@@ -72,14 +84,12 @@ export async function finishDeleting(childPath: string, to: string | undefined, 
     // while still that disk.
     const all = relocated(journal!, file);
     const releases = holdLocks(all, { shared: 'merge (deleting it)', exclusive: 'merge (deleting it)', exclusiveFirst: all.length, during: 'this merge' }, []);
-    const left: string[] = [];
-    const kept: string[] = [];
+    let left: string[] = [];
+    const kept: Finding[] = [];
     try {
-      for (const [i, s] of journal!.sources.entries()) {
-        const now = await stateOf(all[i], s.uuid, s.stamp);
-        if (now === 'merged') left.push(all[i]);
-        if (now === 'changed') kept.push(all[i]);
-      }
+      const states: DiskState[] = [];
+      for (const [i, s] of journal!.sources.entries()) states.push(await stateOf(all[i], s.uuid, s.stamp));
+      left = keepFromChanged(all, states, file, kept);
       for (const s of left) fs.rmSync(s, { force: true });
       if (left.length > 0) fsyncDir(path.dirname(left[0]));
       removeJournal(file);
@@ -123,7 +133,7 @@ function danglingRealPath(file: string): string {
  * disk written since (`changed`: it holds what the target lacks), or something else (gone, or another
  * file put in its place). Only the first is deleted.
  */
-async function stateOf(file: string, uuid: string, stamp: string | undefined): Promise<'merged' | 'changed' | 'other'> {
+async function stateOf(file: string, uuid: string, stamp: string | undefined): Promise<DiskState> {
   try {
     const d = await openDisk(file, { resolveParents: false });
     try {
