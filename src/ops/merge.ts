@@ -55,8 +55,9 @@ import { orderedWindow } from '../pool/schedule.js';
 import { throwIfAborted, type OperationOptions } from './common.js';
 import { acquireLock, type AnyJournal, deletingJournal, fsyncDir, holdLocks, lockTempPath, hasPendingMerge, journalPath, lockPath, type MergeJournal, readJournal, removeJournal, writeJournal } from './journal.js';
 import { openDisk, openedStamp, refuseChangedSinceOpened } from './open.js';
-import { copyTarget, copyWorkPath, deleteMerged, finishDeleting, isFinishedCopy, settleInterruptedRename } from './merge/copy.js';
-import { plan, planOf } from './merge/plan.js';
+import { copyFailure, copyTarget, copyWorkPath, deleteMerged, finishDeleting, isFinishedCopy, settleInterruptedRename } from './merge/copy.js';
+import { changedSources, freshPlan, journalOf, settle } from './merge/journaled.js';
+import { planOf } from './merge/plan.js';
 import { openChain, openTarget } from './merge/restore.js';
 
 export interface MergeOptions extends OperationOptions {
@@ -361,70 +362,6 @@ async function mergeInto(
     }
   } finally {
     release();
-  }
-}
-
-/**
- * A merge into a copy that failed: named by the copy the user gave. Its work file is removed when no
- * journal says a merge into it began (a rerun starts over anyway); otherwise kept, and the error says
- * that running the same merge again completes it.
- */
-function copyFailure(e: unknown, work: string, intoCopy: string): unknown {
-  const started = fs.existsSync(journalPath(work));
-  if (!started) fs.rmSync(work, { force: true });
-  if (!(e instanceof VhdError) || (e.file !== work && e.file !== journalPath(work))) return e;
-  const kept = started ? `; its work file ${path.basename(work)} is kept: run the same merge again to complete it` : '';
-  return new VhdError(e.code, `${e.detail} (in the copy's work file${kept})`, { file: intoCopy, structure: e.structure, offset: e.offset, cause: e.cause ?? e });
-}
-
-/**
- * The journal of the merge into `targetFile`: the pending one (the same merge, or MERGE_PENDING),
- * or a fresh plan written durably.
- */
-async function journalOf(targetFile: string, target: VhdImage, sources: VhdImage[], options: MergeOptions, parentSize: number | undefined): Promise<{ journal: AnyJournal; planned?: Segment[] }> {
-  const journal = readJournal(targetFile);
-  if (journal === undefined) {
-    if (options.resume) throw new VhdError(ErrorCodes.USAGE, 'no merge is pending on this disk: nothing to resume', { file: targetFile });
-    return freshPlan(targetFile, target, sources, options, parentSize);
-  }
-  const want = sources.map((s) => s.uuid).join(',');
-  const have = journal.sources.map((s) => s.uuid).join(',');
-  if (want !== have || journal.targetUuid !== target.uuid) {
-    throw new VhdError(ErrorCodes.MERGE_PENDING, `a different merge is pending on this disk (of ${journal.sources.map((s) => s.path).join(', ')}); run it again to complete it first`, { file: targetFile });
-  }
-  // The journal decides what happens after the merge: a --delete-child it lacks is not done silently.
-  if (options.deleteChild && !journal.deleteChild) {
-    throw new VhdError(ErrorCodes.USAGE, 'the interrupted merge into this disk was started without --delete-child: run it again without it to complete it, then delete the child', { file: targetFile });
-  }
-  return { journal };
-}
-
-/** A fresh plan of the merge, its journal written durably once the target is known to be writable. */
-async function freshPlan(targetFile: string, target: VhdImage, sources: VhdImage[], options: MergeOptions, parentSize: number | undefined): Promise<{ journal: MergeJournal; planned?: Segment[] }> {
-  const made = await plan(target, sources, targetFile, !!options.deleteChild, parentSize);
-  // A target that cannot be written (read-only, no permission) is refused before a journal says a
-  // merge into it is pending.
-  await (await FileSink.open(targetFile, 'r+')).close();
-  writeJournal(targetFile, made.journal);
-  return { journal: made.journal, planned: made.segments };
-}
-
-/** The sources whose file is no longer what the journal planned from (identity changed, or not recorded). */
-function changedSources(journal: AnyJournal, sources: VhdImage[]): VhdImage[] {
-  return sources.filter((s, i) => journal.sources[i]?.stamp !== openedStamp(s));
-}
-
-/**
- * An interrupted merge that will not be completed from its plan, settled by its step: planned (the
- * data not durable), the target's layout before it put back; copied, its metadata written (complete).
- */
-async function settle(targetFile: string, journal: MergeJournal): Promise<void> {
-  const sink = await FileSink.open(targetFile, 'r+');
-  try {
-    const editor = new VhdEditor(sink, planOf(journal));
-    await (journal.step === 'copied' ? editor.finish() : editor.restore());
-  } finally {
-    await sink.close();
   }
 }
 

@@ -9,7 +9,7 @@ import { giveIdentity } from '../../disk/editor.js';
 import type { VhdImage } from '../../disk/image.js';
 import { FileSink, fileStamp, realPathOf } from '../../io/file.js';
 import { OWN_SUFFIX } from '../../io/paths.js';
-import { acquireLock, type AnyJournal, deletingJournal, fsyncDir, hasPendingMerge, holdLocks, readJournal, removeJournal, writeJournal } from '../journal.js';
+import { acquireLock, type AnyJournal, deletingJournal, fsyncDir, hasPendingMerge, holdLocks, journalPath, readJournal, removeJournal, writeJournal } from '../journal.js';
 import { openDisk, openedStamp } from '../open.js';
 
 /** Where --into-copy makes and merges its copy before it takes the final name. */
@@ -199,4 +199,17 @@ export function settleInterruptedRename(intoCopy: string): void {
   } catch {
     // one of them is missing: nothing was left half done
   }
+}
+
+/**
+ * A merge into a copy that failed: named by the copy the user gave. Its work file is removed when no
+ * journal says a merge into it began (a rerun starts over anyway); otherwise kept, and the error says
+ * that running the same merge again completes it.
+ */
+export function copyFailure(e: unknown, work: string, intoCopy: string): unknown {
+  const started = fs.existsSync(journalPath(work));
+  if (!started) fs.rmSync(work, { force: true });
+  if (!(e instanceof VhdError) || (e.file !== work && e.file !== journalPath(work))) return e;
+  const kept = started ? `; its work file ${path.basename(work)} is kept: run the same merge again to complete it` : '';
+  return new VhdError(e.code, `${e.detail} (in the copy's work file${kept})`, { file: intoCopy, structure: e.structure, offset: e.offset, cause: e.cause ?? e });
 }
