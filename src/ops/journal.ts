@@ -20,6 +20,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { ErrorCodes, type Finding, VhdError } from '../errors.js';
+import { realPathOf } from '../io/file.js';
 import { OWN_SUFFIX } from '../io/paths.js';
 
 export const JOURNAL_SUFFIX = OWN_SUFFIX.journal;
@@ -135,8 +136,9 @@ export function removeJournal(target: string): void {
   fsyncDir(path.dirname(path.resolve(target)));
 }
 
+/** True when a merge into `file` is pending: its journal is beside the real path (a symlinked name finds it too). */
 export function hasPendingMerge(file: string): boolean {
-  return fs.existsSync(journalPath(file));
+  return fs.existsSync(journalPath(realPathOf(file)));
 }
 
 /** True when a process with this pid runs on this host. */

@@ -324,12 +324,13 @@ async function mergeInto(
     const opened = [target];
     try {
       let { journal, planned } = await journalOf(targetFile, target, sources, options, chain[depth + 1]?.virtualSize);
-      if (journal.step !== 'deleting' && changedSources(journal, sources).length > 0) {
+      const changed = journal.step === 'deleting' ? [] : changedSources(journal, sources);
+      if (changed.length > 0 && journal.step !== 'deleting') {
         // Written since the interrupted merge began (a program still using the child, another merge
         // into it): that merge is settled (completed or undone by its step), and the merge planned
         // again from the sources as they are now. A differencing disk only gains sectors, so that
         // covers whatever the interrupted one wrote.
-        const names = changedSources(journal, sources).map((s) => s.id);
+        const names = changed.map((s) => s.id);
         warnings.push({ code: ErrorCodes.MERGE_PENDING, severity: 'warning', message: `${names.join(', ')}: changed since the interrupted merge into ${targetFile} began; merged again as ${names.length > 1 ? 'they are' : 'it is'} now` });
         await settle(targetFile, journal);
         target = await openDisk(targetFile, { resolveParents: false });

@@ -27,14 +27,14 @@ export async function openDisk(file: string, options: OpenDiskOptions = {}): Pro
     // file cut before its header is put back): say that, not only what is broken. Errors that are not
     // about the file's own structures (I/O, a parent) stay as they are.
     const broken = e instanceof VhdError ? (e.file ?? file) : undefined;
-    if (broken !== undefined && e instanceof VhdError && !NOT_STRUCTURE.has(e.code) && pendingAt(broken)) throw mergeState(broken, e);
+    if (broken !== undefined && e instanceof VhdError && !NOT_STRUCTURE.has(e.code) && hasPendingMerge(broken)) throw mergeState(broken, e);
     throw e;
   }
   // A parent that did not open (a chain described despite it, for info and check) because a merge
   // into it was interrupted, or runs: that is what its finding says.
   for (const d of image.chain) {
     for (const [i, f] of d.findings.entries()) {
-      if (f.file !== undefined && f.file !== d.name && !NOT_STRUCTURE.has(f.code) && pendingAt(f.file)) {
+      if (f.file !== undefined && f.file !== d.name && !NOT_STRUCTURE.has(f.code) && hasPendingMerge(f.file)) {
         d.findings[i] = findingFrom(mergeState(f.file, new VhdError(f.code as ErrorCode, f.message.replace(/^.*?: /, ''), { file: f.file, offset: f.offset })), 'error');
       }
     }
@@ -53,14 +53,6 @@ export async function openDisk(file: string, options: OpenDiskOptions = {}): Pro
 
 /** Errors that say nothing about the file's own structures: never blamed on a pending merge. */
 const NOT_STRUCTURE: ReadonlySet<string> = new Set([ErrorCodes.IO, ErrorCodes.MERGE_PENDING, ErrorCodes.LOCKED, ...CHAIN_ERRORS]);
-
-/**
- * True when a merge into `file` is pending. A merge keeps its journal and lock beside the real path of
- * its target: through a symlink to a disk, they are beside what it links to.
- */
-function pendingAt(file: string): boolean {
-  return hasPendingMerge(realPathOf(file));
-}
 
 /** The error for a disk (`file`, as named) with a merge journal beside it (`broken`: what opening it found, if it failed). */
 function mergeState(file: string, broken?: VhdError): VhdError {
@@ -116,7 +108,12 @@ export function inputRoles(disk: VirtualDisk, file: string, what = 'input'): Rol
 
 /** A disk's file identity when it was opened (fileStamp's form), from its open descriptor. */
 export function openedStamp(d: VhdImage): string {
-  return d.source instanceof FileSink ? d.source.stamp : fileStamp(d.id);
+  return stampOf(d.source, d.id);
+}
+
+/** The identity of `file` when `source` opened it (a FileSink's own), or now. */
+function stampOf(source: ByteSource | undefined, file: string): string {
+  return source instanceof FileSink ? source.stamp : fileStamp(file);
 }
 
 /**
@@ -133,8 +130,7 @@ export function refuseChangedSinceOpened(disks: VhdImage[], during: string): voi
 function filesRead(disk: VirtualDisk, file: string): Array<{ name: string; opened: string }> {
   // The real paths: a merge keeps its journal and lock beside the real path of what it writes.
   if (disk instanceof VhdImage) return disk.chain.map((d) => ({ name: d.id, opened: openedStamp(d) }));
-  const source: ByteSource | undefined = disk instanceof RawDisk ? disk.source : undefined;
-  return [{ name: realPathOf(file), opened: source instanceof FileSink ? source.stamp : fileStamp(file) }];
+  return [{ name: realPathOf(file), opened: stampOf(disk instanceof RawDisk ? disk.source : undefined, file) }];
 }
 
 /** What holdReading holds: `verify` before a result is given, `release` when done. */

@@ -53,8 +53,8 @@ async function openRestoring(open: () => Promise<VhdImage>, restore: (file: stri
   try {
     return await open();
   } catch (e) {
-    // The journal is beside the real path of the disk (the name in the error may be a link to it).
-    if (e instanceof VhdError && e.file !== undefined && hasPendingMerge(realPathOf(e.file)) && (await restore(realPathOf(e.file)))) return open();
+    // Repaired by its real path, where its journal and lock are (the name in the error may be a link to it).
+    if (e instanceof VhdError && e.file !== undefined && hasPendingMerge(e.file) && (await restore(realPathOf(e.file)))) return open();
     throw e;
   }
 }
